@@ -1,0 +1,1 @@
+"""Probe training backends: scikit-learn (in memory) and PyTorch Lightning (streaming, GPU)."""

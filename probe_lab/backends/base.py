@@ -1,0 +1,130 @@
+"""`ProbeTrainer`: the interface both backends share (the seed guide's trainer API).
+
+A backend implements `_fit(train, val) -> FitResult`; everything else — accepting arrays, tensors or
+file lists, holding out a validation split, scoring, prediction, checkpoints — lives here once.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from probe_lab import metrics
+from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.splits import split_dataset
+from probe_lab.errors import ProbeLabError
+from probe_lab.probe import ProbeWeights, load_probe, save_probe
+from probe_lab.settings import ProbeTrainingConfig
+
+Activations = np.ndarray | torch.Tensor | Sequence[str | Path] | ActivationDataset
+
+
+@dataclass
+class FitResult:
+    weights: ProbeWeights
+    details: dict[str, Any] = field(default_factory=dict)  # solver, iterations, converged, ...
+
+
+class ProbeTrainer(ABC):
+    """Trains a linear probe; after `fit`, `coef_` (D,) and `intercept_` act on raw activations."""
+
+    backend: ClassVar[str]
+
+    def __init__(self, input_dim: int, config: ProbeTrainingConfig | None = None) -> None:
+        if input_dim <= 0:
+            raise ProbeLabError(f"input_dim must be positive, got {input_dim}")
+        self.input_dim = input_dim
+        self.config = config or ProbeTrainingConfig()
+        self.weights: ProbeWeights | None = None
+        self.fit_details: dict[str, Any] = {}
+        self.fit_seconds: float | None = None
+        self.val_auroc: float | None = None
+
+    # -- training -------------------------------------------------------------------------------
+    def fit(self, X_train: Activations, y_train: Any = None, X_val: Activations | None = None, y_val: Any = None) -> float:
+        """Train on (X_train, y_train); returns the validation AUROC of the trained probe.
+
+        Without a validation set, `config.validation_split` of the training rows is held out
+        (stratified, seeded). X may be an array (N, D), a tensor, or a list of tensor file paths.
+        """
+        train = as_dataset(X_train, y_train, "X_train")
+        if X_val is None:
+            splits = split_dataset(train, self.config.validation_split, 0.0, self.config.seed)
+            train, val = splits.train, splits.val
+        else:
+            val = as_dataset(X_val, y_val, "X_val")
+        return self.fit_datasets(train, val)
+
+    def fit_datasets(self, train: ActivationDataset, val: ActivationDataset) -> float:
+        """Train on prepared datasets (labels checked, both classes present); returns val AUROC."""
+        for part in (train, val):
+            if part.dim != self.input_dim:
+                raise ProbeLabError(f"{part.name}: activations have {part.dim} dims, the trainer expects {self.input_dim}")
+            if part.labels is None:
+                raise ProbeLabError(f"{part.name}: labels are needed to train a probe")
+            if len(np.unique(part.labels)) < 2:
+                raise ProbeLabError(f"{part.name}: only one class present; a probe needs both 0 and 1")
+            part.check_finite()
+        start = time.perf_counter()
+        result = self._fit(train, val)
+        self.fit_seconds = time.perf_counter() - start
+        self.weights = result.weights
+        self.fit_details = result.details
+        self.val_auroc = metrics.auroc(val.labels, self.weights.decision_function(val))
+        return self.val_auroc
+
+    @abstractmethod
+    def _fit(self, train: ActivationDataset, val: ActivationDataset) -> FitResult: ...
+
+    # -- using the probe ------------------------------------------------------------------------
+    @property
+    def coef_(self) -> np.ndarray:
+        return self._trained().weight
+
+    @property
+    def intercept_(self) -> float:
+        return self._trained().bias
+
+    def decision_function(self, X: Activations) -> np.ndarray:
+        return self._trained().decision_function(as_dataset(X, None, "X"))
+
+    def predict_proba(self, X: Activations) -> np.ndarray:
+        """Probability of class 1 for each row, shape (N,)."""
+        return self._trained().predict_proba(as_dataset(X, None, "X"))
+
+    def predict(self, X: Activations, threshold: float = 0.5) -> np.ndarray:
+        return (self.predict_proba(X) >= threshold).astype(np.int64)
+
+    def get_backend_type(self) -> str:
+        return self.backend
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Save the probe as safetensors (whatever the file's extension) with its config as metadata."""
+        save_probe(path, self._trained(), {"backend": self.backend, "config": self.config.to_dict()})
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        weights, _ = load_probe(path)
+        if weights.input_dim != self.input_dim:
+            raise ProbeLabError(f"{path}: probe has {weights.input_dim} dims, the trainer expects {self.input_dim}")
+        self.weights = weights
+
+    def _trained(self) -> ProbeWeights:
+        if self.weights is None:
+            raise ProbeLabError(f"the {self.backend} probe is not trained yet: call fit or load_checkpoint first")
+        return self.weights
+
+
+def as_dataset(X: Activations, y: Any, name: str) -> ActivationDataset:
+    if isinstance(X, ActivationDataset):
+        return X
+    if isinstance(X, (str, Path)):
+        raise ProbeLabError(f"{name}: pass an array or a list of tensor file paths, not a single path")
+    return ActivationDataset(X, y, name=name)

@@ -1,0 +1,1 @@
+"""Activation data: sources, the dataset type, splits, statistics and the Lightning DataModule."""

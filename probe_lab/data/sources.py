@@ -1,0 +1,122 @@
+"""Where activations come from: `DataConfig` (the `data` config group's schema) → ActivationDataset.
+
+Sources: `synthetic` and `seed_task` are generated in-process; `npy` memory-maps an .npy file of
+shape N×D or N×L×D; `pt_files` reads a directory of per-sample tensor files lazily.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from probe_lab.data import synthetic
+from probe_lab.data.dataset import ActivationDataset, check_labels, natural_sorted
+from probe_lab.errors import ProbeLabError
+
+TENSOR_SUFFIXES = (".pt", ".pth")
+
+
+class DataSource(str, Enum):
+    synthetic = "synthetic"
+    seed_task = "seed_task"
+    npy = "npy"
+    pt_files = "pt_files"
+
+
+@dataclass
+class DataConfig:
+    """Every source's settings in one schema; each source reads the fields it names."""
+
+    source: DataSource = DataSource.synthetic
+    # synthetic: rows and width; seed_task: rows per class (n) and width (dim)
+    n: int = 4000
+    dim: int = 256
+    n_outliers: int = 4
+    outlier_scale: float = 30.0
+    signal: float = 3.0
+    # npy: activations (N×D or N×L×D) and labels; pt_files: a directory and a labels file
+    x: str | None = None
+    y: str | None = None
+    dir: str | None = None
+    labels: str | None = None
+    layer: int | None = None
+    validation_split: float = 0.2
+    test_split: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, DataSource):
+            self.source = DataSource(self.source)
+        if self.source in (DataSource.synthetic, DataSource.seed_task):
+            for name in ("n", "dim"):
+                if getattr(self, name) < 1:
+                    raise ProbeLabError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def load_dataset(cfg: DataConfig, seed: int, *, require_labels: bool = True) -> ActivationDataset:
+    """The activations (and labels) that `cfg` describes; files are validated, not yet read whole."""
+    if cfg.source is DataSource.synthetic:
+        x, y = synthetic.activation_like(
+            cfg.n, cfg.dim, seed, n_outliers=cfg.n_outliers, outlier_scale=cfg.outlier_scale, signal=cfg.signal
+        )
+        return ActivationDataset(x, y, name="data=synthetic")
+    if cfg.source is DataSource.seed_task:
+        x, y = synthetic.seed_task(cfg.n, cfg.dim, seed)
+        return ActivationDataset(x, y, name="data=seed_task")
+    if cfg.source is DataSource.npy:
+        return _npy(cfg, require_labels)
+    return _pt_files(cfg, require_labels)
+
+
+def _npy(cfg: DataConfig, require_labels: bool) -> ActivationDataset:
+    x_path = _existing_file(cfg.x, "data.x")
+    try:
+        x = np.load(x_path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ProbeLabError(f"data.x ({x_path}): not a readable .npy array ({str(err).splitlines()[0]})") from None
+    labels = _labels(cfg.y, "data.y", require_labels)
+    return ActivationDataset(x, labels, layer=cfg.layer, name=f"data.x ({x_path})")
+
+
+def _pt_files(cfg: DataConfig, require_labels: bool) -> ActivationDataset:
+    if cfg.dir is None:
+        raise ProbeLabError("data.dir is required for data=pt_files")
+    directory = Path(cfg.dir)
+    if not directory.is_dir():
+        raise ProbeLabError(f"data.dir ({directory}): directory not found")
+    paths = natural_sorted([p for p in directory.iterdir() if p.suffix in TENSOR_SUFFIXES])
+    if not paths:
+        raise ProbeLabError(f"data.dir ({directory}): no {' or '.join(TENSOR_SUFFIXES)} tensor files")
+    labels = _labels(cfg.labels, "data.labels", require_labels)
+    return ActivationDataset(paths, labels, layer=cfg.layer, name=f"data.dir ({directory})")
+
+
+def _labels(path: str | None, setting: str, required: bool) -> np.ndarray | None:
+    if path is None:
+        if required:
+            raise ProbeLabError(f"{setting} is required: a .npy or text file of 0/1 labels")
+        return None
+    file = _existing_file(path, setting)
+    if file.suffix == ".npy":
+        try:
+            labels = np.load(file, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ProbeLabError(f"{setting} ({file}): not a readable .npy array ({str(err).splitlines()[0]})") from None
+    else:
+        lines = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+        bad = [line for line in lines if line not in ("0", "1")]
+        if bad:
+            raise ProbeLabError(f"{setting} ({file}): labels must be 0/1 lines, found {bad[0]!r}")
+        labels = np.array([int(line) for line in lines], dtype=np.int64)
+    return check_labels(labels, len(labels), f"{setting} ({file})")
+
+
+def _existing_file(path: str | None, setting: str) -> Path:
+    if path is None:
+        raise ProbeLabError(f"{setting} is required")
+    file = Path(path)
+    if not file.is_file():
+        raise ProbeLabError(f"{setting} ({file}): file not found")
+    return file

@@ -1,0 +1,64 @@
+"""Train / validation / test splits by index, stratified by label and fixed by the seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from probe_lab.data.dataset import ActivationDataset
+from probe_lab.errors import ProbeLabError
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: ActivationDataset
+    val: ActivationDataset
+    test: ActivationDataset | None
+
+
+def split_dataset(dataset: ActivationDataset, validation_split: float, test_split: float, seed: int) -> Splits:
+    """Stratified index splits; every part must be non-empty and hold both classes.
+
+    test_split may be 0 (no test part: the Python API's fit with no validation set uses this).
+    """
+    if dataset.labels is None:
+        raise ProbeLabError(f"{dataset.name}: labels are needed to train a probe")
+    if not 0.0 < validation_split < 1.0:
+        raise ProbeLabError(f"data.validation_split must be in (0, 1), got {validation_split}")
+    if not 0.0 <= test_split < 1.0 or validation_split + test_split >= 1.0:
+        raise ProbeLabError(
+            f"data.validation_split={validation_split} and data.test_split={test_split} leave no training data"
+        )
+    labels = dataset.labels
+    n = len(labels)
+    n_val, n_test = round(n * validation_split), round(n * test_split)
+    if n_val < 2 or (test_split > 0 and n_test < 2) or n - n_val - n_test < 2:
+        raise ProbeLabError(
+            f"{dataset.name}: {n} rows are too few for data.validation_split={validation_split} and "
+            f"data.test_split={test_split} (a split would be empty)"
+        )
+    _require_both_classes(labels, f"{dataset.name} (all rows)")
+    indices = np.arange(n)
+    try:
+        rest, test = (indices, np.array([], dtype=int)) if n_test == 0 else train_test_split(
+            indices, test_size=n_test, random_state=seed, stratify=labels
+        )
+        train, val = train_test_split(rest, test_size=n_val, random_state=seed + 1, stratify=labels[rest])
+    except ValueError as err:
+        raise ProbeLabError(f"{dataset.name}: cannot split by label ({str(err).splitlines()[0]})") from None
+    parts = {"training": train, "validation": val} | ({"test": test} if n_test else {})
+    for part, rows in parts.items():
+        _require_both_classes(labels[rows], f"{dataset.name} ({part} split)")
+    return Splits(
+        train=dataset.subset(np.sort(train)),
+        val=dataset.subset(np.sort(val)),
+        test=dataset.subset(np.sort(test)) if n_test else None,
+    )
+
+
+def _require_both_classes(labels: np.ndarray, where: str) -> None:
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise ProbeLabError(f"{where}: only class {int(present[0])} present; a probe needs both 0 and 1")

@@ -1,0 +1,35 @@
+"""Evaluation of probe scores: AUROC, average precision, accuracy at a threshold, recall at 1% FPR."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    return float(roc_auc_score(labels, scores))
+
+
+def pick_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The probability threshold that maximizes Youden's J (TPR − FPR) on these (validation) rows."""
+    fpr, tpr, thresholds = roc_curve(labels, probabilities)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thresholds[best], 1.0))
+
+
+def recall_at_fpr(labels: np.ndarray, scores: np.ndarray, max_fpr: float) -> float:
+    """Highest true-positive rate reachable with a false-positive rate of at most `max_fpr`."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(tpr[fpr <= max_fpr].max())
+
+
+def evaluate(labels: np.ndarray, probabilities: np.ndarray, threshold: float, *, with_recall: bool = True) -> dict[str, float]:
+    """auroc, ap, accuracy (predicting 1 when probability >= threshold) and recall_at_1pct_fpr."""
+    metrics = {
+        "auroc": auroc(labels, probabilities),
+        "ap": float(average_precision_score(labels, probabilities)),
+        "accuracy": float(np.mean((probabilities >= threshold) == labels)),
+    }
+    if with_recall:
+        metrics["recall_at_1pct_fpr"] = recall_at_fpr(labels, probabilities, 0.01)
+    return metrics

@@ -1,0 +1,90 @@
+"""A trained probe as a plain linear function of raw activations, saved as safetensors.
+
+`ProbeWeights` is what both backends export: weight (D,) and bias, float32, acting on raw
+activations. Files hold tensors `weight` (D,) and `bias` (1,) plus a JSON string of metadata in the
+safetensors header; loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file, save_file
+
+from probe_lab.data.dataset import ActivationDataset
+from probe_lab.errors import ProbeLabError
+
+METADATA_KEY = "probe_lab"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ProbeWeights:
+    weight: np.ndarray  # (D,) float32
+    bias: float
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.weight.shape[0])
+
+    def decision_function(self, data: ActivationDataset | np.ndarray) -> np.ndarray:
+        """Logits w·x + b for each row, computed block by block (data may be memory-mapped)."""
+        if isinstance(data, np.ndarray):
+            data = ActivationDataset(data, name="X")
+        if data.dim != self.input_dim:
+            raise ProbeLabError(f"{data.name}: activations have {data.dim} dims, the probe expects {self.input_dim}")
+        weight = self.weight.astype(np.float32)
+        return np.concatenate([block @ weight + np.float32(self.bias) for block in data.blocks()] or [np.empty(0)])
+
+    def predict_proba(self, data: ActivationDataset | np.ndarray) -> np.ndarray:
+        """Probability of class 1 for each row."""
+        return sigmoid(self.decision_function(data))
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -logits.astype(np.float64)))
+
+
+def save_probe(path: str | Path, probe: ProbeWeights, metadata: dict[str, Any] | None = None) -> None:
+    """Write the probe atomically (a reader never sees half a file)."""
+    path = Path(path)
+    tensors = {
+        "weight": np.ascontiguousarray(probe.weight, dtype=np.float32),
+        "bias": np.array([probe.bias], dtype=np.float32),
+    }
+    header = {"format_version": FORMAT_VERSION, "input_dim": probe.input_dim, **(metadata or {})}
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(header)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_probe(path: str | Path) -> tuple[ProbeWeights, dict[str, Any]]:
+    """(weights, metadata) from a probe file, or a one-line error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProbeLabError(f"{path}: probe file not found")
+    try:
+        tensors = load_file(path)
+        with safe_open(path, framework="numpy") as handle:
+            raw_meta = (handle.metadata() or {}).get(METADATA_KEY, "{}")
+        metadata = json.loads(raw_meta)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ProbeLabError(f"{path}: not a probe_lab safetensors file ({str(err).splitlines()[0][:120]})") from None
+    weight, bias = tensors.get("weight"), tensors.get("bias")
+    if weight is None or bias is None or weight.ndim != 1 or bias.shape != (1,):
+        raise ProbeLabError(f"{path}: expected tensors weight (D,) and bias (1,)")
+    if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+        raise ProbeLabError(f"{path}: probe weights contain NaN or Inf")
+    return ProbeWeights(weight.astype(np.float32), float(bias[0])), metadata
