@@ -23,7 +23,9 @@ def recall_at_fpr(labels: np.ndarray, scores: np.ndarray, max_fpr: float) -> flo
     return float(tpr[fpr <= max_fpr].max())
 
 
-def evaluate(labels: np.ndarray, probabilities: np.ndarray, threshold: float, *, with_recall: bool = True) -> dict[str, float]:
+def evaluate(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, *, with_recall: bool = True
+) -> dict[str, float]:
     """auroc, ap, accuracy (predicting 1 when probability >= threshold) and recall_at_1pct_fpr."""
     metrics = {
         "auroc": auroc(labels, probabilities),

@@ -81,7 +81,11 @@ class ProbeSettings:
             _positive(getattr(self, name), name, integer=True)
         if self.early_stopping_patience < 0:
             raise ProbeLabError(f"probe.early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
-        if self.penalty is Penalty.l1 and self.solver not in (SklearnSolver.auto, SklearnSolver.liblinear, SklearnSolver.saga):
+        if self.penalty is Penalty.l1 and self.solver not in (
+            SklearnSolver.auto,
+            SklearnSolver.liblinear,
+            SklearnSolver.saga,
+        ):
             raise ProbeLabError(f"probe.solver={self.solver.value} does not support penalty=l1 (use liblinear or saga)")
 
 

@@ -48,7 +48,9 @@ class ProbeTrainer(ABC):
         self.val_auroc: float | None = None
 
     # -- training -------------------------------------------------------------------------------
-    def fit(self, X_train: Activations, y_train: Any = None, X_val: Activations | None = None, y_val: Any = None) -> float:
+    def fit(
+        self, X_train: Activations, y_train: Any = None, X_val: Activations | None = None, y_val: Any = None
+    ) -> float:
         """Train on (X_train, y_train); returns the validation AUROC of the trained probe.
 
         Without a validation set, `config.validation_split` of the training rows is held out
@@ -66,7 +68,9 @@ class ProbeTrainer(ABC):
         """Train on prepared datasets (labels checked, both classes present); returns val AUROC."""
         for part in (train, val):
             if part.dim != self.input_dim:
-                raise ProbeLabError(f"{part.name}: activations have {part.dim} dims, the trainer expects {self.input_dim}")
+                raise ProbeLabError(
+                    f"{part.name}: activations have {part.dim} dims, the trainer expects {self.input_dim}"
+                )
             if part.labels is None:
                 raise ProbeLabError(f"{part.name}: labels are needed to train a probe")
             if len(np.unique(part.labels)) < 2:

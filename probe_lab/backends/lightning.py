@@ -10,9 +10,13 @@ The scale s_j² = σ_j² + 4·regularization/N makes the Hessian's diagonal ≈ 
 coordinate — a Jacobi preconditioner that leaves the minimizer unchanged — so L-BFGS converges in
 tens of steps on activations with outlier dimensions. With standardize=true, s = σ.
 
-optimizer=lbfgs runs full-batch L-BFGS to convergence within one epoch (its line search needs the
-exact objective and gradient, so there are no minibatches); optimizer=adamw streams minibatches
+optimizer=lbfgs runs full-batch L-BFGS to convergence in one optimizer step (its line search needs
+the exact objective and gradient, so there are no minibatches); optimizer=adamw streams minibatches
 with gradient accumulation, and EarlyStopping on validation AUROC decides when to stop.
+
+Lightning's float16 AMP refuses L-BFGS (its gradient scaler cannot serve a line search). The probe
+accumulates in float32 whatever the storage dtype (`LinearProbe`), so with L-BFGS and 16-mixed the
+activations are still held in float16 while the Trainer itself runs in 32-bit.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.stats import feature_moments
 from probe_lab.linear_probe import LinearProbe
 from probe_lab.probe import ProbeWeights
+from probe_lab.resolver import resolve_device, resolve_precision
 from probe_lab.settings import OptimizerName, ProbeTrainingConfig
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,22 @@ log = logging.getLogger(__name__)
 LBFGS_TOLERANCE_GRAD = 1e-6
 LBFGS_TOLERANCE_CHANGE = 1e-10
 LBFGS_HISTORY = 20
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Keep Lightning's start-up banner (accelerator lines, tips) out of the run's output."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 class ProbeModule(pl.LightningModule):
@@ -69,9 +93,6 @@ class ProbeModule(pl.LightningModule):
         self.learning_rate = learning_rate
         self.max_iterations = max_iterations
         self.val_auroc = BinaryAUROC()
-        # L-BFGS calls the objective several times per step (line search), which Lightning's automatic
-        # optimization cannot express together with mixed precision: we drive it ourselves.
-        self.automatic_optimization = optimizer is not OptimizerName.lbfgs
         self.lbfgs_iterations = 0
         self.lbfgs_evaluations = 0
         self.lbfgs_converged = False
@@ -82,34 +103,23 @@ class ProbeModule(pl.LightningModule):
         u = self.probe.linear.weight[0]
         return data_loss + self.penalty_coef * (self.penalty_weights * u * u).sum()
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # With L-BFGS, Lightning's closure calls this once per objective evaluation of the line search.
         x, y = batch
-        if self.automatic_optimization:
-            loss = self.objective(x, y)
-            self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
-            return loss
-        return self._lbfgs_step(x, y)
+        loss = self.objective(x, y)
+        per_step = self.optimizer_name is OptimizerName.lbfgs
+        self.log("train_loss", loss, on_step=per_step, on_epoch=not per_step, prog_bar=True, batch_size=len(y))
+        return loss
 
-    def _lbfgs_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        # The raw torch optimizer, not Lightning's wrapper: the wrapper would route through the
-        # precision plugin's gradient scaler, and L-BFGS needs unscaled gradients. `_Float32Linear`
-        # computes them in float32 whatever the storage dtype, so no scaling is needed.
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.optimizer_name is not OptimizerName.lbfgs:
+            return
         optimizer = self.optimizers().optimizer
-
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad()
-            loss = self.objective(x, y)
-            loss.backward()
-            return loss
-
-        optimizer.step(closure)
         state = optimizer.state[optimizer.param_groups[0]["params"][0]]
         self.lbfgs_iterations = int(state.get("n_iter", 0))
         self.lbfgs_evaluations = int(state.get("func_evals", 0))
         self.lbfgs_converged = self.lbfgs_iterations < self.max_iterations
-        with torch.no_grad():
-            self.log("train_loss", self.objective(x, y), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log("lbfgs_iterations", float(self.lbfgs_iterations), on_step=False, on_epoch=True, batch_size=len(y))
+        self.log("lbfgs_iterations", float(self.lbfgs_iterations), on_step=True, on_epoch=False)
         if self.lbfgs_converged:
             self.trainer.should_stop = True
 
@@ -155,17 +165,11 @@ class TorchProbeTrainer(ProbeTrainer):
         self.progress_bar = progress_bar
         self.num_workers = num_workers
 
-    @property
-    def device(self) -> str:
-        wants_cuda = self.config.device.startswith("cuda")
-        return "cuda" if wants_cuda and torch.cuda.is_available() else "cpu"
-
-    @property
-    def precision(self) -> str:
-        precision = self.config.resolved_precision(self.device)
-        if precision == "16-mixed" and self.device == "cpu":
-            return "32"  # float16 mixed precision is a CUDA feature; the CPU runs it in float32
-        return precision
+    def placement(self) -> tuple[str, str]:
+        """(device, Lightning precision) this trainer runs with, falling back to the CPU without CUDA."""
+        requested = "cuda" if self.config.device.startswith("cuda") else self.config.device
+        device = resolve_device(requested)
+        return device, resolve_precision(self.config.resolved_precision(device), device)
 
     def optimizer_for(self, train: ActivationDataset) -> OptimizerName:
         if self.config.optimizer is not OptimizerName.auto:
@@ -175,48 +179,60 @@ class TorchProbeTrainer(ProbeTrainer):
 
     def _fit(self, train: ActivationDataset, val: ActivationDataset) -> FitResult:
         optimizer = self.optimizer_for(train)
+        device, precision = self.placement()
         module = self._module(train, optimizer)
         datamodule = ProbeDataModule(
             train,
             val,
             batch_size=self.config.batch_size,
             full_batch=optimizer is OptimizerName.lbfgs,
-            precision=self.precision,
+            precision=precision,
             seed=self.config.seed,
             num_workers=self.num_workers,
         )
         with tempfile.TemporaryDirectory(prefix="probe_lab-") as scratch:
             out_dir = self.run_dir or Path(scratch)
             checkpoint = ModelCheckpoint(
-                dirpath=out_dir / "checkpoints", monitor="val_auroc", mode="max", save_top_k=1,
-                save_weights_only=True, filename="best-{epoch}-{val_auroc:.4f}",
+                dirpath=out_dir / "checkpoints",
+                monitor="val_auroc",
+                mode="max",
+                save_top_k=1,
+                save_weights_only=True,
+                filename="best-{epoch}-{val_auroc:.4f}",
             )
             callbacks: list[pl.Callback] = [checkpoint]
             if self.config.early_stopping:
-                callbacks.append(EarlyStopping(monitor="val_auroc", mode="max", patience=self.config.early_stopping_patience))
+                callbacks.append(
+                    EarlyStopping(monitor="val_auroc", mode="max", patience=self.config.early_stopping_patience)
+                )
             lbfgs = optimizer is OptimizerName.lbfgs
-            trainer = pl.Trainer(
-                accelerator="gpu" if self.device == "cuda" else "cpu",
-                devices=1,
-                precision=self.precision,  # type: ignore[arg-type]
-                max_epochs=1 if lbfgs else self.config.max_iterations,
-                accumulate_grad_batches=1 if lbfgs else self.config.gradient_accumulation_steps,
-                callbacks=callbacks,
-                logger=CSVLogger(out_dir, name="logs", version="") if self.run_dir else False,
-                enable_progress_bar=self.progress_bar,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
-                log_every_n_steps=1,
-                deterministic=False,
-                default_root_dir=out_dir,
-            )
-            trainer.fit(module, datamodule=datamodule)
+            with quiet_lightning():
+                trainer = pl.Trainer(
+                    accelerator="gpu" if device == "cuda" else "cpu",
+                    devices=1,
+                    precision="32" if lbfgs and precision == "16-mixed" else precision,  # type: ignore[arg-type]
+                    max_epochs=1 if lbfgs else self.config.max_iterations,
+                    accumulate_grad_batches=1 if lbfgs else self.config.gradient_accumulation_steps,
+                    callbacks=callbacks,
+                    logger=CSVLogger(out_dir, name="logs", version="") if self.run_dir else False,
+                    enable_progress_bar=self.progress_bar,
+                    enable_model_summary=False,
+                    num_sanity_val_steps=0,
+                    log_every_n_steps=1,
+                    default_root_dir=out_dir,
+                )
+                trainer.fit(module, datamodule=datamodule)
             if checkpoint.best_model_path:
                 state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
                 module.load_state_dict(state)
             epochs = trainer.current_epoch
         probe = module.probe
-        details: dict[str, Any] = {"optimizer": optimizer.value, "device": self.device, "precision": self.precision, "epochs": epochs}
+        details: dict[str, Any] = {
+            "optimizer": optimizer.value,
+            "device": device,
+            "precision": precision,
+            "epochs": epochs,
+        }
         if lbfgs:
             details |= {
                 "iterations": module.lbfgs_iterations,

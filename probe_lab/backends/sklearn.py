@@ -37,7 +37,9 @@ class SklearnProbeTrainer(ProbeTrainer):
         converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
         if not converged:
             log.warning(
-                "sklearn %s did not converge in probe.max_iterations=%d iterations", params["solver"], params["max_iter"]
+                "sklearn %s did not converge in probe.max_iterations=%d iterations",
+                params["solver"],
+                params["max_iter"],
             )
         weight = model.coef_[0].astype(np.float64)
         bias = float(model.intercept_[0])

@@ -76,7 +76,9 @@ class ProbeDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val, shuffle=False)
 
-    def _loader(self, dataset: ActivationDataset, *, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
+    def _loader(
+        self, dataset: ActivationDataset, *, shuffle: bool, generator: torch.Generator | None = None
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

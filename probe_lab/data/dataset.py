@@ -91,7 +91,11 @@ class ActivationDataset(Dataset):
         """A whole batch at once (the DataLoader uses this instead of one call per item)."""
         idx = np.asarray(indices)
         x = torch.from_numpy(self.rows(idx))
-        y = torch.from_numpy(self.labels[idx].astype(np.float32)) if self.labels is not None else torch.full((len(idx),), float("nan"))
+        y = (
+            torch.from_numpy(self.labels[idx].astype(np.float32))
+            if self.labels is not None
+            else torch.full((len(idx),), float("nan"))
+        )
         return x, y
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
@@ -188,6 +192,7 @@ def check_labels(labels: np.ndarray, n_rows: int, name: str) -> np.ndarray:
 
 def natural_sorted(paths: Sequence[Path]) -> list[Path]:
     """sample_2 before sample_10."""
+
     def key(path: Path) -> list[object]:
         return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
@@ -205,11 +210,15 @@ def _array_dim(array: np.ndarray, layer: int | None, name: str) -> int:
         raise ProbeLabError(f"{name}: activations must be floating point, got dtype {array.dtype}")
     if array.ndim == 2:
         if layer not in (None, 0, -1):
-            raise ProbeLabError(f"{name}: data.layer={layer} given but the activations have no layer axis (shape {array.shape})")
+            raise ProbeLabError(
+                f"{name}: data.layer={layer} given but the activations have no layer axis (shape {array.shape})"
+            )
         return int(array.shape[1])
     if array.ndim == 3:
         if layer is None:
-            raise ProbeLabError(f"{name}: activations of shape {array.shape} hold {array.shape[1]} layers; set data.layer")
+            raise ProbeLabError(
+                f"{name}: activations of shape {array.shape} hold {array.shape[1]} layers; set data.layer"
+            )
         if not -array.shape[1] <= layer < array.shape[1]:
             raise ProbeLabError(f"{name}: data.layer={layer} is out of range for {array.shape[1]} layers")
         return int(array.shape[2])

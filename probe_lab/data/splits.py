@@ -42,8 +42,10 @@ def split_dataset(dataset: ActivationDataset, validation_split: float, test_spli
     _require_both_classes(labels, f"{dataset.name} (all rows)")
     indices = np.arange(n)
     try:
-        rest, test = (indices, np.array([], dtype=int)) if n_test == 0 else train_test_split(
-            indices, test_size=n_test, random_state=seed, stratify=labels
+        rest, test = (
+            (indices, np.array([], dtype=int))
+            if n_test == 0
+            else train_test_split(indices, test_size=n_test, random_state=seed, stratify=labels)
         )
         train, val = train_test_split(rest, test_size=n_val, random_state=seed + 1, stratify=labels[rest])
     except ValueError as err:

@@ -1,0 +1,96 @@
+"""Structured configs for the Hydra app, registered in Hydra's ConfigStore.
+
+Every config group's YAML under conf/ is merged onto these dataclasses, so a wrong type or an
+unknown enum value fails at composition, naming the key, before any work starts. Cross-field rules
+(positive regularization, splits that leave every part non-empty) are checked when the config is
+turned into these objects (`OmegaConf.to_object`, which runs each `__post_init__`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from probe_lab.data.sources import DataConfig
+from probe_lab.errors import ProbeLabError
+from probe_lab.settings import PRECISIONS, ProbeSettings
+
+
+class BackendName(str, Enum):
+    auto = "auto"
+    sklearn = "sklearn"
+    pytorch = "pytorch"
+
+
+class DeviceName(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class BackendConfig:
+    """`auto` resolves by model size: sklearn below `threshold_b` billion parameters, else pytorch."""
+
+    name: BackendName = BackendName.auto
+    threshold_b: float = 34.0
+
+
+@dataclass
+class DeviceConfig:
+    name: DeviceName = DeviceName.auto
+
+
+@dataclass
+class PrecisionConfig:
+    """Lightning's precision names, or `auto`: 16-mixed on CUDA, 32 on the CPU."""
+
+    name: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.name = str(self.name)
+        if self.name not in ("auto", *PRECISIONS):
+            raise ProbeLabError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {self.name!r}")
+
+
+@dataclass
+class ModelConfig:
+    """The model whose activations are probed: its size drives the backend choice."""
+
+    name: str = "default"
+    size_b: float = 7.0
+    hidden_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size_b <= 0:
+            raise ProbeLabError(f"model.size_b must be positive, got {self.size_b}")
+
+
+@dataclass
+class RunConfig:
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    seed: int = 42
+    progress_bar: bool = True
+
+
+@dataclass
+class PredictConfig:
+    """`python -m probe_lab.predict probe=<run folder or .safetensors> data=...`."""
+
+    probe_path: str = MISSING  # given on the command line as probe=PATH
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 42
+
+
+def register_configs() -> None:
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    store.store(name="predict_schema", node=PredictConfig)
