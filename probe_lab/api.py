@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from probe_lab.backends import BACKEND_NAMES, backend_class
 from probe_lab.backends.base import ProbeTrainer
-from probe_lab.backends.lightning import TorchProbeTrainer
-from probe_lab.backends.sklearn import SklearnProbeTrainer
 from probe_lab.errors import ProbeLabError
 from probe_lab.resolver import resolve_backend
 from probe_lab.settings import ProbeTrainingConfig
 
 
 class ProbeTrainerFactory:
-    """Builds the trainer for a model size. `SKLEARN_THRESHOLD_B` is the default size cut-off."""
+    """Builds the trainer for a model size. `SKLEARN_THRESHOLD_B` is the size cut-off in billions."""
 
     SKLEARN_THRESHOLD_B: ClassVar[float] = 34.0
-    BACKENDS: ClassVar[dict[str, type[ProbeTrainer]]] = {"sklearn": SklearnProbeTrainer, "pytorch": TorchProbeTrainer}
 
     @classmethod
     def create(
@@ -27,10 +25,10 @@ class ProbeTrainerFactory:
         force_backend: str | None = None,
     ) -> ProbeTrainer:
         requested = force_backend or "auto"
-        if requested not in ("auto", *cls.BACKENDS):
-            raise ProbeLabError(f"force_backend must be one of {', '.join(cls.BACKENDS)}, got {force_backend!r}")
+        if requested not in ("auto", *BACKEND_NAMES):
+            raise ProbeLabError(f"force_backend must be one of {', '.join(BACKEND_NAMES)}, got {force_backend!r}")
         choice = resolve_backend(requested, model_size_b, cls.SKLEARN_THRESHOLD_B)
-        return cls.BACKENDS[choice.name](input_dim, config)
+        return backend_class(choice.name)(input_dim, config)
 
 
 def create_probe_trainer(

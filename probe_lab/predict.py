@@ -48,7 +48,8 @@ def predict(cfg: DictConfig, out_dir: Path) -> dict:
     dataset = load_dataset(settings.data, settings.seed, require_labels=False)
     if dataset.dim != weights.input_dim:
         raise ProbeLabError(
-            f"{dataset.name}: activations have {dataset.dim} dims, the probe at {probe_path} expects {weights.input_dim}"
+            f"{dataset.name}: activations have {dataset.dim} dims, "
+            f"the probe at {probe_path} expects {weights.input_dim}"
         )
     dataset.check_finite()
     logits = weights.decision_function(dataset)

@@ -17,9 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from probe_lab import metrics as metrics_lib
 from probe_lab.artifacts import staged_artifacts, write_json
+from probe_lab.backends import backend_class
 from probe_lab.backends.base import ProbeTrainer
-from probe_lab.backends.lightning import TorchProbeTrainer
-from probe_lab.backends.sklearn import SklearnProbeTrainer
 from probe_lab.config import RunConfig
 from probe_lab.data.sources import load_dataset
 from probe_lab.data.splits import split_dataset
@@ -76,11 +75,12 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
         precision=precision,
         seed=settings.seed,
     )
-    trainer: ProbeTrainer
-    if choice.name == "sklearn":
-        trainer = SklearnProbeTrainer(dataset.dim, config)
-    else:
-        trainer = TorchProbeTrainer(dataset.dim, config, run_dir=out_dir, progress_bar=settings.progress_bar)
+    trainer_class = backend_class(choice.name)
+    trainer: ProbeTrainer = (
+        trainer_class(dataset.dim, config, run_dir=out_dir, progress_bar=settings.progress_bar)  # type: ignore[call-arg]
+        if choice.name == "pytorch"
+        else trainer_class(dataset.dim, config)
+    )
     trainer.fit_datasets(splits.train, splits.val)
     assert trainer.weights is not None and splits.test is not None and trainer.fit_seconds is not None
 

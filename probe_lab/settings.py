@@ -132,9 +132,9 @@ class ProbeTrainingConfig(ProbeSettings):
             return self.solver.value
         if self.penalty is Penalty.l1:
             return SklearnSolver.liblinear.value
-        if n_samples is not None and n_features is not None:
-            if n_features <= NEWTON_CHOLESKY_MAX_DIM and n_samples >= n_features:
-                return SklearnSolver.newton_cholesky.value
+        shape_known = n_samples is not None and n_features is not None
+        if shape_known and n_features <= NEWTON_CHOLESKY_MAX_DIM and n_samples >= n_features:
+            return SklearnSolver.newton_cholesky.value
         return SklearnSolver.lbfgs.value
 
     def resolved_precision(self, device: str) -> str:
