@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "ActivationDataset": "probe_lab.data.dataset",
     "LinearProbe": "probe_lab.linear_probe",
+    "Probe": "probe_lab.detector",
+    "ProbeDetector": "probe_lab.detector",
     "ProbeLabError": "probe_lab.errors",
     "ProbeTrainerFactory": "probe_lab.api",
     "ProbeTrainingConfig": "probe_lab.settings",
@@ -26,6 +28,8 @@ _EXPORTS = {
 __all__ = [
     "ActivationDataset",
     "LinearProbe",
+    "Probe",
+    "ProbeDetector",
     "ProbeLabError",
     "ProbeTrainerFactory",
     "ProbeTrainingConfig",
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
     from probe_lab.backends.lightning import TorchProbeTrainer
     from probe_lab.backends.sklearn import SklearnProbeTrainer
     from probe_lab.data.dataset import ActivationDataset
+    from probe_lab.detector import Probe, ProbeDetector
     from probe_lab.errors import ProbeLabError
     from probe_lab.linear_probe import LinearProbe
     from probe_lab.probe import ProbeWeights, load_probe, save_probe

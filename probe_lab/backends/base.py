@@ -64,6 +64,12 @@ class ProbeTrainer(ABC):
             val = as_dataset(X_val, y_val, "X_val")
         return self.fit_datasets(train, val)
 
+    async def fit_from_arrays(
+        self, X_train: Activations, y_train: Any, X_val: Activations | None = None, y_val: Any = None
+    ) -> float:
+        """The seed guide's awaitable spelling of `fit` (training itself is synchronous)."""
+        return self.fit(X_train, y_train, X_val, y_val)
+
     def fit_datasets(self, train: ActivationDataset, val: ActivationDataset) -> float:
         """Train on prepared datasets (labels checked, both classes present); returns val AUROC."""
         for part in (train, val):

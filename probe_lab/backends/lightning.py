@@ -42,10 +42,11 @@ from probe_lab.backends.base import FitResult, ProbeTrainer
 from probe_lab.data.datamodule import ProbeDataModule
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.stats import feature_moments
+from probe_lab.errors import ProbeLabError
 from probe_lab.linear_probe import LinearProbe
 from probe_lab.probe import ProbeWeights
 from probe_lab.resolver import resolve_device, resolve_precision
-from probe_lab.settings import OptimizerName, ProbeTrainingConfig
+from probe_lab.settings import OptimizerName, Penalty, ProbeTrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ class TorchProbeTrainer(ProbeTrainer):
         num_workers: int = 0,
     ) -> None:
         super().__init__(input_dim, config)
+        if self.config.penalty is not Penalty.l2:
+            raise ProbeLabError("probe.penalty=l1 is supported by the sklearn backend only (use backend=sklearn)")
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress_bar = progress_bar
         self.num_workers = num_workers

@@ -31,15 +31,15 @@ class _WholeSplit(Dataset):
         return self.x, self.y
 
 
-class _CastBatch:
-    """Collate for datasets whose `__getitems__` already returns a batch: only cast the activations."""
+class _StackAndCast:
+    """Collate (x, y) samples into a batch, activations in the storage dtype."""
 
     def __init__(self, dtype: torch.dtype) -> None:
         self.dtype = dtype
 
-    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch
-        return x.to(self.dtype), y
+    def __call__(self, samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = zip(*samples, strict=True)
+        return torch.stack(xs).to(self.dtype), torch.stack(ys)
 
 
 class ProbeDataModule(pl.LightningDataModule):
@@ -84,7 +84,7 @@ class ProbeDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             generator=generator,
-            collate_fn=_CastBatch(self.storage_dtype),
+            collate_fn=_StackAndCast(self.storage_dtype),
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
         )

@@ -29,7 +29,7 @@ class ActivationDataset(Dataset):
     activations: an array (N, D) or (N, L, D) (then `layer` picks L), or a sequence of paths to
     per-sample tensor files of shape (D,) or (L, D). labels: (N,) of 0/1, or None (scoring only).
     `name` is how error messages refer to the data (a setting or a file).
-    Items are (x float32 tensor (D,), y float32 scalar); `__getitems__` returns whole batches.
+    Items are (x float32 tensor (D,), y float32 scalar); `__getitems__` reads whole batches at once.
     """
 
     def __init__(
@@ -84,19 +84,20 @@ class ActivationDataset(Dataset):
 
     # -- reading --------------------------------------------------------------------------------
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.__getitems__([index])
-        return x[0], y[0]
+        return self.__getitems__([index])[0]
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole batch at once (the DataLoader uses this instead of one call per item)."""
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A DataLoader batch read in one call (not one read per item), as (x, y) samples.
+
+        y is NaN for unlabelled data. The samples are views of one block, so stacking them is cheap.
+        """
         idx = np.asarray(indices)
         x = torch.from_numpy(self.rows(idx))
-        y = (
-            torch.from_numpy(self.labels[idx].astype(np.float32))
-            if self.labels is not None
-            else torch.full((len(idx),), float("nan"))
-        )
-        return x, y
+        if self.labels is None:
+            y = torch.full((len(idx),), float("nan"))
+        else:
+            y = torch.from_numpy(self.labels[idx].astype(np.float32))
+        return list(zip(x, y, strict=True))
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
         """Activations of the given rows as float32 (k, D)."""

@@ -1,0 +1,75 @@
+"""Shared fixtures: running the command line in a subprocess, and small activation files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from probe_lab.data.synthetic import activation_like
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    run_dir: Path
+
+    def metrics(self) -> dict:
+        return json.loads((self.run_dir / "metrics.json").read_text())
+
+    def probe_json(self) -> dict:
+        return json.loads((self.run_dir / "probe.json").read_text())
+
+
+def run_module(module: str, *overrides: str, run_dir: Path, cwd: Path | None = None, timeout: int = 300) -> CliResult:
+    """`python -m MODULE overrides... hydra.run.dir=run_dir` in a subprocess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    command = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=cwd or run_dir.parent, env=env, timeout=timeout)
+    return CliResult(done.returncode, done.stdout, done.stderr, run_dir)
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    """cli(*overrides) runs `python -m probe_lab` with its run folder under tmp_path."""
+    counter = iter(range(1000))
+
+    def _run(*overrides: str, module: str = "probe_lab") -> CliResult:
+        quiet = ("progress_bar=false",) if module == "probe_lab" else ()
+        return run_module(module, *quiet, *overrides, run_dir=tmp_path / f"run{next(counter)}")
+
+    return _run
+
+
+@pytest.fixture
+def npy_data(tmp_path: Path) -> tuple[Path, Path]:
+    """(x.npy (600, 32) activation-like float32, y.npy 0/1 labels)."""
+    x, y = activation_like(600, 32, seed=3)
+    x_path, y_path = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(x_path, x)
+    np.save(y_path, y)
+    return x_path, y_path
+
+
+@pytest.fixture
+def pt_dir(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """(directory of sample_<i>.pt tensors (D=16), labels.txt, X, y) in the seed guide's layout."""
+    x, y = activation_like(200, 16, seed=5)
+    directory = tmp_path / "activations"
+    directory.mkdir()
+    for i, row in enumerate(x):
+        torch.save(torch.from_numpy(row.copy()), directory / f"sample_{i}.pt")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"{int(v)}\n" for v in y))
+    return directory, labels, x, y
