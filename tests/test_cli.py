@@ -43,7 +43,7 @@ def test_default_run_writes_every_artifact(cli) -> None:
     ("overrides", "backend", "reason"),
     [
         (("backend=auto", "model.size_b=70"), "pytorch", "model.size_b=70 >= backend.threshold_b=34"),
-        (("backend=sklearn", "model=llama-3-70b"), "sklearn", "backend=sklearn set explicitly"),
+        (("backend=sklearn", "model=llama-3-70b", "model.hidden_dim=32"), "sklearn", "backend=sklearn set explicitly"),
         (("backend=pytorch", "model.size_b=7"), "pytorch", "backend=pytorch set explicitly"),
     ],
 )
