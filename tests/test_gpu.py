@@ -1,0 +1,60 @@
+"""GPU behaviour (skipped without CUDA): mixed precision on the device lands where the CPU does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from probe_lab.backends.lightning import TorchProbeTrainer
+from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.splits import split_dataset
+from probe_lab.data.synthetic import activation_like
+from probe_lab.metrics import auroc
+from probe_lab.settings import ProbeTrainingConfig
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.fixture(scope="module")
+def splits():
+    x, y = activation_like(20000, 512, seed=0)
+    return split_dataset(ActivationDataset(x, y), 0.2, 0.2, seed=0)
+
+
+def _fit(splits, **config) -> TorchProbeTrainer:
+    trainer = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(**config))
+    trainer.fit_datasets(splits.train, splits.val)
+    return trainer
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "32"])
+def test_gpu_training_matches_the_cpu(splits, precision: str) -> None:
+    cpu = _fit(splits, device="cpu")
+    gpu = _fit(splits, device="cuda", precision=precision)
+    assert gpu.fit_details["device"] == "cuda" and gpu.fit_details["precision"] == precision
+    assert gpu.fit_details["converged"]
+    cpu_auroc = auroc(splits.test.labels, cpu.decision_function(splits.test))
+    gpu_auroc = auroc(splits.test.labels, gpu.decision_function(splits.test))
+    assert abs(cpu_auroc - gpu_auroc) <= 0.002
+    cosine = cpu.coef_ @ gpu.coef_ / np.linalg.norm(cpu.coef_) / np.linalg.norm(gpu.coef_)
+    assert cosine >= 0.999
+
+
+def test_default_config_uses_16_mixed_on_the_gpu(splits) -> None:
+    trainer = _fit(splits)  # the seed guide's defaults: device="cuda", use_mixed_precision=True
+    assert (trainer.fit_details["device"], trainer.fit_details["precision"]) == ("cuda", "16-mixed")
+
+
+def test_adamw_minibatches_on_the_gpu(splits) -> None:
+    trainer = _fit(splits, optimizer="adamw", batch_size=1024, learning_rate=0.01, precision="16-mixed")
+    assert trainer.fit_details["optimizer"] == "adamw"
+    assert auroc(splits.test.labels, trainer.decision_function(splits.test)) > 0.8
+
+
+def test_checkpoint_reload_reproduces_gpu_predictions(splits, tmp_path) -> None:
+    trainer = _fit(splits, device="cuda")
+    trainer.save_checkpoint(tmp_path / "probe.safetensors")
+    reloaded = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(device="cuda"))
+    reloaded.load_checkpoint(tmp_path / "probe.safetensors")
+    np.testing.assert_array_equal(trainer.predict_proba(splits.test), reloaded.predict_proba(splits.test))
