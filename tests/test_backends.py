@@ -97,3 +97,12 @@ def test_l1_sklearn_probe_is_sparse(splits) -> None:
     sparse = _fit(SklearnProbeTrainer, splits, penalty="l1", regularization=50.0)
     assert sparse.fit_details["solver"] == "liblinear"
     assert (sparse.coef_ == 0).mean() > 0.3
+
+
+def test_newton_cholesky_does_not_fall_back_on_many_rows() -> None:
+    """In float32 the Hessian of 60k outlier-laden rows is too ill-conditioned: sklearn fell back to lbfgs."""
+    x, y = activation_like(60000, 512, seed=0)
+    trainer = SklearnProbeTrainer(512, ProbeTrainingConfig(device="cpu"))
+    trainer.fit(x, y)
+    assert trainer.fit_details["solver"] == "newton-cholesky"
+    assert trainer.fit_details["iterations"] <= 10

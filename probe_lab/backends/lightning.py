@@ -66,6 +66,8 @@ def quiet_lightning() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+            # Full-batch training reads one resident batch, so worker processes would have nothing to do.
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):

@@ -27,9 +27,13 @@ class SklearnProbeTrainer(ProbeTrainer):
 
     def _fit(self, train: ActivationDataset, val: ActivationDataset) -> FitResult:
         x = train.materialize()
+        params = self.config.to_sklearn_params(n_samples=x.shape[0], n_features=x.shape[1])
+        if params["solver"] == "newton-cholesky":
+            # In float32 the D×D Hessian of activations with outlier dimensions is too ill-conditioned
+            # to factor: sklearn then falls back to lbfgs (150+ iterations instead of 4).
+            x = x.astype(np.float64)
         scaler = StandardScaler().fit(x) if self.config.standardize else None
         features = scaler.transform(x) if scaler is not None else x
-        params = self.config.to_sklearn_params(n_samples=x.shape[0], n_features=x.shape[1])
         model = LogisticRegression(**params)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
