@@ -9,7 +9,7 @@ turned into these objects (`OmegaConf.to_object`, which runs each `__post_init__
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -19,13 +19,13 @@ from probe_lab.errors import ProbeLabError
 from probe_lab.settings import PRECISIONS, ProbeSettings
 
 
-class BackendName(str, Enum):
+class BackendName(StrEnum):
     auto = "auto"
     sklearn = "sklearn"
     pytorch = "pytorch"
 
 
-class DeviceName(str, Enum):
+class DeviceName(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
@@ -37,6 +37,10 @@ class BackendConfig:
 
     name: BackendName = BackendName.auto
     threshold_b: float = 34.0
+
+    def __post_init__(self) -> None:
+        if self.threshold_b <= 0:
+            raise ProbeLabError(f"backend.threshold_b must be positive, got {self.threshold_b}")
 
 
 @dataclass
@@ -79,6 +83,10 @@ class RunConfig:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     seed: int = 42
     progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ProbeLabError(f"seed must be >= 0, got {self.seed}")
 
 
 @dataclass

@@ -8,6 +8,7 @@ validation split (probe.json beside the probe), else 0.5.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from probe_lab.probe import load_probe, sigmoid
 from probe_lab.run import to_settings
 
 register_configs()
+log = logging.getLogger(__name__)
 
 
 def probe_files(location: str) -> tuple[Path, Path | None]:
@@ -38,13 +40,21 @@ def probe_files(location: str) -> tuple[Path, Path | None]:
     return path, sidecar if sidecar.is_file() else None
 
 
+def _threshold_from(sidecar: Path, default: float) -> float:
+    try:
+        value = json.loads(sidecar.read_text()).get("threshold", default)
+        return float(value)
+    except (ValueError, AttributeError, TypeError) as err:
+        raise ProbeLabError(f"{sidecar}: not a probe_lab probe.json ({err})") from None
+
+
 def predict(cfg: DictConfig, out_dir: Path) -> dict:
     settings: PredictConfig = to_settings(cfg, PredictConfig)
     probe_path, sidecar = probe_files(settings.probe_path)
     weights, header = load_probe(probe_path)
     threshold = float(header.get("threshold", 0.5))
     if sidecar is not None:
-        threshold = float(json.loads(sidecar.read_text()).get("threshold", threshold))
+        threshold = _threshold_from(sidecar, threshold)
     dataset = load_dataset(settings.data, settings.seed, require_labels=False)
     if dataset.dim != weights.input_dim:
         raise ProbeLabError(
@@ -68,12 +78,16 @@ def predict(cfg: DictConfig, out_dir: Path) -> dict:
             fmt=["%d", "%.7g", "%.7g", "%d"],
         )
         if dataset.labels is not None:
-            result["metrics"] = metrics_lib.evaluate(dataset.labels, probabilities, threshold, with_recall=True)
+            if len(np.unique(dataset.labels)) == 2:
+                result["metrics"] = metrics_lib.evaluate(dataset.labels, probabilities, threshold)
+            else:  # ranking metrics need both classes; accuracy still says how many were caught
+                result["metrics"] = {"accuracy": float(np.mean(predictions == dataset.labels))}
+                log.warning("%s: labels hold one class only; AUROC and AP are undefined", dataset.name)
             write_json(staging / "metrics.json", result)
     print(f"probe_lab.predict: scored {len(dataset)} rows with {probe_path}")
     if "metrics" in result:
-        m = result["metrics"]
-        print(f"  AUROC {m['auroc']:.4f}  AP {m['ap']:.4f}  accuracy {m['accuracy']:.4f} at threshold {threshold:.4f}")
+        shown = "  ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
+        print(f"  {shown}  (threshold {threshold:.4f})")
     print(f"  outputs  {out_dir}: scores.csv, scores.npy{', metrics.json' if 'metrics' in result else ''}")
     return result
 

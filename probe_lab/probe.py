@@ -64,6 +64,7 @@ def save_probe(path: str | Path, probe: ProbeWeights, metadata: dict[str, Any] |
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(header)})
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a probe is meant to be shared like the other artifacts
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -80,6 +81,8 @@ def load_probe(path: str | Path) -> tuple[ProbeWeights, dict[str, Any]]:
         with safe_open(path, framework="numpy") as handle:
             raw_meta = (handle.metadata() or {}).get(METADATA_KEY, "{}")
         metadata = json.loads(raw_meta)
+        if not isinstance(metadata, dict):
+            raise ValueError("metadata is not a JSON object")
     except (SafetensorError, OSError, ValueError) as err:
         raise ProbeLabError(f"{path}: not a probe_lab safetensors file ({str(err).splitlines()[0][:120]})") from None
     weight, bias = tensors.get("weight"), tensors.get("bias")

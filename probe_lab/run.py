@@ -1,7 +1,8 @@
 """One training run, wired together: config → backend → data → fit → evaluate → artifacts.
 
 This module and `__main__` are the only ones that see Hydra's DictConfig; everything below takes
-plain dataclasses and datasets.
+plain dataclasses and datasets. Every file a run writes — the probe, its metrics and plot, and the
+Lightning logs and checkpoint — is staged and published together only when the run succeeds.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -21,9 +23,9 @@ from probe_lab.backends import backend_class
 from probe_lab.backends.base import ProbeTrainer
 from probe_lab.config import RunConfig
 from probe_lab.data.sources import load_dataset
-from probe_lab.data.splits import split_dataset
+from probe_lab.data.splits import Splits, split_dataset
 from probe_lab.errors import ProbeLabError
-from probe_lab.probe import FORMAT_VERSION, save_probe
+from probe_lab.probe import FORMAT_VERSION, ProbeWeights, save_probe
 from probe_lab.report import plot_roc, summary_lines
 from probe_lab.resolver import resolve_backend, resolve_device, resolve_precision
 from probe_lab.settings import ProbeTrainingConfig
@@ -31,12 +33,24 @@ from probe_lab.settings import ProbeTrainingConfig
 log = logging.getLogger(__name__)
 
 ARTIFACTS = ["probe.safetensors", "probe.json", "metrics.json", "roc.png"]
+LIGHTNING_ARTIFACTS = ["logs/metrics.csv", "checkpoints/"]
 
 
 @dataclass(frozen=True)
 class RunResult:
     out_dir: Path
     metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores of the trained probe on the held-out splits, with the threshold picked on validation."""
+
+    threshold: float
+    val_proba: np.ndarray
+    test_proba: np.ndarray
+    val: dict[str, float]
+    test: dict[str, float]
 
 
 def to_settings(cfg: DictConfig, schema: type) -> Any:
@@ -54,92 +68,122 @@ def to_settings(cfg: DictConfig, schema: type) -> Any:
 
 def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     settings: RunConfig = to_settings(cfg, RunConfig)
+    if settings.data.test_split <= 0:
+        raise ProbeLabError("data.test_split must be > 0 for a training run (test metrics need rows)")
     choice = resolve_backend(settings.backend.name.value, settings.model.size_b, settings.backend.threshold_b)
     log.info("backend: %s (%s)", choice.name, choice.reason)
     device = resolve_device(settings.device.name.value)
-    precision = resolve_precision(settings.precision.name, device)
-
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    dataset = load_dataset(settings.data, settings.seed)
-    if settings.model.hidden_dim is not None and settings.model.hidden_dim != dataset.dim:
-        raise ProbeLabError(f"model.hidden_dim={settings.model.hidden_dim} but {dataset.name} has {dataset.dim} dims")
-    dataset.check_finite()
-    splits = split_dataset(dataset, settings.data.validation_split, settings.data.test_split, settings.seed)
-    timings["read_seconds"] = time.perf_counter() - start
-
     config = ProbeTrainingConfig.from_settings(
         settings.probe,
         validation_split=settings.data.validation_split,
         device=device,
-        precision=precision,
+        precision=resolve_precision(settings.precision.name, device),
         seed=settings.seed,
     )
-    trainer_class = backend_class(choice.name)
-    trainer: ProbeTrainer = (
-        trainer_class(dataset.dim, config, run_dir=out_dir, progress_bar=settings.progress_bar)  # type: ignore[call-arg]
-        if choice.name == "pytorch"
-        else trainer_class(dataset.dim, config)
-    )
-    trainer.fit_datasets(splits.train, splits.val)
-    assert trainer.weights is not None and splits.test is not None and trainer.fit_seconds is not None
 
+    timings: dict[str, float] = {}
     start = time.perf_counter()
-    val_proba = trainer.weights.predict_proba(splits.val)
-    test_proba = trainer.weights.predict_proba(splits.test)
-    threshold = metrics_lib.pick_threshold(splits.val.labels, val_proba)
-    val_metrics = metrics_lib.evaluate(splits.val.labels, val_proba, threshold, with_recall=False)
-    test_metrics = metrics_lib.evaluate(splits.test.labels, test_proba, threshold)
-    timings["evaluate_seconds"] = time.perf_counter() - start
-    timings["fit_seconds"] = trainer.fit_seconds
+    splits, dim = load_splits(settings)
+    timings["read_seconds"] = time.perf_counter() - start
 
-    run_metrics: dict[str, Any] = {
-        "backend": choice.name,
-        "backend_reason": choice.reason,
-        "device": trainer.fit_details.get("device", "cpu"),
-        "precision": trainer.fit_details.get("precision", "32"),
-        "model_size_b": settings.model.size_b,
-        "data": settings.data.source.value,
-        "layer": settings.data.layer,
-        "n_train": len(splits.train),
-        "n_val": len(splits.val),
-        "n_test": len(splits.test),
-        "input_dim": dataset.dim,
-        "fit_seconds": trainer.fit_seconds,
-        "fit": trainer.fit_details,
-        "threshold": threshold,
-        "val": val_metrics,
-        "test": test_metrics,
-        "timings": timings,
-    }
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    start = time.perf_counter()
     with staged_artifacts(out_dir) as staging:
-        save_probe(staging / "probe.safetensors", trainer.weights, {"backend": choice.name, "threshold": threshold})
-        write_json(
-            staging / "probe.json",
-            {
-                "format_version": FORMAT_VERSION,
-                "input_dim": dataset.dim,
-                "layer": settings.data.layer,
-                "backend": choice.name,
-                "threshold": threshold,
-                "metrics": {"val": val_metrics, "test": test_metrics},
-                "config": resolved,
-            },
-        )
-        plot_roc(
-            staging / "roc.png",
-            {
-                "validation": (splits.val.labels, val_proba, val_metrics["auroc"]),
-                "test": (splits.test.labels, test_proba, test_metrics["auroc"]),
-            },
-            title=f"{choice.name} probe, {dataset.name}",
-        )
+        trainer = backend_class(choice.name)(dim, config, run_dir=staging, progress_bar=settings.progress_bar)
+        trainer.fit_datasets(splits.train, splits.val)
+        weights = trainer.weights
+        if weights is None or trainer.fit_seconds is None:
+            raise RuntimeError("the backend finished fit without a probe")
+        timings["fit_seconds"] = trainer.fit_seconds
+
+        start = time.perf_counter()
+        evaluation = evaluate(weights, splits)
+        timings["evaluate_seconds"] = time.perf_counter() - start
+
+        run_metrics = {
+            "backend": choice.name,
+            "backend_reason": choice.reason,
+            "device": trainer.fit_details.get("device", "cpu"),
+            "precision": trainer.fit_details.get("precision", "32"),
+            "model_size_b": settings.model.size_b,
+            "data": settings.data.source.value,
+            "layer": settings.data.layer,
+            "n_train": len(splits.train),
+            "n_val": len(splits.val),
+            "n_test": len(splits.test) if splits.test is not None else 0,
+            "input_dim": dim,
+            "fit_seconds": trainer.fit_seconds,
+            "fit": trainer.fit_details,
+            "threshold": evaluation.threshold,
+            "val": evaluation.val,
+            "test": evaluation.test,
+            "timings": timings,
+        }
+        start = time.perf_counter()
+        write_artifacts(staging, trainer, evaluation, splits, run_metrics, OmegaConf.to_container(cfg, resolve=True))
         timings["write_seconds"] = time.perf_counter() - start
         write_json(staging / "metrics.json", run_metrics)
 
-    files = ARTIFACTS + (["logs/metrics.csv", "checkpoints/"] if choice.name == "pytorch" else [])
+    files = ARTIFACTS + (LIGHTNING_ARTIFACTS if choice.name == "pytorch" else [])
     for line in summary_lines(choice.name, choice.reason, run_metrics, out_dir, files):
         print(line)
     return RunResult(out_dir, run_metrics)
+
+
+def load_splits(settings: RunConfig) -> tuple[Splits, int]:
+    """The configured data, checked (width, finiteness) and split; returns (splits, input width)."""
+    dataset = load_dataset(settings.data, settings.seed)
+    if settings.model.hidden_dim is not None and settings.model.hidden_dim != dataset.dim:
+        raise ProbeLabError(f"model.hidden_dim={settings.model.hidden_dim} but {dataset.name} has {dataset.dim} dims")
+    dataset.check_finite()
+    return split_dataset(dataset, settings.data.validation_split, settings.data.test_split, settings.seed), dataset.dim
+
+
+def evaluate(weights: ProbeWeights, splits: Splits) -> Evaluation:
+    if splits.test is None:
+        raise ValueError("evaluate needs a test split")
+    val_proba = weights.predict_proba(splits.val)
+    test_proba = weights.predict_proba(splits.test)
+    threshold = metrics_lib.pick_threshold(splits.val.labels, val_proba)
+    return Evaluation(
+        threshold=threshold,
+        val_proba=val_proba,
+        test_proba=test_proba,
+        val=metrics_lib.evaluate(splits.val.labels, val_proba, threshold, with_recall=False),
+        test=metrics_lib.evaluate(splits.test.labels, test_proba, threshold),
+    )
+
+
+def write_artifacts(
+    staging: Path,
+    trainer: ProbeTrainer,
+    evaluation: Evaluation,
+    splits: Splits,
+    run_metrics: dict[str, Any],
+    resolved_config: Any,
+) -> None:
+    """probe.safetensors, probe.json and roc.png into the staging folder (metrics.json comes last)."""
+    assert trainer.weights is not None and splits.test is not None
+    save_probe(
+        staging / "probe.safetensors",
+        trainer.weights,
+        {"backend": trainer.backend, "threshold": evaluation.threshold},
+    )
+    write_json(
+        staging / "probe.json",
+        {
+            "format_version": FORMAT_VERSION,
+            "input_dim": trainer.input_dim,
+            "layer": run_metrics["layer"],
+            "backend": trainer.backend,
+            "threshold": evaluation.threshold,
+            "metrics": {"val": evaluation.val, "test": evaluation.test},
+            "config": resolved_config,
+        },
+    )
+    plot_roc(
+        staging / "roc.png",
+        {
+            "validation": (splits.val.labels, evaluation.val_proba, evaluation.val["auroc"]),
+            "test": (splits.test.labels, evaluation.test_proba, evaluation.test["auroc"]),
+        },
+        title=f"{trainer.backend} probe, {splits.train.name}",
+    )

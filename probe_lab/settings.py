@@ -10,18 +10,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 from probe_lab.errors import ProbeLabError
 
 
-class Penalty(str, Enum):
+class Penalty(StrEnum):
     l1 = "l1"
     l2 = "l2"
 
 
-class OptimizerName(str, Enum):
+class OptimizerName(StrEnum):
     """`auto` picks full-batch L-BFGS when the training split fits in memory, else minibatch AdamW."""
 
     auto = "auto"
@@ -29,7 +29,7 @@ class OptimizerName(str, Enum):
     adamw = "adamw"
 
 
-class SklearnSolver(str, Enum):
+class SklearnSolver(StrEnum):
     auto = "auto"
     lbfgs = "lbfgs"
     newton_cholesky = "newton-cholesky"

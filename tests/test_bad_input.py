@@ -7,6 +7,7 @@ exit 1 with Hydra's own message, which names the offending value.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -282,3 +283,52 @@ def test_predict_with_a_corrupt_probe(cli: Cli, npy_data: tuple[Path, Path], tmp
 def test_hidden_dim_mismatch(cli: Cli) -> None:
     result = cli("model.hidden_dim=99")
     assert_rejected(result, "model.hidden_dim=99", "data=synthetic", "256")
+
+
+# -- 13. more settings and files checked before any work -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("seed=-1", ("seed must be >= 0",)),
+        ("data.layer=7", ("data.layer is not used by data=synthetic",)),
+        ("data.validation_split=1.5", ("data.validation_split must be in (0, 1)",)),
+        ("data.test_split=0", ("data.test_split must be > 0",)),
+        ("backend.threshold_b=-1", ("backend.threshold_b must be positive",)),
+    ],
+)
+def test_invalid_setting(cli: Cli, override: str, fragments: tuple[str, ...]) -> None:
+    assert_rejected(cli(override), *fragments)
+
+
+def test_labels_file_that_is_not_text(cli: Cli, npy_data: tuple[Path, Path], tmp_path: Path) -> None:
+    x, _ = npy_data
+    binary = tmp_path / "labels.bin"
+    binary.write_bytes(bytes(range(256)) * 3)
+    assert_rejected(cli(*npy_overrides(x, binary)), "data.y", binary, "not a .npy or a text file")
+
+
+def test_npz_archive_given_as_activations(cli: Cli, npy_data: tuple[Path, Path], tmp_path: Path) -> None:
+    x, y = npy_data
+    archive = tmp_path / "x.npz"
+    np.savez(archive, x=np.load(x))
+    assert_rejected(cli(*npy_overrides(archive, y)), "data.x", archive, "archive")
+
+
+def test_predict_with_a_corrupt_probe_json_and_with_one_class(
+    cli: Cli, npy_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    x, y = npy_data
+    trained = cli(*npy_overrides(x, y))
+    assert trained.returncode == 0, trained.stderr
+
+    positives = tmp_path / "ones.npy"
+    np.save(positives, np.ones(len(np.load(y)), dtype=np.int64))
+    one_class = cli(f"probe={trained.run_dir}", *npy_overrides(x, positives), module="probe_lab.predict")
+    assert one_class.returncode == 0, one_class.stderr  # scoring an all-positive set is legitimate
+    assert set(json.loads((one_class.run_dir / "metrics.json").read_text())["metrics"]) == {"accuracy"}
+
+    (trained.run_dir / "probe.json").write_text("{not json")
+    result = cli(f"probe={trained.run_dir}", *npy_overrides(x, y), module="probe_lab.predict")
+    assert_rejected(result, trained.run_dir / "probe.json", "not a probe_lab probe.json", prog="probe_lab.predict")

@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
-from probe_lab.data.dataset import ActivationDataset
-from probe_lab.data.splits import split_dataset
 from probe_lab.data.synthetic import activation_like
 from probe_lab.probe import load_probe
 
@@ -28,6 +27,7 @@ def test_default_run_writes_every_artifact(cli) -> None:
     assert metrics["backend"] == "sklearn" and metrics["fit"]["converged"]
     assert metrics["backend_reason"] == "model.size_b=7 < backend.threshold_b=34"
     assert 0.75 < metrics["test"]["auroc"] < 1.0  # planted direction plus label noise: learnable, not perfect
+    assert (result.run_dir / "probe.safetensors").stat().st_mode & 0o777 == 0o644  # shareable like the rest
     tensors = load_file(result.run_dir / "probe.safetensors")
     assert tensors["weight"].shape == (256,) and tensors["weight"].dtype == np.float32
     assert tensors["bias"].shape == (1,) and tensors["bias"].dtype == np.float32
@@ -56,7 +56,7 @@ def test_backend_resolution_is_recorded(cli, overrides: tuple[str, ...], backend
 
 
 def test_pytorch_run_keeps_lightning_logs_and_checkpoint(cli) -> None:
-    result = cli("backend=pytorch", "data.n=800", "data.dim=32")
+    result = cli("backend=pytorch", "device=cpu", "data.n=800", "data.dim=32")
     assert result.returncode == 0, result.stderr
     log = (result.run_dir / "logs" / "metrics.csv").read_text().splitlines()
     assert "train_loss" in log[0] and "val_auroc" in log[0] and len(log) >= 3
@@ -86,18 +86,6 @@ def test_backends_agree_on_synthetic_data(cli) -> None:
     w_pt, _ = load_probe(runs["pytorch"].run_dir / "probe.safetensors")
     cosine = w_sk.weight @ w_pt.weight / np.linalg.norm(w_sk.weight) / np.linalg.norm(w_pt.weight)
     assert cosine >= 0.999
-
-
-def test_standardize_exports_raw_space_weights(cli) -> None:
-    result = cli("probe.standardize=true", "data.n=1000", "data.dim=32", "seed=3")
-    assert result.returncode == 0, result.stderr
-    weights, _ = load_probe(result.run_dir / "probe.safetensors")
-    # The saved probe scores raw activations: recomputing test AUROC from raw data must match.
-    x, y = activation_like(1000, 32, seed=3)
-    test = split_dataset(ActivationDataset(x, y), 0.2, 0.2, seed=3).test
-    from probe_lab.metrics import auroc
-
-    assert auroc(test.labels, weights.decision_function(test)) == pytest.approx(result.metrics()["test"]["auroc"])
 
 
 def test_run_artifacts_reload_to_the_same_predictions(cli, npy_data) -> None:
@@ -146,6 +134,7 @@ def test_multi_layer_npy_uses_the_chosen_layer(cli, tmp_path) -> None:
     assert result.metrics()["test"]["auroc"] > 0.7
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on machines without CUDA")
 def test_cuda_request_without_gpu_falls_back_with_a_warning(cli) -> None:
     result = cli("device=cuda", "backend=pytorch", "data.n=400", "data.dim=8")
     assert result.returncode == 0, result.stderr

@@ -58,3 +58,12 @@ def test_checkpoint_reload_reproduces_gpu_predictions(splits, tmp_path) -> None:
     reloaded = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(device="cuda"))
     reloaded.load_checkpoint(tmp_path / "probe.safetensors")
     np.testing.assert_array_equal(trainer.predict_proba(splits.test), reloaded.predict_proba(splits.test))
+
+
+def test_cuda_tensors_and_a_device_index_are_accepted(splits) -> None:
+    x = torch.from_numpy(splits.train.materialize()).cuda()
+    y = torch.from_numpy(splits.train.labels).cuda()
+    trainer = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(device="cuda:0"))
+    trainer.fit(x, y)
+    assert trainer.fit_details["device"] == "cuda"
+    assert auroc(splits.test.labels, trainer.decision_function(splits.test)) > 0.8

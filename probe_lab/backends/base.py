@@ -37,11 +37,21 @@ class ProbeTrainer(ABC):
 
     backend: ClassVar[str]
 
-    def __init__(self, input_dim: int, config: ProbeTrainingConfig | None = None) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        config: ProbeTrainingConfig | None = None,
+        *,
+        run_dir: str | Path | None = None,
+        progress_bar: bool = False,
+    ) -> None:
+        """run_dir: where a backend may leave training logs; progress_bar: show progress while fitting."""
         if input_dim <= 0:
             raise ProbeLabError(f"input_dim must be positive, got {input_dim}")
         self.input_dim = input_dim
         self.config = config or ProbeTrainingConfig()
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress_bar = progress_bar
         self.weights: ProbeWeights | None = None
         self.fit_details: dict[str, Any] = {}
         self.fit_seconds: float | None = None

@@ -68,6 +68,8 @@ def quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
             # Full-batch training reads one resident batch, so worker processes would have nothing to do.
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            # device=cpu on a GPU machine is a choice, not an oversight.
+            warnings.filterwarnings("ignore", message=r".*GPU available but not used.*")
             yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
@@ -121,7 +123,9 @@ class ProbeModule(pl.LightningModule):
         state = optimizer.state[optimizer.param_groups[0]["params"][0]]
         self.lbfgs_iterations = int(state.get("n_iter", 0))
         self.lbfgs_evaluations = int(state.get("func_evals", 0))
-        self.lbfgs_converged = self.lbfgs_iterations < self.max_iterations
+        # Stopping on max_iter or max_eval means the budget ran out; any other stop met a tolerance.
+        max_evals = optimizer.param_groups[0]["max_eval"]
+        self.lbfgs_converged = self.lbfgs_iterations < self.max_iterations and self.lbfgs_evaluations < max_evals
         self.log("lbfgs_iterations", float(self.lbfgs_iterations), on_step=True, on_epoch=False)
         if self.lbfgs_converged:
             self.trainer.should_stop = True
@@ -149,7 +153,8 @@ class ProbeModule(pl.LightningModule):
 class TorchProbeTrainer(ProbeTrainer):
     """Trains the probe with Lightning on the configured device (CUDA when asked for and present).
 
-    run_dir: where Lightning's CSV logs and the best checkpoint go; a temporary folder when None.
+    run_dir: where Lightning's CSV logs (logs/) and the best checkpoint (checkpoints/) go; without
+    one they live in a temporary folder for the duration of `fit`.
     """
 
     backend = "pytorch"
@@ -163,18 +168,24 @@ class TorchProbeTrainer(ProbeTrainer):
         progress_bar: bool = False,
         num_workers: int = 0,
     ) -> None:
-        super().__init__(input_dim, config)
+        super().__init__(input_dim, config, run_dir=run_dir, progress_bar=progress_bar)
         if self.config.penalty is not Penalty.l2:
             raise ProbeLabError("probe.penalty=l1 is supported by the sklearn backend only (use backend=sklearn)")
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.progress_bar = progress_bar
         self.num_workers = num_workers
 
-    def placement(self) -> tuple[str, str]:
-        """(device, Lightning precision) this trainer runs with, falling back to the CPU without CUDA."""
-        requested = "cuda" if self.config.device.startswith("cuda") else self.config.device
-        device = resolve_device(requested)
-        return device, resolve_precision(self.config.resolved_precision(device), device)
+    def placement(self) -> tuple[str, str, list[int] | int]:
+        """(device, Lightning precision, Lightning `devices`), falling back to the CPU without CUDA.
+
+        `device="cuda:K"` trains on GPU K; "cuda" on the first one.
+        """
+        kind, _, index = self.config.device.partition(":")
+        device = resolve_device("cuda" if kind == "cuda" else kind)
+        precision = resolve_precision(self.config.resolved_precision(device), device)
+        if device == "cuda" and index:
+            if not index.isdigit():
+                raise ProbeLabError(f"device must be cpu, cuda or cuda:<index>, got {self.config.device!r}")
+            return device, precision, [int(index)]
+        return device, precision, 1
 
     def optimizer_for(self, train: ActivationDataset) -> OptimizerName:
         if self.config.optimizer is not OptimizerName.auto:
@@ -184,7 +195,7 @@ class TorchProbeTrainer(ProbeTrainer):
 
     def _fit(self, train: ActivationDataset, val: ActivationDataset) -> FitResult:
         optimizer = self.optimizer_for(train)
-        device, precision = self.placement()
+        device, precision, devices = self.placement()
         module = self._module(train, optimizer)
         datamodule = ProbeDataModule(
             train,
@@ -211,11 +222,12 @@ class TorchProbeTrainer(ProbeTrainer):
                     EarlyStopping(monitor="val_auroc", mode="max", patience=self.config.early_stopping_patience)
                 )
             lbfgs = optimizer is OptimizerName.lbfgs
+            trainer_precision = "32" if lbfgs and precision == "16-mixed" else precision
             with quiet_lightning():
                 trainer = pl.Trainer(
                     accelerator="gpu" if device == "cuda" else "cpu",
-                    devices=1,
-                    precision="32" if lbfgs and precision == "16-mixed" else precision,  # type: ignore[arg-type]
+                    devices=devices,
+                    precision=trainer_precision,  # type: ignore[arg-type]
                     max_epochs=1 if lbfgs else self.config.max_iterations,
                     accumulate_grad_batches=1 if lbfgs else self.config.gradient_accumulation_steps,
                     callbacks=callbacks,
@@ -230,13 +242,15 @@ class TorchProbeTrainer(ProbeTrainer):
             if checkpoint.best_model_path:
                 state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
                 module.load_state_dict(state)
-            epochs = trainer.current_epoch
+            epochs, steps = trainer.current_epoch, trainer.global_step
         probe = module.probe
         details: dict[str, Any] = {
             "optimizer": optimizer.value,
             "device": device,
             "precision": precision,
+            "trainer_precision": trainer_precision,
             "epochs": epochs,
+            "optimizer_steps": steps,
         }
         if lbfgs:
             details |= {

@@ -1,8 +1,11 @@
 """The scikit-learn backend: LogisticRegression on the whole training split in memory.
 
 Callback-free and Lightning-free. The estimator's parameters come from
-`ProbeTrainingConfig.to_sklearn_params` (solver picked for the problem's shape); with
-`standardize=true` it fits on standardized features and maps the weights back to raw space.
+`ProbeTrainingConfig.to_sklearn_params` (solver picked for the problem's shape). Features are
+centred on the training mean before fitting: with an unpenalized intercept this leaves the optimum
+unchanged, while activations whose mean is far from zero would otherwise stall lbfgs and make
+newton-cholesky's Hessian too ill-conditioned to factor. With `standardize=true` the features are
+also scaled to unit variance (another penalty geometry). Weights are mapped back to raw space.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import logging
 import warnings
 
 import numpy as np
+from scipy.linalg import LinAlgWarning
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 from probe_lab.backends.base import FitResult, ProbeTrainer
 from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.stats import feature_moments
 from probe_lab.probe import ProbeWeights
 
 log = logging.getLogger(__name__)
@@ -26,30 +30,30 @@ class SklearnProbeTrainer(ProbeTrainer):
     backend = "sklearn"
 
     def _fit(self, train: ActivationDataset, val: ActivationDataset) -> FitResult:
-        x = train.materialize()
-        params = self.config.to_sklearn_params(n_samples=x.shape[0], n_features=x.shape[1])
-        if params["solver"] == "newton-cholesky":
-            # In float32 the D×D Hessian of activations with outlier dimensions is too ill-conditioned
-            # to factor: sklearn then falls back to lbfgs (150+ iterations instead of 4).
-            x = x.astype(np.float64)
-        scaler = StandardScaler().fit(x) if self.config.standardize else None
-        features = scaler.transform(x) if scaler is not None else x
+        params = self.config.to_sklearn_params(n_samples=len(train), n_features=train.dim)
+        mean, std = feature_moments(train)
+        # liblinear penalizes the intercept, so centring would change its optimum: leave its input raw.
+        center = np.zeros_like(mean) if params["solver"] == "liblinear" else mean
+        scale = np.where(std > 0, std, 1.0) if self.config.standardize else np.ones_like(std)
+        # float64: in float32 the D×D Hessian of outlier-laden activations can be too ill-conditioned
+        # to factor, and newton-cholesky would fall back to lbfgs.
+        dtype = np.float64 if params["solver"] == "newton-cholesky" else np.float32
+        features = ((train.materialize() - center) / scale).astype(dtype)
+
         model = LogisticRegression(**params)
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
+            warnings.simplefilter("always")
             model.fit(features, train.labels)
-        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        if not converged:
-            log.warning(
-                "sklearn %s did not converge in probe.max_iterations=%d iterations",
-                params["solver"],
-                params["max_iter"],
-            )
-        weight = model.coef_[0].astype(np.float64)
-        bias = float(model.intercept_[0])
-        if scaler is not None:
-            weight = weight / scaler.scale_
-            bias -= float(weight @ scaler.mean_)
+        converged = True
+        for warning in caught:
+            if issubclass(warning.category, (ConvergenceWarning, LinAlgWarning)):
+                converged = False
+                log.warning("sklearn %s: %s", params["solver"], str(warning.message).splitlines()[0])
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+        weight = model.coef_[0].astype(np.float64) / scale
+        bias = float(model.intercept_[0]) - float(weight @ center)
         return FitResult(
             ProbeWeights(weight.astype(np.float32), bias),
             {"solver": params["solver"], "iterations": int(np.max(model.n_iter_)), "converged": converged},

@@ -8,6 +8,7 @@ can be narrowed to a subset of rows without copying (`subset`) and read in conti
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -57,7 +58,10 @@ class ActivationDataset(Dataset):
             n_rows = len(self._paths)
             self.dim = int(self._load_path(self._paths[0]).shape[0])
         self._rows = np.arange(n_rows)
-        self.labels = None if labels is None else check_labels(_as_numpy(np.asarray(labels)), n_rows, name)
+        self._checked_finite = False
+        if labels is not None:
+            labels = _as_numpy(labels) if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        self.labels = None if labels is None else check_labels(labels, n_rows, name)
 
     # -- size and views -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -74,8 +78,7 @@ class ActivationDataset(Dataset):
 
     def subset(self, indices: np.ndarray) -> ActivationDataset:
         """A view of the given rows (indices into this dataset); no activations are copied."""
-        view = object.__new__(ActivationDataset)
-        view.__dict__.update(self.__dict__)
+        view = copy.copy(self)
         view._rows = self._rows[np.asarray(indices)]
         if self.labels is not None:
             view.labels = self.labels[np.asarray(indices)]
@@ -133,9 +136,13 @@ class ActivationDataset(Dataset):
         return sum(int((~np.isfinite(block)).any(axis=1).sum()) for block in self.blocks())
 
     def check_finite(self) -> None:
+        """Raise naming the data and the count of rows with NaN or Inf; a subset of checked data is not re-read."""
+        if self._checked_finite:
+            return
         bad = self.count_nonfinite_rows()
         if bad:
             raise ProbeLabError(f"{self.name}: {bad} of {len(self)} rows contain NaN or Inf")
+        self._checked_finite = True
 
     def _load_path(self, path: Path) -> torch.Tensor:
         tensor = load_tensor_file(path)
@@ -204,7 +211,8 @@ def natural_sorted(paths: Sequence[Path]) -> list[Path]:
 
 def _as_numpy(values: ArrayLike) -> np.ndarray:
     if isinstance(values, torch.Tensor):
-        return values.detach().cpu().float().numpy() if values.is_floating_point() else values.detach().cpu().numpy()
+        values = values.detach().cpu()
+        return values.float().numpy() if values.is_floating_point() else values.numpy()
     return values
 
 

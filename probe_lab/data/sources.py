@@ -7,7 +7,7 @@ shape N×D or N×L×D; `pt_files` reads a directory of per-sample tensor files l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from probe_lab.errors import ProbeLabError
 TENSOR_SUFFIXES = (".pt", ".pth")
 
 
-class DataSource(str, Enum):
+class DataSource(StrEnum):
     synthetic = "synthetic"
     seed_task = "seed_task"
     npy = "npy"
@@ -49,10 +49,24 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.source, DataSource):
             self.source = DataSource(self.source)
-        if self.source in (DataSource.synthetic, DataSource.seed_task):
+        generated = self.source in (DataSource.synthetic, DataSource.seed_task)
+        if generated:
             for name in ("n", "dim"):
                 if getattr(self, name) < 1:
                     raise ProbeLabError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+            if self.n_outliers < 0 or self.outlier_scale <= 0:
+                raise ProbeLabError("data.n_outliers must be >= 0 and data.outlier_scale > 0")
+        if not 0.0 < self.validation_split < 1.0:
+            raise ProbeLabError(f"data.validation_split must be in (0, 1), got {self.validation_split}")
+        if not 0.0 <= self.test_split < 1.0 or self.validation_split + self.test_split >= 1.0:
+            raise ProbeLabError(
+                f"data.validation_split={self.validation_split} and data.test_split={self.test_split} "
+                "leave no training data"
+            )
+        used = {DataSource.npy: {"x", "y", "layer"}, DataSource.pt_files: {"dir", "labels", "layer"}}
+        for name in ("x", "y", "dir", "labels", "layer"):
+            if getattr(self, name) is not None and name not in used.get(self.source, set()):
+                raise ProbeLabError(f"data.{name} is not used by data={self.source.value}")
 
 
 def load_dataset(cfg: DataConfig, seed: int, *, require_labels: bool = True) -> ActivationDataset:
@@ -76,6 +90,8 @@ def _npy(cfg: DataConfig, require_labels: bool) -> ActivationDataset:
         x = np.load(x_path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise ProbeLabError(f"data.x ({x_path}): not a readable .npy array ({str(err).splitlines()[0]})") from None
+    if not isinstance(x, np.ndarray):
+        raise ProbeLabError(f"data.x ({x_path}): expected one .npy array, got a {type(x).__name__} archive")
     labels = _labels(cfg.y, "data.y", require_labels)
     return ActivationDataset(x, labels, layer=cfg.layer, name=f"data.x ({x_path})")
 
@@ -104,8 +120,14 @@ def _labels(path: str | None, setting: str, required: bool) -> np.ndarray | None
             labels = np.load(file, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
             raise ProbeLabError(f"{setting} ({file}): not a readable .npy array ({str(err).splitlines()[0]})") from None
+        if not isinstance(labels, np.ndarray):
+            raise ProbeLabError(f"{setting} ({file}): expected one .npy array, got a {type(labels).__name__} archive")
     else:
-        lines = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+        try:
+            text = file.read_text()
+        except (UnicodeDecodeError, OSError) as err:
+            raise ProbeLabError(f"{setting} ({file}): not a .npy or a text file of 0/1 lines ({err})") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         bad = [line for line in lines if line not in ("0", "1")]
         if bad:
             raise ProbeLabError(f"{setting} ({file}): labels must be 0/1 lines, found {bad[0]!r}")
