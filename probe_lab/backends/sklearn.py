@@ -20,7 +20,6 @@ from sklearn.linear_model import LogisticRegression
 
 from probe_lab.backends.base import FitResult, ProbeTrainer
 from probe_lab.data.dataset import ActivationDataset
-from probe_lab.data.stats import feature_moments
 from probe_lab.probe import ProbeWeights
 
 log = logging.getLogger(__name__)
@@ -31,14 +30,15 @@ class SklearnProbeTrainer(ProbeTrainer):
 
     def _fit(self, train: ActivationDataset, val: ActivationDataset) -> FitResult:
         params = self.config.to_sklearn_params(n_samples=len(train), n_features=train.dim)
-        mean, std = feature_moments(train)
+        x = train.materialize()  # read once: statistics and the fit both use it
+        mean, std = x.mean(axis=0, dtype=np.float64), x.std(axis=0, dtype=np.float64)
         # liblinear penalizes the intercept, so centring would change its optimum: leave its input raw.
         center = np.zeros_like(mean) if params["solver"] == "liblinear" else mean
         scale = np.where(std > 0, std, 1.0) if self.config.standardize else np.ones_like(std)
         # float64: in float32 the D×D Hessian of outlier-laden activations can be too ill-conditioned
         # to factor, and newton-cholesky would fall back to lbfgs.
         dtype = np.float64 if params["solver"] == "newton-cholesky" else np.float32
-        features = ((train.materialize() - center) / scale).astype(dtype)
+        features = ((x - center) / scale).astype(dtype)
 
         model = LogisticRegression(**params)
         with warnings.catch_warnings(record=True) as caught:
