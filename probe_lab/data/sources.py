@@ -14,6 +14,7 @@ import numpy as np
 
 from probe_lab.data import synthetic
 from probe_lab.data.dataset import ActivationDataset, check_labels, natural_sorted
+from probe_lab.data.splits import check_split_fractions
 from probe_lab.errors import ProbeLabError
 
 TENSOR_SUFFIXES = (".pt", ".pth")
@@ -56,13 +57,7 @@ class DataConfig:
                     raise ProbeLabError(f"data.{name} must be >= 1, got {getattr(self, name)}")
             if self.n_outliers < 0 or self.outlier_scale <= 0:
                 raise ProbeLabError("data.n_outliers must be >= 0 and data.outlier_scale > 0")
-        if not 0.0 < self.validation_split < 1.0:
-            raise ProbeLabError(f"data.validation_split must be in (0, 1), got {self.validation_split}")
-        if not 0.0 <= self.test_split < 1.0 or self.validation_split + self.test_split >= 1.0:
-            raise ProbeLabError(
-                f"data.validation_split={self.validation_split} and data.test_split={self.test_split} "
-                "leave no training data"
-            )
+        check_split_fractions(self.validation_split, self.test_split)
         used = {DataSource.npy: {"x", "y", "layer"}, DataSource.pt_files: {"dir", "labels", "layer"}}
         for name in ("x", "y", "dir", "labels", "layer"):
             if getattr(self, name) is not None and name not in used.get(self.source, set()):

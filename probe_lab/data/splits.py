@@ -25,12 +25,7 @@ def split_dataset(dataset: ActivationDataset, validation_split: float, test_spli
     """
     if dataset.labels is None:
         raise ProbeLabError(f"{dataset.name}: labels are needed to train a probe")
-    if not 0.0 < validation_split < 1.0:
-        raise ProbeLabError(f"data.validation_split must be in (0, 1), got {validation_split}")
-    if not 0.0 <= test_split < 1.0 or validation_split + test_split >= 1.0:
-        raise ProbeLabError(
-            f"data.validation_split={validation_split} and data.test_split={test_split} leave no training data"
-        )
+    check_split_fractions(validation_split, test_split)
     labels = dataset.labels
     n = len(labels)
     n_val, n_test = round(n * validation_split), round(n * test_split)
@@ -58,6 +53,16 @@ def split_dataset(dataset: ActivationDataset, validation_split: float, test_spli
         val=dataset.subset(np.sort(val)),
         test=dataset.subset(np.sort(test)) if n_test else None,
     )
+
+
+def check_split_fractions(validation_split: float, test_split: float) -> None:
+    """validation in (0, 1), test in [0, 1), and something left to train on."""
+    if not 0.0 < validation_split < 1.0:
+        raise ProbeLabError(f"data.validation_split must be in (0, 1), got {validation_split}")
+    if not 0.0 <= test_split < 1.0 or validation_split + test_split >= 1.0:
+        raise ProbeLabError(
+            f"data.validation_split={validation_split} and data.test_split={test_split} leave no training data"
+        )
 
 
 def _require_both_classes(labels: np.ndarray, where: str) -> None:
