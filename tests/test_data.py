@@ -61,7 +61,7 @@ def test_subset_views_rows_without_copying() -> None:
     view = dataset.subset(np.array([7, 2]))
     np.testing.assert_array_equal(view.materialize(), x[[7, 2]])
     np.testing.assert_array_equal(view.labels, [1, 0])
-    assert view._array is dataset._array
+    assert view.table is dataset.table
 
 
 def test_splits_are_stratified_disjoint_and_seeded() -> None:

@@ -1,9 +1,11 @@
-"""`ActivationDataset`: activations with binary labels, from an array or from per-sample tensor files.
+"""`ActivationDataset`: activations with binary labels, from an array, per-sample files or a store.
 
-Arrays may be memory-mapped (N×D, or N×L×D with a layer picked); per-sample files are read lazily
-with `torch.load(weights_only=True)`, so a file is never unpickled into arbitrary objects. A dataset
-can be narrowed to a subset of rows without copying (`subset`) and read in contiguous blocks
-(`blocks`), which is how statistics, finiteness checks and scoring stream through large data.
+Rows live in a `RowTable` (probe_lab.data.tables): an in-memory or memory-mapped array (N×D, or
+N×L×D with a layer picked), per-sample tensor files read with `torch.load(weights_only=True)`, or
+an activation store's shards. A dataset can be narrowed to a subset of rows without copying
+(`subset`) and read in contiguous blocks, as float32 (`rows`, `blocks`) or in its storage dtype
+(`read`, `to_tensor`): that is how statistics, finiteness checks, streaming and scoring move
+through data larger than memory.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from probe_lab.data.tables import ArrayTable, MappedFile, RowTable, TensorFileTable, load_tensor_file, nonfinite_rows
 from probe_lab.errors import ProbeLabError
+
+__all__ = ["ActivationDataset", "check_labels", "load_tensor_file", "natural_sorted"]
 
 ArrayLike = np.ndarray | torch.Tensor
 BLOCK_ROWS = 8192
@@ -26,15 +31,15 @@ BLOCK_ROWS = 8192
 class ActivationDataset(Dataset):
     """Rows of activations (float vectors of width `dim`) with optional 0/1 labels.
 
-    activations: an array (N, D) or (N, L, D) (then `layer` picks L), or a sequence of paths to
-    per-sample tensor files of shape (D,) or (L, D). labels: (N,) of 0/1, or None (scoring only).
-    `name` is how error messages refer to the data (a setting or a file).
+    activations: an array (N, D) or (N, L, D) (then `layer` picks L), a sequence of paths to
+    per-sample tensor files of shape (D,) or (L, D), or a `RowTable`. labels: (N,) of 0/1, or None
+    (scoring only). `name` is how error messages refer to the data (a setting or a file).
     Items are (x float32 tensor (D,), y float32 scalar); `__getitems__` reads whole batches at once.
     """
 
     def __init__(
         self,
-        activations: ArrayLike | Sequence[str | Path],
+        activations: ArrayLike | MappedFile | RowTable | Sequence[str | Path],
         labels: ArrayLike | Sequence[int] | None = None,
         *,
         layer: int | None = None,
@@ -45,23 +50,24 @@ class ActivationDataset(Dataset):
         del device
         self.name = name
         self.layer = layer
-        self._paths: list[Path] | None = None
-        self._array: np.ndarray | None = None
-        if isinstance(activations, (np.ndarray, torch.Tensor)):
-            self._array = _as_numpy(activations)
-            n_rows = self._array.shape[0]
-            self.dim = _array_dim(self._array, layer, name)
+        if isinstance(activations, RowTable):
+            self.table = activations
+        elif isinstance(activations, (np.ndarray, torch.Tensor, MappedFile)):
+            array = _as_numpy(activations) if isinstance(activations, torch.Tensor) else activations
+            _check_array(array, name)
+            self.table = ArrayTable(array)
         else:
-            self._paths = [Path(p) for p in activations]
-            if not self._paths:
+            paths = [Path(p) for p in activations]
+            if not paths:
                 raise ProbeLabError(f"{name}: no activation files given")
-            n_rows = len(self._paths)
-            self.dim = int(self._load_path(self._paths[0]).shape[0])
-        self._rows = np.arange(n_rows)
+            self.table = TensorFileTable(paths)
+        self._check_layer()
+        self.dim = self.table.dim
+        self._rows = np.arange(self.table.n_rows)
         self._checked_finite = False
         if labels is not None:
             labels = _as_numpy(labels) if isinstance(labels, torch.Tensor) else np.asarray(labels)
-        self.labels = None if labels is None else check_labels(labels, n_rows, name)
+        self.labels = None if labels is None else check_labels(labels, self.table.n_rows, name)
 
     # -- size and views -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -70,11 +76,20 @@ class ActivationDataset(Dataset):
     @property
     def is_lazy(self) -> bool:
         """True when rows live in per-sample files rather than an array."""
-        return self._paths is not None
+        return isinstance(self.table, TensorFileTable)
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype rows are stored in (float32, float16 or bfloat16); `read` returns it."""
+        return self.table.dtype
+
+    def nbytes(self, dtype: torch.dtype | None = None) -> int:
+        """Bytes of all rows held as one tensor of `dtype` (default: the storage dtype)."""
+        return len(self) * self.dim * (dtype or self.storage_dtype).itemsize
 
     @property
     def nbytes_float32(self) -> int:
-        return len(self) * self.dim * 4
+        return self.nbytes(torch.float32)
 
     def subset(self, indices: np.ndarray) -> ActivationDataset:
         """A view of the given rows (indices into this dataset); no activations are copied."""
@@ -83,6 +98,16 @@ class ActivationDataset(Dataset):
         if self.labels is not None:
             view.labels = self.labels[np.asarray(indices)]
         return view
+
+    def segments(self, max_rows: int) -> list[np.ndarray]:
+        """This dataset's row indices cut into runs of at most `max_rows` that ascend in storage and
+        stay within one storage segment (shard): the unit of one large contiguous read."""
+        order = np.argsort(self._rows, kind="stable")
+        cuts = np.searchsorted(self._rows[order], self.table.boundaries[1:-1])
+        runs: list[np.ndarray] = []
+        for run in np.split(order, cuts):
+            runs.extend(run[i : i + max_rows] for i in range(0, len(run), max_rows))
+        return [run for run in runs if len(run)]
 
     # -- reading --------------------------------------------------------------------------------
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,22 +126,21 @@ class ActivationDataset(Dataset):
             y = torch.from_numpy(self.labels[idx].astype(np.float32))
         return list(zip(x, y, strict=True))
 
+    def read(self, indices: np.ndarray) -> torch.Tensor:
+        """Activations of the given rows (indices into this dataset) as (k, D) in the storage dtype."""
+        base = self._rows[np.asarray(indices)]
+        # Storage reads fastest in ascending order; gather sorted, then restore the order asked for.
+        order = np.argsort(base, kind="stable")
+        block = self.table.read(base[order], self.layer)
+        if np.all(order[1:] > order[:-1]):
+            return block
+        out = torch.empty_like(block)
+        out[torch.from_numpy(order)] = block
+        return out
+
     def rows(self, indices: np.ndarray) -> np.ndarray:
         """Activations of the given rows as float32 (k, D)."""
-        base = self._rows[indices]
-        if self._paths is not None:
-            out = np.empty((len(base), self.dim), dtype=np.float32)
-            for i, row in enumerate(base):
-                out[i] = self._load_path(self._paths[row]).numpy()
-            return out
-        assert self._array is not None
-        # Memory-mapped arrays read fastest in ascending order; gather sorted, then restore the order.
-        order = np.argsort(base, kind="stable")
-        sorted_rows = base[order]
-        block = self._array[sorted_rows] if self._array.ndim == 2 else self._array[sorted_rows, self.layer]
-        out = np.empty((len(base), self.dim), dtype=np.float32)
-        out[order] = block
-        return out
+        return self.read(indices).float().numpy()
 
     def blocks(self, block_rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
         """Consecutive float32 blocks of rows, in dataset order."""
@@ -125,15 +149,32 @@ class ActivationDataset(Dataset):
 
     def materialize(self) -> np.ndarray:
         """All rows as one float32 array (N, D)."""
-        out = np.empty((len(self), self.dim), dtype=np.float32)
-        start = 0
-        for block in self.blocks():
-            out[start : start + len(block)] = block
-            start += len(block)
+        return self.to_tensor(torch.float32).numpy()
+
+    def to_tensor(self, dtype: torch.dtype | None = None, *, pin_memory: bool = False) -> torch.Tensor:
+        """All rows as one (N, D) tensor of `dtype` (default: the storage dtype), filled block by
+        block so that no second full-size copy is ever held."""
+        out = torch.empty((len(self), self.dim), dtype=dtype or self.storage_dtype, pin_memory=pin_memory)
+        for start in range(0, len(self), BLOCK_ROWS):
+            stop = min(start + BLOCK_ROWS, len(self))
+            out[start:stop] = self.read(np.arange(start, stop))
         return out
 
+    # -- finiteness -----------------------------------------------------------------------------
+    def nonfinite_mask(self) -> np.ndarray:
+        """bool (N,): rows holding NaN or Inf — from the store's scan when there was one, else read."""
+        known = self.table.nonfinite
+        if known is not None:
+            mask = known[self._rows]
+            return mask[:, self.layer] if mask.ndim == 2 else mask
+        mask = np.zeros(len(self), dtype=bool)
+        for start in range(0, len(self), BLOCK_ROWS):
+            stop = min(start + BLOCK_ROWS, len(self))
+            mask[start:stop] = nonfinite_rows(self.read(np.arange(start, stop)), self.storage_dtype)
+        return mask
+
     def count_nonfinite_rows(self) -> int:
-        return sum(int((~np.isfinite(block)).any(axis=1).sum()) for block in self.blocks())
+        return int(self.nonfinite_mask().sum())
 
     def check_finite(self) -> None:
         """Raise naming the data and the count of rows with NaN or Inf; a subset of checked data is not re-read."""
@@ -141,43 +182,32 @@ class ActivationDataset(Dataset):
             return
         bad = self.count_nonfinite_rows()
         if bad:
-            raise ProbeLabError(f"{self.name}: {bad} of {len(self)} rows contain NaN or Inf")
+            raise ProbeLabError(
+                f"{self.name}: {bad} of {len(self)} rows contain NaN or Inf (data.drop_nonfinite=true drops them)"
+            )
         self._checked_finite = True
 
-    def _load_path(self, path: Path) -> torch.Tensor:
-        tensor = load_tensor_file(path)
-        if tensor.ndim == 2 and tensor.shape[0] == 1 and self.layer is None:
-            tensor = tensor[0]
-        if tensor.ndim == 2:
-            if self.layer is None:
-                raise ProbeLabError(f"{path}: holds {tensor.shape[0]} layers of activations; set data.layer")
-            if not -tensor.shape[0] <= self.layer < tensor.shape[0]:
-                raise ProbeLabError(f"{path}: data.layer={self.layer} is out of range for {tensor.shape[0]} layers")
-            tensor = tensor[self.layer]
-        if tensor.ndim != 1:
-            raise ProbeLabError(f"{path}: expected a tensor of shape (D,) or (L, D), got {tuple(tensor.shape)}")
-        if hasattr(self, "dim") and tensor.shape[0] != self.dim:
-            raise ProbeLabError(f"{path}: has {tensor.shape[0]} values, the other samples have {self.dim}")
-        return tensor.float()
+    def drop_nonfinite(self) -> tuple[ActivationDataset, int]:
+        """(this dataset without its NaN/Inf rows, how many rows were dropped)."""
+        mask = self.nonfinite_mask()
+        kept = self.subset(np.flatnonzero(~mask))
+        kept._checked_finite = True
+        return kept, int(mask.sum())
 
-
-def load_tensor_file(path: Path) -> torch.Tensor:
-    """One plain tensor from a file, refusing anything that would need unpickling of objects."""
-    if not path.is_file():
-        raise ProbeLabError(f"{path}: file not found")
-    try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    # Arbitrary bytes make torch's restricted unpickler fail in many ways (KeyError, IndexError, ...);
-    # for an untrusted file each of them means the same thing.
-    except Exception as err:
-        text = str(err).strip()
-        first_line = text.splitlines()[0] if text else type(err).__name__
-        raise ProbeLabError(f"{path}: not a plain tensor file ({first_line[:160]})") from None
-    if not isinstance(value, torch.Tensor):
-        raise ProbeLabError(f"{path}: holds a {type(value).__name__}, expected a tensor")
-    if not value.is_floating_point():
-        raise ProbeLabError(f"{path}: holds a {value.dtype} tensor, expected floating-point activations")
-    return value
+    def _check_layer(self) -> None:
+        if isinstance(self.table, TensorFileTable):
+            return  # each file says how many layers it holds; checked as it is read
+        layers = self.table.layers
+        if layers is None:
+            if self.layer not in (None, 0, -1):
+                raise ProbeLabError(
+                    f"{self.name}: data.layer={self.layer} given but the activations have no layer axis"
+                )
+            self.layer = None
+        elif self.layer is None:
+            raise ProbeLabError(f"{self.name}: activations hold {layers} layers; set data.layer")
+        elif not -layers <= self.layer < layers:
+            raise ProbeLabError(f"{self.name}: data.layer={self.layer} is out of range for {layers} layers")
 
 
 def check_labels(labels: np.ndarray, n_rows: int, name: str) -> np.ndarray:
@@ -216,21 +246,8 @@ def _as_numpy(values: ArrayLike) -> np.ndarray:
     return values
 
 
-def _array_dim(array: np.ndarray, layer: int | None, name: str) -> int:
+def _check_array(array: np.ndarray | MappedFile, name: str) -> None:
     if array.dtype.kind != "f":
         raise ProbeLabError(f"{name}: activations must be floating point, got dtype {array.dtype}")
-    if array.ndim == 2:
-        if layer not in (None, 0, -1):
-            raise ProbeLabError(
-                f"{name}: data.layer={layer} given but the activations have no layer axis (shape {array.shape})"
-            )
-        return int(array.shape[1])
-    if array.ndim == 3:
-        if layer is None:
-            raise ProbeLabError(
-                f"{name}: activations of shape {array.shape} hold {array.shape[1]} layers; set data.layer"
-            )
-        if not -array.shape[1] <= layer < array.shape[1]:
-            raise ProbeLabError(f"{name}: data.layer={layer} is out of range for {array.shape[1]} layers")
-        return int(array.shape[2])
-    raise ProbeLabError(f"{name}: activations must have shape (N, D) or (N, L, D), got {array.shape}")
+    if len(array.shape) not in (2, 3):
+        raise ProbeLabError(f"{name}: activations must have shape (N, D) or (N, L, D), got {array.shape}")

@@ -6,6 +6,7 @@ shape N×D or N×L×D; `pt_files` reads a directory of per-sample tensor files l
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 from probe_lab.data import synthetic
 from probe_lab.data.dataset import ActivationDataset, check_labels, natural_sorted
 from probe_lab.data.splits import check_split_fractions
+from probe_lab.data.tables import map_npy
 from probe_lab.errors import ProbeLabError
 
 TENSOR_SUFFIXES = (".pt", ".pth")
@@ -81,12 +83,12 @@ def load_dataset(cfg: DataConfig, seed: int, *, require_labels: bool = True) -> 
 
 def _npy(cfg: DataConfig, require_labels: bool) -> ActivationDataset:
     x_path = _existing_file(cfg.x, "data.x")
+    if zipfile.is_zipfile(x_path):
+        raise ProbeLabError(f"data.x ({x_path}): expected one .npy array, got an .npz archive")
     try:
-        x = np.load(x_path, mmap_mode="r", allow_pickle=False)
+        x = map_npy(x_path)
     except (ValueError, OSError, EOFError) as err:
         raise ProbeLabError(f"data.x ({x_path}): not a readable .npy array ({str(err).splitlines()[0]})") from None
-    if not isinstance(x, np.ndarray):
-        raise ProbeLabError(f"data.x ({x_path}): expected one .npy array, got a {type(x).__name__} archive")
     labels = _labels(cfg.y, "data.y", require_labels)
     return ActivationDataset(x, labels, layer=cfg.layer, name=f"data.x ({x_path})")
 
