@@ -45,7 +45,16 @@ class BackendConfig:
 
 @dataclass
 class DeviceConfig:
+    """memory_budget_gb: how much of the device's memory the training split may occupy for full-batch
+    L-BFGS (`probe.optimizer=auto`); beyond it AdamW streams minibatches. null: half the device's
+    memory (total GPU memory on CUDA, available RAM on the CPU)."""
+
     name: DeviceName = DeviceName.auto
+    memory_budget_gb: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
+            raise ProbeLabError(f"device.memory_budget_gb must be positive, got {self.memory_budget_gb}")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -43,3 +44,13 @@ def resolve_precision(requested: str, device: str) -> str:
         log.warning("precision=16-mixed needs CUDA; using 32 on the CPU (bf16-mixed works on CPUs)")
         return "32"
     return requested
+
+
+def resolve_memory_budget(configured_gb: float | None, device: str, device_index: int = 0) -> int:
+    """Bytes the training split may occupy on the device: the configured GB, or half the device's
+    memory (total GPU memory on CUDA, memory available now on the CPU)."""
+    if configured_gb is not None:
+        return int(configured_gb * 1e9)
+    if device == "cuda":
+        return torch.cuda.get_device_properties(device_index).total_memory // 2
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2

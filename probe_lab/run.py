@@ -79,11 +79,16 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
         device=device,
         precision=resolve_precision(settings.precision.name, device),
         seed=settings.seed,
+        memory_budget_gb=settings.device.memory_budget_gb,
+        num_workers=settings.data.num_workers,
+        read_mb=settings.data.read_mb,
+        shuffle_reads=settings.data.shuffle_reads,
+        prefetch_batches=settings.data.prefetch_batches,
     )
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    splits, dim = load_splits(settings)
+    splits, dim, dropped = load_splits(settings)
     timings["read_seconds"] = time.perf_counter() - start
 
     with staged_artifacts(out_dir) as staging:
@@ -106,6 +111,7 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
             "model_size_b": settings.model.size_b,
             "data": settings.data.source.value,
             "layer": settings.data.layer,
+            "dropped_nonfinite_rows": dropped,
             "n_train": len(splits.train),
             "n_val": len(splits.val),
             "n_test": len(splits.test) if splits.test is not None else 0,
@@ -128,13 +134,22 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     return RunResult(out_dir, run_metrics)
 
 
-def load_splits(settings: RunConfig) -> tuple[Splits, int]:
-    """The configured data, checked (width, finiteness) and split; returns (splits, input width)."""
-    dataset = load_dataset(settings.data, settings.seed)
+def load_splits(settings: RunConfig) -> tuple[Splits, int, int]:
+    """The configured data, checked (width, finiteness) and split by index.
+
+    Returns (splits, input width, rows dropped for holding NaN/Inf with data.drop_nonfinite=true).
+    """
+    dataset = load_dataset(settings.data, settings.seed, progress=settings.progress_bar)
     if settings.model.hidden_dim is not None and settings.model.hidden_dim != dataset.dim:
         raise ProbeLabError(f"model.hidden_dim={settings.model.hidden_dim} but {dataset.name} has {dataset.dim} dims")
+    dropped = 0
+    if settings.data.drop_nonfinite:
+        dataset, dropped = dataset.drop_nonfinite()
+        if dropped:
+            log.warning("%s: dropped %d of %d rows holding NaN or Inf", dataset.name, dropped, dropped + len(dataset))
     dataset.check_finite()
-    return split_dataset(dataset, settings.data.validation_split, settings.data.test_split, settings.seed), dataset.dim
+    splits = split_dataset(dataset, settings.data.validation_split, settings.data.test_split, settings.seed)
+    return splits, dataset.dim, dropped
 
 
 def evaluate(weights: ProbeWeights, splits: Splits) -> Evaluation:

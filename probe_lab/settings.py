@@ -66,9 +66,6 @@ class ProbeSettings:
     optimizer: OptimizerName = OptimizerName.auto
     solver: SklearnSolver = SklearnSolver.auto
     standardize: bool = False
-    # Full-batch L-BFGS holds the training split in memory; above this size `optimizer=auto` streams
-    # minibatches with AdamW instead.
-    full_batch_max_gb: float = 4.0
 
     def __post_init__(self) -> None:
         self.penalty = _enum(Penalty, self.penalty, "penalty")
@@ -76,7 +73,6 @@ class ProbeSettings:
         self.solver = _enum(SklearnSolver, self.solver, "solver")
         _positive(self.regularization, "regularization")
         _positive(self.learning_rate, "learning_rate")
-        _positive(self.full_batch_max_gb, "full_batch_max_gb")
         for name in ("max_iterations", "batch_size", "gradient_accumulation_steps"):
             _positive(getattr(self, name), name, integer=True)
         if self.early_stopping_patience < 0:
@@ -95,6 +91,13 @@ class ProbeTrainingConfig(ProbeSettings):
 
     `precision` (Lightning's names: "32", "16-mixed", "bf16-mixed") wins over `use_mixed_precision`
     when given; otherwise mixed precision means "16-mixed" on CUDA and "32" on the CPU.
+
+    memory_budget_gb: with `optimizer=auto`, full-batch L-BFGS runs while the training split, held in
+    its training dtype, fits in this many GB of the device's memory; larger splits stream minibatches
+    with AdamW. None: half of the device's memory (GPU memory on CUDA, available RAM on the CPU).
+    num_workers, read_mb, shuffle_reads, prefetch_batches: how minibatches stream from disk
+    (worker processes, the size of one contiguous read, reads shuffled together, batches prefetched
+    by each worker).
     """
 
     validation_split: float = 0.2
@@ -102,11 +105,23 @@ class ProbeTrainingConfig(ProbeSettings):
     device: str = "cuda"
     precision: str | None = None
     seed: int = 42
+    memory_budget_gb: float | None = None
+    num_workers: int = 0
+    read_mb: float = 32.0
+    shuffle_reads: int = 4
+    prefetch_batches: int = 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 < self.validation_split < 1.0:
             raise ProbeLabError(f"validation_split must be in (0, 1), got {self.validation_split}")
+        if self.memory_budget_gb is not None:
+            _positive(self.memory_budget_gb, "memory_budget_gb", prefix="")
+        _positive(self.read_mb, "read_mb", prefix="")
+        for name in ("shuffle_reads", "prefetch_batches"):
+            _positive(getattr(self, name), name, integer=True, prefix="")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ProbeLabError(f"num_workers must be a non-negative integer, got {self.num_workers!r}")
         if self.precision is not None and str(self.precision) not in PRECISIONS:
             raise ProbeLabError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.precision is not None:
@@ -172,7 +187,7 @@ def _enum(enum_type: type[Enum], value: Any, name: str) -> Any:
         raise ProbeLabError(f"probe.{name} must be one of {choices}, got {value!r}") from None
 
 
-def _positive(value: Any, name: str, *, integer: bool = False) -> None:
+def _positive(value: Any, name: str, *, integer: bool = False, prefix: str = "probe.") -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
-        raise ProbeLabError(f"probe.{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+        raise ProbeLabError(f"{prefix}{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")

@@ -84,7 +84,7 @@ def test_bf16_storage_reaches_the_float32_optimum(splits) -> None:
 
 
 def test_auto_optimizer_streams_when_the_split_is_too_large(splits) -> None:
-    small_budget = TorchProbeTrainer(256, ProbeTrainingConfig(device="cpu", full_batch_max_gb=1e-6))
+    small_budget = TorchProbeTrainer(256, ProbeTrainingConfig(device="cpu", memory_budget_gb=1e-6))
     assert small_budget.optimizer_for(splits.train).value == "adamw"
     assert TorchProbeTrainer(256, ProbeTrainingConfig(device="cpu")).optimizer_for(splits.train).value == "lbfgs"
 

@@ -39,13 +39,13 @@ from lightning.pytorch.loggers import CSVLogger
 from torchmetrics.classification import BinaryAUROC
 
 from probe_lab.backends.base import FitResult, ProbeTrainer
-from probe_lab.data.datamodule import ProbeDataModule
+from probe_lab.data.datamodule import ProbeDataModule, resident_dtype
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.stats import feature_moments
 from probe_lab.errors import ProbeLabError
 from probe_lab.linear_probe import LinearProbe
 from probe_lab.probe import ProbeWeights
-from probe_lab.resolver import resolve_device, resolve_precision
+from probe_lab.resolver import resolve_device, resolve_memory_budget, resolve_precision
 from probe_lab.settings import OptimizerName, Penalty, ProbeTrainingConfig
 
 log = logging.getLogger(__name__)
@@ -166,12 +166,10 @@ class TorchProbeTrainer(ProbeTrainer):
         *,
         run_dir: str | Path | None = None,
         progress_bar: bool = False,
-        num_workers: int = 0,
     ) -> None:
         super().__init__(input_dim, config, run_dir=run_dir, progress_bar=progress_bar)
         if self.config.penalty is not Penalty.l2:
             raise ProbeLabError("probe.penalty=l1 is supported by the sklearn backend only (use backend=sklearn)")
-        self.num_workers = num_workers
 
     def placement(self) -> tuple[str, str, list[int] | int]:
         """(device, Lightning precision, Lightning `devices`), falling back to the CPU without CUDA.
@@ -188,9 +186,15 @@ class TorchProbeTrainer(ProbeTrainer):
         return device, precision, 1
 
     def optimizer_for(self, train: ActivationDataset) -> OptimizerName:
+        """`auto`: full-batch L-BFGS when the training split, in the dtype it trains in, fits the
+        device's memory budget; minibatch AdamW streaming from disk otherwise."""
         if self.config.optimizer is not OptimizerName.auto:
             return self.config.optimizer
-        fits = train.nbytes_float32 <= self.config.full_batch_max_gb * 1e9
+        device, precision, devices = self.placement()
+        budget = resolve_memory_budget(
+            self.config.memory_budget_gb, device, devices[0] if isinstance(devices, list) else 0
+        )
+        fits = train.nbytes(resident_dtype(train.storage_dtype, precision)) <= budget
         return OptimizerName.lbfgs if fits else OptimizerName.adamw
 
     def _fit(self, train: ActivationDataset, val: ActivationDataset) -> FitResult:
@@ -204,7 +208,10 @@ class TorchProbeTrainer(ProbeTrainer):
             full_batch=optimizer is OptimizerName.lbfgs,
             precision=precision,
             seed=self.config.seed,
-            num_workers=self.num_workers,
+            num_workers=self.config.num_workers,
+            read_mb=self.config.read_mb,
+            shuffle_reads=self.config.shuffle_reads,
+            prefetch_batches=self.config.prefetch_batches,
         )
         with tempfile.TemporaryDirectory(prefix="probe_lab-") as scratch:
             out_dir = self.run_dir or Path(scratch)
@@ -249,6 +256,7 @@ class TorchProbeTrainer(ProbeTrainer):
             "device": device,
             "precision": precision,
             "trainer_precision": trainer_precision,
+            "activation_dtype": str(datamodule.dtype).removeprefix("torch."),
             "epochs": epochs,
             "optimizer_steps": steps,
         }

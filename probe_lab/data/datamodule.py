@@ -1,9 +1,10 @@
 """`ProbeDataModule`: the Lightning view of train / validation splits.
 
 Full-batch mode (L-BFGS) serves the whole training split as one batch, read once and kept resident
-on the device in the storage dtype that the precision asks for (half precision halves the memory
-and the bytes each pass reads; the probe accumulates in float32 either way). Minibatch mode (AdamW)
-streams seeded, shuffled batches of `batch_size` rows, each read in one call.
+in its stored precision (or in half precision when the run's precision asks for it): 2 bytes a value
+for half-precision data, and the probe accumulates in float32 either way. Minibatch mode (AdamW)
+streams batches from disk (`StreamedBatches`): large contiguous reads, shuffled by segment and within
+a buffer, seeded, in worker processes with pinned memory and prefetching.
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.streaming import StreamedBatches
 
-STORAGE_DTYPES = {"32": torch.float32, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+PRECISION_DTYPES = {"32": torch.float32, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+
+
+def resident_dtype(stored: torch.dtype, precision: str) -> torch.dtype:
+    """The dtype activations are held in for training: half-precision data stays as stored (no
+    conversion, no overflow from bfloat16's range into float16's); float32 data takes the
+    precision's storage dtype."""
+    return stored if stored.itemsize == 2 else PRECISION_DTYPES[precision]
 
 
 class _WholeSplit(Dataset):
@@ -31,18 +40,14 @@ class _WholeSplit(Dataset):
         return self.x, self.y
 
 
-class _StackAndCast:
-    """Collate (x, y) samples into a batch, activations in the storage dtype."""
-
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype = dtype
-
-    def __call__(self, samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = zip(*samples, strict=True)
-        return torch.stack(xs).to(self.dtype), torch.stack(ys)
-
-
 class ProbeDataModule(pl.LightningDataModule):
+    """Training and validation batches for `ProbeModule`.
+
+    read_mb: the size of one contiguous read when streaming; shuffle_reads: how many reads are
+    shuffled together; num_workers / prefetch_batches: the DataLoader's worker processes and how
+    many batches each keeps ready.
+    """
+
     def __init__(
         self,
         train: ActivationDataset,
@@ -53,38 +58,55 @@ class ProbeDataModule(pl.LightningDataModule):
         precision: str = "32",
         seed: int = 42,
         num_workers: int = 0,
+        read_mb: float = 32.0,
+        shuffle_reads: int = 4,
+        prefetch_batches: int = 2,
     ) -> None:
         super().__init__()
         self.train, self.val = train, val
         self.batch_size = batch_size
         self.full_batch = full_batch
-        self.storage_dtype = STORAGE_DTYPES[precision]
+        self.dtype = resident_dtype(train.storage_dtype, precision)
         self.seed = seed
         self.num_workers = num_workers
+        row_bytes = train.dim * train.storage_dtype.itemsize
+        self.read_rows = max(1, int(read_mb * 2**20) // row_bytes)
+        self.shuffle_reads = shuffle_reads
+        self.prefetch_batches = prefetch_batches
         self._resident: _WholeSplit | None = None
+        self._streams: dict[str, StreamedBatches] = {}
 
     def train_dataloader(self) -> DataLoader:
         if self.full_batch:
             if self._resident is None:
-                x = torch.from_numpy(self.train.materialize()).to(self.storage_dtype)
+                x = self.train.to_tensor(self.dtype, pin_memory=torch.cuda.is_available())
                 y = torch.from_numpy(np.asarray(self.train.labels, dtype=np.float32))
                 self._resident = _WholeSplit(x, y)
-            return DataLoader(self._resident, batch_size=None, pin_memory=torch.cuda.is_available())
-        generator = torch.Generator().manual_seed(self.seed)
-        return self._loader(self.train, shuffle=True, generator=generator)
+            return DataLoader(self._resident, batch_size=None)
+        return self._loader("train", self.train, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val, shuffle=False)
+        return self._loader("val", self.val, shuffle=False)
 
-    def _loader(
-        self, dataset: ActivationDataset, *, shuffle: bool, generator: torch.Generator | None = None
-    ) -> DataLoader:
+    def _loader(self, part: str, dataset: ActivationDataset, *, shuffle: bool) -> DataLoader:
+        # One stream per split for the whole fit: its epoch counter varies the shuffle.
+        if part not in self._streams:
+            self._streams[part] = StreamedBatches(
+                dataset,
+                self.batch_size,
+                dtype=self.dtype,
+                shuffle=shuffle,
+                seed=self.seed,
+                read_rows=self.read_rows,
+                buffer_reads=self.shuffle_reads,
+            )
+        # Validation needs one worker at most; next to a resident training split, none.
+        workers = self.num_workers if shuffle else (0 if self.full_batch else min(self.num_workers, 1))
         return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            collate_fn=_StackAndCast(self.storage_dtype),
-            num_workers=self.num_workers,
+            self._streams[part],
+            batch_size=None,
+            num_workers=workers,
             pin_memory=torch.cuda.is_available(),
+            prefetch_factor=self.prefetch_batches if workers else None,
+            persistent_workers=workers > 0,
         )

@@ -25,7 +25,9 @@ from probe_lab.errors import ProbeLabError
 __all__ = ["ActivationDataset", "check_labels", "load_tensor_file", "natural_sorted"]
 
 ArrayLike = np.ndarray | torch.Tensor
-BLOCK_ROWS = 8192
+# Blocks of rows read at once by the streaming passes (statistics, scoring, checks): large enough
+# for sequential reads, small enough that their float32/float64 working copies stay a few tens of MB.
+BLOCK_BYTES = 16 << 20
 
 
 class ActivationDataset(Dataset):
@@ -142,10 +144,16 @@ class ActivationDataset(Dataset):
         """Activations of the given rows as float32 (k, D)."""
         return self.read(indices).float().numpy()
 
-    def blocks(self, block_rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
+    @property
+    def block_rows(self) -> int:
+        """Rows per block of the streaming passes: about BLOCK_BYTES of float32."""
+        return max(1, BLOCK_BYTES // (4 * self.dim))
+
+    def blocks(self, block_rows: int | None = None) -> Iterator[np.ndarray]:
         """Consecutive float32 blocks of rows, in dataset order."""
-        for start in range(0, len(self), block_rows):
-            yield self.rows(np.arange(start, min(start + block_rows, len(self))))
+        step = block_rows or self.block_rows
+        for start in range(0, len(self), step):
+            yield self.rows(np.arange(start, min(start + step, len(self))))
 
     def materialize(self) -> np.ndarray:
         """All rows as one float32 array (N, D)."""
@@ -155,8 +163,8 @@ class ActivationDataset(Dataset):
         """All rows as one (N, D) tensor of `dtype` (default: the storage dtype), filled block by
         block so that no second full-size copy is ever held."""
         out = torch.empty((len(self), self.dim), dtype=dtype or self.storage_dtype, pin_memory=pin_memory)
-        for start in range(0, len(self), BLOCK_ROWS):
-            stop = min(start + BLOCK_ROWS, len(self))
+        for start in range(0, len(self), self.block_rows):
+            stop = min(start + self.block_rows, len(self))
             out[start:stop] = self.read(np.arange(start, stop))
         return out
 
@@ -168,8 +176,8 @@ class ActivationDataset(Dataset):
             mask = known[self._rows]
             return mask[:, self.layer] if mask.ndim == 2 else mask
         mask = np.zeros(len(self), dtype=bool)
-        for start in range(0, len(self), BLOCK_ROWS):
-            stop = min(start + BLOCK_ROWS, len(self))
+        for start in range(0, len(self), self.block_rows):
+            stop = min(start + self.block_rows, len(self))
             mask[start:stop] = nonfinite_rows(self.read(np.arange(start, stop)), self.storage_dtype)
         return mask
 

@@ -1,7 +1,8 @@
 """Where activations come from: `DataConfig` (the `data` config group's schema) → ActivationDataset.
 
 Sources: `synthetic` and `seed_task` are generated in-process; `npy` memory-maps an .npy file of
-shape N×D or N×L×D; `pt_files` reads a directory of per-sample tensor files lazily.
+shape N×D or N×L×D; `pt_files` reads a directory of per-sample tensor files lazily; `store` opens an
+activation store (probe_lab.data.store), scanning it once for checksums and non-finite rows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from probe_lab.data import synthetic
 from probe_lab.data.dataset import ActivationDataset, check_labels, natural_sorted
 from probe_lab.data.splits import check_split_fractions
+from probe_lab.data.store import ActivationStore
 from probe_lab.data.tables import map_npy
 from probe_lab.errors import ProbeLabError
 
@@ -27,6 +29,7 @@ class DataSource(StrEnum):
     seed_task = "seed_task"
     npy = "npy"
     pt_files = "pt_files"
+    store = "store"
 
 
 @dataclass
@@ -45,9 +48,20 @@ class DataConfig:
     y: str | None = None
     dir: str | None = None
     labels: str | None = None
+    # store: the store's directory; verify: check each shard's checksum while scanning it
+    path: str | None = None
+    verify: bool = True
     layer: int | None = None
     validation_split: float = 0.2
     test_split: float = 0.2
+    # Rows holding NaN or Inf fail the run with their count, unless dropped
+    drop_nonfinite: bool = False
+    # Streaming minibatches (optimizer=adamw): worker processes, MB per contiguous read, reads
+    # shuffled together, batches each worker prefetches
+    num_workers: int = 2
+    read_mb: float = 32.0
+    shuffle_reads: int = 4
+    prefetch_batches: int = 2
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, DataSource):
@@ -60,14 +74,26 @@ class DataConfig:
             if self.n_outliers < 0 or self.outlier_scale <= 0:
                 raise ProbeLabError("data.n_outliers must be >= 0 and data.outlier_scale > 0")
         check_split_fractions(self.validation_split, self.test_split)
-        used = {DataSource.npy: {"x", "y", "layer"}, DataSource.pt_files: {"dir", "labels", "layer"}}
-        for name in ("x", "y", "dir", "labels", "layer"):
+        if self.num_workers < 0:
+            raise ProbeLabError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        for name in ("read_mb", "shuffle_reads", "prefetch_batches"):
+            if getattr(self, name) <= 0:
+                raise ProbeLabError(f"data.{name} must be positive, got {getattr(self, name)}")
+        used = {
+            DataSource.npy: {"x", "y", "layer"},
+            DataSource.pt_files: {"dir", "labels", "layer"},
+            DataSource.store: {"path", "layer"},
+        }
+        for name in ("x", "y", "dir", "labels", "path", "layer"):
             if getattr(self, name) is not None and name not in used.get(self.source, set()):
                 raise ProbeLabError(f"data.{name} is not used by data={self.source.value}")
 
 
-def load_dataset(cfg: DataConfig, seed: int, *, require_labels: bool = True) -> ActivationDataset:
-    """The activations (and labels) that `cfg` describes; files are validated, not yet read whole."""
+def load_dataset(
+    cfg: DataConfig, seed: int, *, require_labels: bool = True, progress: bool = False
+) -> ActivationDataset:
+    """The activations (and labels) that `cfg` describes; files are validated, not yet read whole
+    (a store is read once, by its scan)."""
     if cfg.source is DataSource.synthetic:
         x, y = synthetic.activation_like(
             cfg.n, cfg.dim, seed, n_outliers=cfg.n_outliers, outlier_scale=cfg.outlier_scale, signal=cfg.signal
@@ -78,6 +104,10 @@ def load_dataset(cfg: DataConfig, seed: int, *, require_labels: bool = True) -> 
         return ActivationDataset(x, y, name="data=seed_task")
     if cfg.source is DataSource.npy:
         return _npy(cfg, require_labels)
+    if cfg.source is DataSource.store:
+        if cfg.path is None:
+            raise ProbeLabError("data.path is required for data=store")
+        return ActivationStore.open(cfg.path).dataset(cfg.layer, verify=cfg.verify, progress=progress)
     return _pt_files(cfg, require_labels)
 
 
@@ -89,7 +119,7 @@ def _npy(cfg: DataConfig, require_labels: bool) -> ActivationDataset:
         x = map_npy(x_path)
     except (ValueError, OSError, EOFError) as err:
         raise ProbeLabError(f"data.x ({x_path}): not a readable .npy array ({str(err).splitlines()[0]})") from None
-    labels = _labels(cfg.y, "data.y", require_labels)
+    labels = read_labels(cfg.y, "data.y", require_labels)
     return ActivationDataset(x, labels, layer=cfg.layer, name=f"data.x ({x_path})")
 
 
@@ -102,11 +132,11 @@ def _pt_files(cfg: DataConfig, require_labels: bool) -> ActivationDataset:
     paths = natural_sorted([p for p in directory.iterdir() if p.suffix in TENSOR_SUFFIXES])
     if not paths:
         raise ProbeLabError(f"data.dir ({directory}): no {' or '.join(TENSOR_SUFFIXES)} tensor files")
-    labels = _labels(cfg.labels, "data.labels", require_labels)
+    labels = read_labels(cfg.labels, "data.labels", require_labels)
     return ActivationDataset(paths, labels, layer=cfg.layer, name=f"data.dir ({directory})")
 
 
-def _labels(path: str | None, setting: str, required: bool) -> np.ndarray | None:
+def read_labels(path: str | None, setting: str, required: bool) -> np.ndarray | None:
     if path is None:
         if required:
             raise ProbeLabError(f"{setting} is required: a .npy or text file of 0/1 labels")
