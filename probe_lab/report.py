@@ -28,10 +28,11 @@ def plot_roc(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, float]]
 
 def summary_lines(backend: str, reason: str, metrics: dict, out_dir: Path, files: list[str]) -> list[str]:
     test = metrics.get("test") or {}
+    dropped = metrics.get("dropped_nonfinite_rows")
     lines = [
         f"probe_lab: {backend} backend ({reason}) on {metrics['device']}, precision {metrics['precision']}",
         f"  data     {metrics['n_train']} train / {metrics['n_val']} val / {metrics['n_test']} test rows, "
-        f"{metrics['input_dim']} dims",
+        f"{metrics['input_dim']} dims" + (f"; {dropped} rows with NaN/Inf dropped" if dropped else ""),
         f"  fit      {metrics['fit_seconds']:.3f} s; val AUROC {metrics['val']['auroc']:.4f}",
     ]
     if test:

@@ -2,15 +2,16 @@
 
 A store is a directory:
 
-    manifest.json            format_version, dim, layers, dtype, rows, labels, shards (written last)
+    manifest.json            format_version, dim, layers, dtype, rows, labels (file, checksum) and
+                             shards (file, rows, checksum); written last
     labels.npy               int8 0/1, one per row
     shard-00000.safetensors  one tensor "activations" of shape (rows, D) or (rows, L, D)
     ...
 
 Shards are ordinary safetensors files (any safetensors reader opens them), in float16, bfloat16 or
 float32: the stored precision is kept end to end. Each shard's checksum is the SHA-256 of its tensor
-bytes. The manifest is written last and atomically, so a store whose writing was interrupted has no
-manifest and is never taken for complete.
+bytes; the labels file's is of the whole file. The manifest is written last and atomically, so a
+store whose writing was interrupted has no manifest and is never taken for complete.
 
 `ActivationStore.create(path, dim, layers=None, dtype="float16")` returns a `StoreWriter` that appends
 batches as they are produced (`.append(x, y)`, `.close()`), holding one batch in memory at a time.
@@ -64,6 +65,7 @@ class Manifest:
     dtype: str
     rows: int
     labels: str
+    labels_sha256: str  # of the labels file
     shards: tuple[ShardInfo, ...]
 
     @property
@@ -98,6 +100,7 @@ class Manifest:
                 dtype=_field(values, "dtype", str),
                 rows=_field(values, "rows", int),
                 labels=_field(values, "labels", str),
+                labels_sha256=_field(values, "labels_sha256", str),
                 shards=tuple(
                     ShardInfo(_field(s, "file", str), _field(s, "rows", int), _field(s, "sha256", str))
                     for s in _field(values, "shards", list)
@@ -161,7 +164,7 @@ class ActivationStore:
             raise ProbeLabError(f"{root}: no {MANIFEST}; not an activation store, or its writing was interrupted")
         manifest = Manifest.read(manifest_path)
         shards = [_open_shard(root / shard.file, shard, manifest) for shard in manifest.shards]
-        labels = _read_labels(root / manifest.labels, manifest.rows)
+        labels = _read_labels(root / manifest.labels, manifest)
         return cls(root, manifest, labels, shards)
 
     @property
@@ -316,6 +319,7 @@ class StoreWriter:
             dtype=DTYPE_NAMES[self.dtype],
             rows=self.rows,
             labels=LABELS,
+            labels_sha256=hashlib.sha256((self.path / LABELS).read_bytes()).hexdigest(),
             shards=tuple(self._shards),
         )
         partial = self.path / f".{MANIFEST}.partial"
@@ -405,9 +409,12 @@ def _open_shard(path: Path, info: ShardInfo, manifest: Manifest) -> MappedFile:
     return MappedFile(path, data_start, NUMPY_STORAGE[manifest.torch_dtype], tuple(expected_shape))
 
 
-def _read_labels(path: Path, rows: int) -> np.ndarray:
+def _read_labels(path: Path, manifest: Manifest) -> np.ndarray:
     if not path.is_file():
         raise ProbeLabError(f"{path}: labels file listed in {MANIFEST} is missing")
+    rows = manifest.rows
+    if hashlib.sha256(path.read_bytes()).hexdigest() != manifest.labels_sha256:
+        raise ProbeLabError(f"{path}: checksum mismatch; the labels are corrupt or changed since they were written")
     try:
         labels = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
