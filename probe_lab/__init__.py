@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "ActivationDataset": "probe_lab.data.dataset",
+    "ActivationStore": "probe_lab.data.store",
     "LinearProbe": "probe_lab.linear_probe",
     "Probe": "probe_lab.detector",
     "ProbeDetector": "probe_lab.detector",
@@ -27,6 +28,7 @@ _EXPORTS = {
 
 __all__ = [
     "ActivationDataset",
+    "ActivationStore",
     "LinearProbe",
     "Probe",
     "ProbeDetector",
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from probe_lab.backends.lightning import TorchProbeTrainer
     from probe_lab.backends.sklearn import SklearnProbeTrainer
     from probe_lab.data.dataset import ActivationDataset
+    from probe_lab.data.store import ActivationStore
     from probe_lab.detector import Probe, ProbeDetector
     from probe_lab.errors import ProbeLabError
     from probe_lab.linear_probe import LinearProbe
