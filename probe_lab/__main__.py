@@ -1,29 +1,55 @@
-"""`python -m probe_lab [overrides]`: compose the config with Hydra and train one probe."""
+"""`python -m probe_lab [overrides]`: compose the config with Hydra and train one probe.
+
+With `-m` (Hydra multirun) it trains one probe per combination of the swept values; a job that fails is
+recorded in its folder and the sweep goes on, and `probe_lab.sweep.SweepSummary` summarizes them all.
+"""
 
 from __future__ import annotations
 
+import math
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from probe_lab.config import register_configs
 from probe_lab.errors import ProbeLabError
 from probe_lab.run import run
+from probe_lab.sweep import error_line, record_failure
 
 register_configs()
 
 
 @hydra.main(version_base=None, config_path="pkg://probe_lab.conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Returns the validation AUROC, for Hydra sweepers that optimize it."""
+    """Returns the validation AUROC, for Hydra sweepers that optimize it (NaN for a failed job of a sweep)."""
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return sweep_job(cfg, out_dir)
     try:
-        result = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        result = run(cfg, out_dir)
     except ProbeLabError as err:
         print(f"probe_lab: error: {err}", file=sys.stderr)
         sys.exit(2)
+    return float(result.metrics["val"]["auroc"])
+
+
+def sweep_job(cfg: DictConfig, out_dir: Path) -> float:
+    """One job of a multirun. A failure is printed and written to the job's error.txt instead of raised:
+    an exception or sys.exit here would stop the sweep before the other jobs run and before its summary.
+    """
+    try:
+        result = run(cfg, out_dir)
+    except Exception as err:
+        line = error_line(err)
+        print(f"probe_lab: error: {line}", file=sys.stderr)
+        record_failure(out_dir, line, "" if isinstance(err, ProbeLabError) else traceback.format_exc())
+        return math.nan
     return float(result.metrics["val"]["auroc"])
 
 
