@@ -69,7 +69,7 @@ def seed_trainer(splits: Splits, regularization: float = 100.0, patience: int = 
 def lbfgs_evaluations(splits: Splits, preconditioned: bool, regularization: float = 100.0):
     """Plain full-batch L-BFGS on probe_lab's objective, with or without its coordinates."""
     trainer = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(device="cpu", regularization=regularization))
-    module = trainer._module(splits.train, trainer.optimizer_for(splits.train))
+    module = trainer._module(splits.train, trainer.optimizer_for(splits.train), [trainer.config.regularization])
     if not preconditioned:
         module.probe.set_coordinates(torch.zeros(splits.train.dim), torch.ones(splits.train.dim))
         module.penalty_weights.fill_(1.0)

@@ -1,4 +1,5 @@
-"""`LinearProbe`: nn.Linear(D, 1) fitted in a well-conditioned coordinate system.
+"""`LinearProbe`: nn.Linear(D, 1) fitted in a well-conditioned coordinate system (or nn.Linear(D, K):
+K probes trained side by side, one per regularization value of a path).
 
 Activations of real models are badly conditioned (a few dimensions tens of times larger than the
 rest, a mean far from zero). The probe keeps the seed's `nn.Linear(input_dim, 1)` as its parameters,
@@ -25,7 +26,8 @@ _BLOCK_ROWS = 16384
 
 
 class _Float32Linear(torch.autograd.Function):
-    """x @ w + b for x of any float dtype and float32 w, b; float32 math, no float32 copy of x saved.
+    """x @ w + b for x of any float dtype and float32 w (D,) or (D, K); float32 math, and no float32
+    copy of x saved.
 
     Autocast would run this product in float16, where per-sample gradients (p - y) / N underflow for
     large N; up-casting block by block keeps float32 accuracy at half-precision storage cost.
@@ -37,11 +39,11 @@ class _Float32Linear(torch.autograd.Function):
         weight, bias = weight.float(), bias.float()
         with torch.autocast(device_type=x.device.type, enabled=False):
             if x.dtype == weight.dtype:
-                return torch.addmv(bias, x, weight)
-            out = torch.empty(x.shape[0], dtype=weight.dtype, device=x.device)
+                return _affine(bias, x, weight)
+            out = torch.empty((x.shape[0], *weight.shape[1:]), dtype=weight.dtype, device=x.device)
             for start in range(0, x.shape[0], _BLOCK_ROWS):
                 block = x[start : start + _BLOCK_ROWS].to(weight.dtype)
-                torch.addmv(bias, block, weight, out=out[start : start + _BLOCK_ROWS])
+                _affine(bias, block, weight, out=out[start : start + _BLOCK_ROWS])
             return out
 
     @staticmethod
@@ -52,11 +54,20 @@ class _Float32Linear(torch.autograd.Function):
             if x.dtype == grad_out.dtype:
                 grad_weight = x.T @ grad_out
             else:
-                grad_weight = torch.zeros(x.shape[1], dtype=grad_out.dtype, device=x.device)
+                grad_weight = torch.zeros((x.shape[1], *grad_out.shape[1:]), dtype=grad_out.dtype, device=x.device)
                 for start in range(0, x.shape[0], _BLOCK_ROWS):
                     block = x[start : start + _BLOCK_ROWS].to(grad_out.dtype)
-                    grad_weight.addmv_(block.T, grad_out[start : start + _BLOCK_ROWS])
-        return None, grad_weight, grad_out.sum().reshape(1)
+                    _affine(grad_weight, block.T, grad_out[start : start + _BLOCK_ROWS], out=grad_weight)
+        grad_bias = grad_out.sum(0).reshape(-1)
+        return None, grad_weight, grad_bias
+
+
+def _affine(
+    bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """bias + x @ weight, for a weight vector (D,) or matrix (D, K)."""
+    product = torch.addmv if weight.ndim == 1 else torch.addmm
+    return product(bias, x, weight) if out is None else product(bias, x, weight, out=out)
 
 
 class LinearProbe(nn.Module):
@@ -66,34 +77,41 @@ class LinearProbe(nn.Module):
     `set_coordinates(center, scale)`; with the defaults (center 0, scale 1) it is exactly the seed's
     nn.Linear. Parameters start at zero: the probe's objective is convex, so the start only changes
     how long the optimizer walks, and zeros make runs reproducible.
+
+    outputs=K > 1 holds K probes side by side (logits (B, K)), each with its own scale (K, D).
     """
 
-    def __init__(self, input_dim: int) -> None:
+    def __init__(self, input_dim: int, outputs: int = 1) -> None:
         super().__init__()
-        if input_dim <= 0:
-            raise ValueError(f"input_dim must be positive, got {input_dim}")
+        if input_dim <= 0 or outputs <= 0:
+            raise ValueError(f"input_dim and outputs must be positive, got {input_dim} and {outputs}")
         self.input_dim = input_dim
-        self.linear = nn.Linear(input_dim, 1)
+        self.outputs = outputs
+        self.linear = nn.Linear(input_dim, outputs)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
         self.register_buffer("center", torch.zeros(input_dim))
-        self.register_buffer("scale", torch.ones(input_dim))
+        self.register_buffer("scale", torch.ones(input_dim) if outputs == 1 else torch.ones(outputs, input_dim))
 
     def set_coordinates(self, center: torch.Tensor, scale: torch.Tensor) -> None:
-        """Choose the shift and (positive) scale the parameters are expressed in; resets nothing else."""
+        """Choose the shift (D,) and positive scale ((D,), or (K, D) per probe) the parameters are
+        expressed in; resets nothing else."""
         self.center.copy_(center.to(self.center))
-        self.scale.copy_(scale.to(self.scale))
+        scale = scale.to(self.scale)
+        same_size = scale.numel() == self.scale.numel()
+        self.scale.copy_(scale.reshape(self.scale.shape) if same_size else scale.expand_as(self.scale))
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight (D,), bias (1,)) acting on raw activations, differentiable in the parameters."""
-        weight = self.linear.weight[0] / self.scale
-        bias = self.linear.bias - (weight * self.center).sum()
-        return weight, bias
+        """(weight, bias) acting on raw activations, differentiable in the parameters: (D,) and (1,)
+        for one probe, (K, D) and (K,) for K."""
+        weight = self.linear.weight / self.scale
+        bias = self.linear.bias - weight @ self.center
+        return (weight[0], bias) if self.outputs == 1 else (weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B,) for activations x (B, D) in any float dtype."""
+        """Logits (B,) — or (B, K) for K probes — for activations x (B, D) in any float dtype."""
         weight, bias = self.folded()
-        return _Float32Linear.apply(x, weight, bias)
+        return _Float32Linear.apply(x, weight if self.outputs == 1 else weight.T, bias)
 
     @torch.no_grad()
     def raw_weight(self) -> torch.Tensor:
@@ -104,8 +122,12 @@ class LinearProbe(nn.Module):
         return float(self.folded()[1].item())
 
     @torch.no_grad()
+    def raw_biases(self) -> torch.Tensor:
+        return self.folded()[1].detach().float().cpu().reshape(-1)
+
+    @torch.no_grad()
     def load_raw(self, weight: torch.Tensor, bias: float) -> None:
-        """Set the parameters so that the probe computes `weight · x + bias` on raw activations."""
+        """Set the parameters so that the (single) probe computes `weight · x + bias` on raw activations."""
         scaled = weight.to(self.scale) * self.scale
         self.linear.weight.copy_(scaled.unsqueeze(0))
         self.linear.bias.fill_(bias + float((weight.to(self.center) * self.center).sum()))

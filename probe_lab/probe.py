@@ -36,16 +36,24 @@ class ProbeWeights:
 
     def decision_function(self, data: ActivationDataset | np.ndarray) -> np.ndarray:
         """Logits w·x + b for each row, computed block by block (data may be memory-mapped)."""
-        if isinstance(data, np.ndarray):
-            data = ActivationDataset(data, name="X")
-        if data.dim != self.input_dim:
-            raise ProbeLabError(f"{data.name}: activations have {data.dim} dims, the probe expects {self.input_dim}")
-        weight = self.weight.astype(np.float32)
-        return np.concatenate([block @ weight + np.float32(self.bias) for block in data.blocks()] or [np.empty(0)])
+        return decision_functions([self], data)[:, 0]
 
     def predict_proba(self, data: ActivationDataset | np.ndarray) -> np.ndarray:
         """Probability of class 1 for each row."""
         return sigmoid(self.decision_function(data))
+
+
+def decision_functions(probes: list[ProbeWeights], data: ActivationDataset | np.ndarray) -> np.ndarray:
+    """Logits of several probes of the same width for each row, (N, K), in one pass over the data."""
+    if isinstance(data, np.ndarray):
+        data = ActivationDataset(data, name="X")
+    input_dim = probes[0].input_dim
+    if data.dim != input_dim:
+        raise ProbeLabError(f"{data.name}: activations have {data.dim} dims, the probe expects {input_dim}")
+    weights = np.stack([probe.weight for probe in probes], axis=1).astype(np.float32)
+    biases = np.array([probe.bias for probe in probes], dtype=np.float32)
+    blocks = [block @ weights + biases for block in data.blocks()]
+    return np.concatenate(blocks) if blocks else np.empty((0, len(probes)), dtype=np.float32)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

@@ -26,6 +26,21 @@ def plot_roc(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, float]]
     plt.close(fig)
 
 
+def plot_regularization_path(path: Path, points: list[dict[str, float]], best: float) -> None:
+    """Validation AUROC against regularization (log axis), the chosen value marked."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    values = [p["regularization"] for p in points]
+    aurocs = [p["val_auroc"] for p in points]
+    order = np.argsort(values)
+    ax.plot(np.asarray(values)[order], np.asarray(aurocs)[order], marker="o", label="validation AUROC")
+    ax.axvline(best, color="grey", linestyle=":", label=f"chosen: {best:g}")
+    ax.set(xscale="log", xlabel="regularization (sklearn's 1/C)", ylabel="AUROC", title="regularization path")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def summary_lines(backend: str, reason: str, metrics: dict, out_dir: Path, files: list[str]) -> list[str]:
     test = metrics.get("test") or {}
     dropped = metrics.get("dropped_nonfinite_rows")
@@ -35,6 +50,10 @@ def summary_lines(backend: str, reason: str, metrics: dict, out_dir: Path, files
         f"{metrics['input_dim']} dims" + (f"; {dropped} rows with NaN/Inf dropped" if dropped else ""),
         f"  fit      {metrics['fit_seconds']:.3f} s; val AUROC {metrics['val']['auroc']:.4f}",
     ]
+    for point in metrics.get("regularization_path", []):
+        chosen = "  ← chosen" if point["regularization"] == metrics["regularization"] else ""
+        value, auroc = point["regularization"], point["val_auroc"]
+        lines.append(f"  path     regularization {value:<9g} val AUROC {auroc:.4f}{chosen}")
     if test:
         lines.append(
             f"  test     AUROC {test['auroc']:.4f}  AP {test['ap']:.4f}  accuracy {test['accuracy']:.4f}  "

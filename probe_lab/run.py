@@ -26,7 +26,7 @@ from probe_lab.data.sources import load_dataset
 from probe_lab.data.splits import Splits, split_dataset
 from probe_lab.errors import ProbeLabError
 from probe_lab.probe import FORMAT_VERSION, ProbeWeights, save_probe
-from probe_lab.report import plot_roc, summary_lines
+from probe_lab.report import plot_regularization_path, plot_roc, summary_lines
 from probe_lab.resolver import resolve_backend, resolve_device, resolve_precision
 from probe_lab.settings import ProbeTrainingConfig
 
@@ -117,18 +117,23 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
             "n_test": len(splits.test) if splits.test is not None else 0,
             "input_dim": dim,
             "fit_seconds": trainer.fit_seconds,
+            "regularization": trainer.regularization,
             "fit": trainer.fit_details,
             "threshold": evaluation.threshold,
             "val": evaluation.val,
             "test": evaluation.test,
             "timings": timings,
         }
+        path = trainer.regularization_path
+        if path:
+            run_metrics["regularization_path"] = path
         start = time.perf_counter()
         write_artifacts(staging, trainer, evaluation, splits, run_metrics, OmegaConf.to_container(cfg, resolve=True))
         timings["write_seconds"] = time.perf_counter() - start
         write_json(staging / "metrics.json", run_metrics)
 
-    files = ARTIFACTS + (LIGHTNING_ARTIFACTS if choice.name == "pytorch" else [])
+    files = ARTIFACTS + (["regularization_path.png"] if path else [])
+    files += LIGHTNING_ARTIFACTS if choice.name == "pytorch" else []
     for line in summary_lines(choice.name, choice.reason, run_metrics, out_dir, files):
         print(line)
     return RunResult(out_dir, run_metrics)
@@ -202,3 +207,7 @@ def write_artifacts(
         },
         title=f"{trainer.backend} probe, {splits.train.name}",
     )
+    if "regularization_path" in run_metrics:
+        plot_regularization_path(
+            staging / "regularization_path.png", run_metrics["regularization_path"], run_metrics["regularization"]
+        )

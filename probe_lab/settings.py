@@ -51,11 +51,13 @@ NEWTON_CHOLESKY_MAX_DIM = 2048
 class ProbeSettings:
     """What is minimized and how hard the optimizer tries.
 
-    regularization: L2 (or L1) strength as in the seed; sklearn's C = 1 / regularization.
+    regularization: L2 (or L1) strength as in the seed; sklearn's C = 1 / regularization. A list of
+    values is a regularization path: every value is trained in the same run and the best on
+    validation is kept.
     The objective of both backends is sklearn's: ½‖w‖² + C·Σ loss, unpenalized bias.
     """
 
-    regularization: float = 100.0
+    regularization: Any = 100.0  # a number, or a list of numbers (a path)
     penalty: Penalty = Penalty.l2
     max_iterations: int = 2000
     early_stopping: bool = True
@@ -71,7 +73,14 @@ class ProbeSettings:
         self.penalty = _enum(Penalty, self.penalty, "penalty")
         self.optimizer = _enum(OptimizerName, self.optimizer, "optimizer")
         self.solver = _enum(SklearnSolver, self.solver, "solver")
-        _positive(self.regularization, "regularization")
+        if isinstance(self.regularization, (list, tuple)):
+            if not self.regularization:
+                raise ProbeLabError("probe.regularization: an empty list")
+            for value in self.regularization:
+                _positive(value, "regularization")
+            self.regularization = [float(v) for v in self.regularization]
+        else:
+            _positive(self.regularization, "regularization")
         _positive(self.learning_rate, "learning_rate")
         for name in ("max_iterations", "batch_size", "gradient_accumulation_steps"):
             _positive(getattr(self, name), name, integer=True)
@@ -127,6 +136,16 @@ class ProbeTrainingConfig(ProbeSettings):
         if self.precision is not None:
             self.precision = str(self.precision)
 
+    @property
+    def regularization_values(self) -> list[float]:
+        """The regularization path: one value, or every value of a list."""
+        value = self.regularization
+        return list(value) if isinstance(value, list) else [float(value)]
+
+    def with_regularization(self, value: float) -> ProbeTrainingConfig:
+        """This config with one regularization value."""
+        return dataclasses.replace(self, regularization=float(value))
+
     def to_sklearn_params(self, n_samples: int | None = None, n_features: int | None = None) -> dict[str, Any]:
         """Keyword arguments for `sklearn.linear_model.LogisticRegression`.
 
@@ -134,6 +153,8 @@ class ProbeTrainingConfig(ProbeSettings):
         With `solver=auto` the solver suits the problem's shape when it is given: newton-cholesky for
         L2 when n_samples >= n_features and the width is moderate, else lbfgs; liblinear for L1.
         """
+        if isinstance(self.regularization, list):
+            raise ProbeLabError("to_sklearn_params needs one regularization value (see with_regularization)")
         return {
             "C": 1.0 / self.regularization,
             "l1_ratio": 1.0 if self.penalty is Penalty.l1 else 0.0,

@@ -51,7 +51,7 @@ def test_lightning_objective_is_stationary_at_sklearns_optimum(splits) -> None:
     """The gradient of the Lightning loss vanishes where sklearn stopped: the same objective."""
     sk = _fit(SklearnProbeTrainer, splits)
     pt = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(device="cpu"))
-    module = pt._module(splits.train, pt.optimizer_for(splits.train))
+    module = pt._module(splits.train, pt.optimizer_for(splits.train), [pt.config.regularization])
     module.probe.load_raw(torch.from_numpy(sk.coef_), sk.intercept_)
     x = torch.from_numpy(splits.train.materialize())
     y = torch.from_numpy(splits.train.labels)

@@ -1,6 +1,7 @@
 """`ProbeTrainer`: the interface both backends share (the seed guide's trainer API).
 
-A backend implements `_fit(train, val) -> FitResult`; everything else — accepting arrays, tensors or
+A backend implements `_fit(train, val, regularizations) -> [FitResult]` (one probe per value of the
+regularization path; the best on validation is kept); everything else — accepting arrays, tensors or
 file lists, holding out a validation split, scoring, prediction, checkpoints — lives here once.
 """
 
@@ -20,7 +21,7 @@ from probe_lab import metrics
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.splits import split_dataset
 from probe_lab.errors import ProbeLabError
-from probe_lab.probe import ProbeWeights, load_probe, save_probe
+from probe_lab.probe import ProbeWeights, decision_functions, load_probe, save_probe
 from probe_lab.settings import ProbeTrainingConfig
 
 Activations = np.ndarray | torch.Tensor | Sequence[str | Path] | ActivationDataset
@@ -56,6 +57,10 @@ class ProbeTrainer(ABC):
         self.fit_details: dict[str, Any] = {}
         self.fit_seconds: float | None = None
         self.val_auroc: float | None = None
+        # The value the probe was trained with; with a path, the best on validation, and every value's
+        # validation AUROC as [{"regularization", "val_auroc"}].
+        self.regularization: float | None = None
+        self.regularization_path: list[dict[str, float]] | None = None
 
     # -- training -------------------------------------------------------------------------------
     def fit(
@@ -92,16 +97,27 @@ class ProbeTrainer(ABC):
             if len(np.unique(part.labels)) < 2:
                 raise ProbeLabError(f"{part.name}: only one class present; a probe needs both 0 and 1")
             part.check_finite()
+        values = self.config.regularization_values
         start = time.perf_counter()
-        result = self._fit(train, val)
+        results = self._fit(train, val, values)
         self.fit_seconds = time.perf_counter() - start
-        self.weights = result.weights
-        self.fit_details = result.details
-        self.val_auroc = metrics.auroc(val.labels, self.weights.decision_function(val))
+        scores = decision_functions([result.weights for result in results], val)
+        aurocs = [metrics.auroc(val.labels, scores[:, k]) for k in range(len(results))]
+        best = int(np.argmax(aurocs))  # the first of equals, in the order the values were given
+        self.weights = results[best].weights
+        self.fit_details = results[best].details
+        self.regularization = values[best]
+        self.regularization_path = (
+            [{"regularization": value, "val_auroc": auroc} for value, auroc in zip(values, aurocs, strict=True)]
+            if len(values) > 1
+            else None
+        )
+        self.val_auroc = aurocs[best]
         return self.val_auroc
 
     @abstractmethod
-    def _fit(self, train: ActivationDataset, val: ActivationDataset) -> FitResult: ...
+    def _fit(self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float]) -> list[FitResult]:
+        """One probe per regularization value, in the same order (a path of one value is a plain fit)."""
 
     # -- using the probe ------------------------------------------------------------------------
     @property

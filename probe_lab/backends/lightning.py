@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from torchmetrics.classification import BinaryAUROC
+from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
 
 from probe_lab.backends.base import FitResult, ProbeTrainer
 from probe_lab.data.datamodule import ProbeDataModule, resident_dtype
@@ -77,14 +77,19 @@ def quiet_lightning() -> Iterator[None]:
 
 
 class ProbeModule(pl.LightningModule):
-    """Minimizes the L2-penalized logistic loss of a `LinearProbe`; logs train_loss and val_auroc."""
+    """Minimizes the L2-penalized logistic loss of a `LinearProbe`; logs train_loss and val_auroc.
+
+    With K regularization values the probe has K columns and the objective is the sum of the K
+    independent objectives, so one pass over the data serves the whole path; val_auroc is then the
+    best column's (what EarlyStopping and ModelCheckpoint follow).
+    """
 
     def __init__(
         self,
         probe: LinearProbe,
         penalty_weights: torch.Tensor,
         *,
-        regularization: float,
+        regularization: list[float],
         n_train: int,
         optimizer: OptimizerName,
         learning_rate: float,
@@ -93,20 +98,26 @@ class ProbeModule(pl.LightningModule):
         super().__init__()
         self.probe = probe
         self.register_buffer("penalty_weights", penalty_weights.float())
-        self.penalty_coef = regularization / (2.0 * n_train)
+        self.register_buffer("penalty_coef", torch.tensor(regularization).reshape(-1, 1) / (2.0 * n_train))
         self.optimizer_name = optimizer
         self.learning_rate = learning_rate
         self.max_iterations = max_iterations
-        self.val_auroc = BinaryAUROC()
+        paths = len(regularization)
+        self.val_auroc = BinaryAUROC() if paths == 1 else MultilabelAUROC(num_labels=paths, average="none")
         self.lbfgs_iterations = 0
         self.lbfgs_evaluations = 0
         self.lbfgs_converged = False
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = self.probe(x)
-        data_loss = F.binary_cross_entropy_with_logits(logits, y.float())
-        u = self.probe.linear.weight[0]
-        return data_loss + self.penalty_coef * (self.penalty_weights * u * u).sum()
+        if logits.ndim == 2:  # a path: the sum of each column's mean loss
+            data_loss = F.binary_cross_entropy_with_logits(
+                logits, y.float()[:, None].expand_as(logits), reduction="none"
+            ).mean(0).sum()
+        else:
+            data_loss = F.binary_cross_entropy_with_logits(logits, y.float())
+        u = self.probe.linear.weight
+        return data_loss + (self.penalty_coef * self.penalty_weights * u * u).sum()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # With L-BFGS, Lightning's closure calls this once per objective evaluation of the line search.
@@ -132,8 +143,17 @@ class ProbeModule(pl.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        self.val_auroc.update(self.probe(x), y.long())
+        logits = self.probe(x)
+        if logits.ndim == 2:
+            self.val_auroc.update(logits, y.long()[:, None].expand_as(logits))
+            return
+        self.val_auroc.update(logits, y.long())
         self.log("val_auroc", self.val_auroc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+
+    def on_validation_epoch_end(self) -> None:
+        if isinstance(self.val_auroc, MultilabelAUROC):
+            self.log("val_auroc", self.val_auroc.compute().max(), prog_bar=True)
+            self.val_auroc.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_name is OptimizerName.lbfgs:
@@ -197,10 +217,10 @@ class TorchProbeTrainer(ProbeTrainer):
         fits = train.nbytes(resident_dtype(train.storage_dtype, precision)) <= budget
         return OptimizerName.lbfgs if fits else OptimizerName.adamw
 
-    def _fit(self, train: ActivationDataset, val: ActivationDataset) -> FitResult:
+    def _fit(self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float]) -> list[FitResult]:
         optimizer = self.optimizer_for(train)
         device, precision, devices = self.placement()
-        module = self._module(train, optimizer)
+        module = self._module(train, optimizer, regularizations)
         datamodule = ProbeDataModule(
             train,
             val,
@@ -268,27 +288,30 @@ class TorchProbeTrainer(ProbeTrainer):
             }
             if not module.lbfgs_converged:
                 log.warning("L-BFGS did not converge in probe.max_iterations=%d iterations", self.config.max_iterations)
-        return FitResult(ProbeWeights(probe.raw_weight().numpy(), probe.raw_bias()), details)
+        weights, biases = probe.raw_weight().reshape(len(regularizations), -1), probe.raw_biases()
+        return [FitResult(ProbeWeights(w.numpy(), float(b)), details) for w, b in zip(weights, biases, strict=True)]
 
-    def _module(self, train: ActivationDataset, optimizer: OptimizerName) -> ProbeModule:
+    def _module(self, train: ActivationDataset, optimizer: OptimizerName, regularizations: list[float]) -> ProbeModule:
+        """The module for this data: one column per regularization value, each in its own
+        preconditioned coordinates (s² = σ² + 4·reg/N), all starting at the best constant predictor."""
         mean, std = feature_moments(train)
         n_train = len(train)
-        reg = self.config.regularization
+        reg = np.asarray(regularizations, dtype=np.float64)[:, None]  # (K, 1)
         if self.config.standardize:
-            scale = np.where(std > 0, std, 1.0)
+            scale = np.broadcast_to(np.where(std > 0, std, 1.0), (len(reg), len(std)))
             penalty_weights = np.ones_like(scale)
         else:
             scale = np.sqrt(std**2 + 4.0 * reg / n_train)
             penalty_weights = 1.0 / scale**2
-        probe = LinearProbe(self.input_dim)
-        probe.set_coordinates(torch.from_numpy(mean).float(), torch.from_numpy(scale).float())
+        probe = LinearProbe(self.input_dim, outputs=len(regularizations))
+        probe.set_coordinates(torch.from_numpy(mean).float(), torch.from_numpy(np.ascontiguousarray(scale)).float())
         positives = float(np.mean(train.labels))
         with torch.no_grad():  # start at the best constant predictor
             probe.linear.bias.fill_(math.log(positives / (1.0 - positives)))
         return ProbeModule(
             probe,
-            torch.from_numpy(penalty_weights),
-            regularization=reg,
+            torch.from_numpy(np.ascontiguousarray(penalty_weights)),
+            regularization=list(regularizations),
             n_train=n_train,
             optimizer=optimizer,
             learning_rate=self.config.learning_rate,
