@@ -36,7 +36,7 @@ def main(cfg: DictConfig) -> float:
     except ProbeLabError as err:
         print(f"probe_lab: error: {err}", file=sys.stderr)
         sys.exit(2)
-    return float(result.metrics["val"]["auroc"])
+    return result.val_auroc
 
 
 def sweep_job(cfg: DictConfig, out_dir: Path) -> float:
@@ -50,7 +50,7 @@ def sweep_job(cfg: DictConfig, out_dir: Path) -> float:
         print(f"probe_lab: error: {line}", file=sys.stderr)
         record_failure(out_dir, line, "" if isinstance(err, ProbeLabError) else traceback.format_exc())
         return math.nan
-    return float(result.metrics["val"]["auroc"])
+    return result.val_auroc
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ class RunConfig:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     seed: int = 42
     progress_bar: bool = True
+    parity: bool = False  # experiment=parity: train both backends on the same data and compare them
 
     def __post_init__(self) -> None:
         if self.seed < 0:

@@ -25,14 +25,15 @@ from probe_lab.config import RunConfig
 from probe_lab.data.sources import load_dataset
 from probe_lab.data.splits import Splits, split_dataset
 from probe_lab.errors import ProbeLabError
+from probe_lab.parity import TEST_SCORES, BackendOutcome, compare, parity_lines, plot_parity
 from probe_lab.probe import FORMAT_VERSION, ProbeWeights, save_probe
 from probe_lab.report import plot_regularization_path, plot_roc, summary_lines
-from probe_lab.resolver import resolve_backend, resolve_device, resolve_precision
+from probe_lab.resolver import BackendChoice, resolve_backend, resolve_device, resolve_precision
 from probe_lab.settings import ProbeTrainingConfig
 
 log = logging.getLogger(__name__)
 
-ARTIFACTS = ["probe.safetensors", "probe.json", "metrics.json", "roc.png"]
+ARTIFACTS = ["probe.safetensors", "probe.json", "metrics.json", "roc.png", TEST_SCORES]
 LIGHTNING_ARTIFACTS = ["logs/metrics.csv", "checkpoints/"]
 
 
@@ -40,6 +41,7 @@ LIGHTNING_ARTIFACTS = ["logs/metrics.csv", "checkpoints/"]
 class RunResult:
     out_dir: Path
     metrics: dict[str, Any]
+    val_auroc: float  # of the exported probe; with experiment=parity, the better backend's
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,6 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     settings: RunConfig = to_settings(cfg, RunConfig)
     if settings.data.test_split <= 0:
         raise ProbeLabError("data.test_split must be > 0 for a training run (test metrics need rows)")
-    choice = resolve_backend(settings.backend.name.value, settings.model.size_b, settings.backend.threshold_b)
-    log.info("backend: %s (%s)", choice.name, choice.reason)
     device = resolve_device(settings.device.name.value)
     config = ProbeTrainingConfig.from_settings(
         settings.probe,
@@ -85,58 +85,119 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
         shuffle_reads=settings.data.shuffle_reads,
         prefetch_batches=settings.data.prefetch_batches,
     )
+    resolved_config = OmegaConf.to_container(cfg, resolve=True)
 
-    timings: dict[str, float] = {}
     start = time.perf_counter()
     splits, dim, dropped = load_splits(settings)
-    timings["read_seconds"] = time.perf_counter() - start
+    read_seconds = time.perf_counter() - start
+    data = DataFacts(settings.data.source.value, settings.data.layer, dim, dropped, settings.model.size_b)
 
+    if settings.parity:
+        return run_parity(config, splits, data, read_seconds, out_dir, resolved_config, settings.progress_bar)
+    choice = resolve_backend(settings.backend.name.value, settings.model.size_b, settings.backend.threshold_b)
+    log.info("backend: %s (%s)", choice.name, choice.reason)
     with staged_artifacts(out_dir) as staging:
-        trainer = backend_class(choice.name)(dim, config, run_dir=staging, progress_bar=settings.progress_bar)
-        trainer.fit_datasets(splits.train, splits.val)
-        weights = trainer.weights
-        if weights is None or trainer.fit_seconds is None:
-            raise RuntimeError("the backend finished fit without a probe")
-        timings["fit_seconds"] = trainer.fit_seconds
-
-        start = time.perf_counter()
-        evaluation = evaluate(weights, splits)
-        timings["evaluate_seconds"] = time.perf_counter() - start
-
-        run_metrics = {
-            "backend": choice.name,
-            "backend_reason": choice.reason,
-            "device": trainer.fit_details.get("device", "cpu"),
-            "precision": trainer.fit_details.get("precision", "32"),
-            "model_size_b": settings.model.size_b,
-            "data": settings.data.source.value,
-            "layer": settings.data.layer,
-            "dropped_nonfinite_rows": dropped,
-            "n_train": len(splits.train),
-            "n_val": len(splits.val),
-            "n_test": len(splits.test) if splits.test is not None else 0,
-            "input_dim": dim,
-            "fit_seconds": trainer.fit_seconds,
-            "regularization": trainer.regularization,
-            "fit": trainer.fit_details,
-            "threshold": evaluation.threshold,
-            "val": evaluation.val,
-            "test": evaluation.test,
-            "timings": timings,
-        }
-        path = trainer.regularization_path
-        if path:
-            run_metrics["regularization_path"] = path
-        start = time.perf_counter()
-        write_artifacts(staging, trainer, evaluation, splits, run_metrics, OmegaConf.to_container(cfg, resolve=True))
-        timings["write_seconds"] = time.perf_counter() - start
-        write_json(staging / "metrics.json", run_metrics)
-
-    files = ARTIFACTS + (["regularization_path.png"] if path else [])
-    files += LIGHTNING_ARTIFACTS if choice.name == "pytorch" else []
+        run_metrics, files = train_backend(
+            choice, config, splits, data, read_seconds, staging, resolved_config, settings.progress_bar
+        )
     for line in summary_lines(choice.name, choice.reason, run_metrics, out_dir, files):
         print(line)
-    return RunResult(out_dir, run_metrics)
+    return RunResult(out_dir, run_metrics, float(run_metrics["val"]["auroc"]))
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What metrics.json records about the data a probe was trained on."""
+
+    source: str
+    layer: int | None
+    dim: int
+    dropped_nonfinite_rows: int
+    model_size_b: float
+
+
+def train_backend(
+    choice: BackendChoice,
+    config: ProbeTrainingConfig,
+    splits: Splits,
+    data: DataFacts,
+    read_seconds: float,
+    folder: Path,
+    resolved_config: Any,
+    progress_bar: bool,
+) -> tuple[dict[str, Any], list[str]]:
+    """Fit one backend, evaluate it and write its files into `folder`; returns (metrics, file names)."""
+    timings: dict[str, float] = {"read_seconds": read_seconds}
+    trainer = backend_class(choice.name)(data.dim, config, run_dir=folder, progress_bar=progress_bar)
+    trainer.fit_datasets(splits.train, splits.val)
+    weights = trainer.weights
+    if weights is None or trainer.fit_seconds is None:
+        raise RuntimeError("the backend finished fit without a probe")
+    timings["fit_seconds"] = trainer.fit_seconds
+
+    start = time.perf_counter()
+    evaluation = evaluate(weights, splits)
+    timings["evaluate_seconds"] = time.perf_counter() - start
+
+    run_metrics: dict[str, Any] = {
+        "backend": choice.name,
+        "backend_reason": choice.reason,
+        "device": trainer.fit_details.get("device", "cpu"),
+        "precision": trainer.fit_details.get("precision", "32"),
+        "model_size_b": data.model_size_b,
+        "data": data.source,
+        "layer": data.layer,
+        "dropped_nonfinite_rows": data.dropped_nonfinite_rows,
+        "n_train": len(splits.train),
+        "n_val": len(splits.val),
+        "n_test": len(splits.test) if splits.test is not None else 0,
+        "input_dim": data.dim,
+        "fit_seconds": trainer.fit_seconds,
+        "regularization": trainer.regularization,
+        "fit": trainer.fit_details,
+        "threshold": evaluation.threshold,
+        "val": evaluation.val,
+        "test": evaluation.test,
+        "timings": timings,
+    }
+    if trainer.regularization_path:
+        run_metrics["regularization_path"] = trainer.regularization_path
+    start = time.perf_counter()
+    write_artifacts(folder, trainer, evaluation, splits, run_metrics, resolved_config)
+    timings["write_seconds"] = time.perf_counter() - start
+    write_json(folder / "metrics.json", run_metrics)
+
+    files = ARTIFACTS + (["regularization_path.png"] if trainer.regularization_path else [])
+    files += LIGHTNING_ARTIFACTS if choice.name == "pytorch" else []
+    return run_metrics, files
+
+
+def run_parity(
+    config: ProbeTrainingConfig,
+    splits: Splits,
+    data: DataFacts,
+    read_seconds: float,
+    out_dir: Path,
+    resolved_config: Any,
+    progress_bar: bool,
+) -> RunResult:
+    """Train both backends on the same splits, seed and regularization; each backend's run goes into
+    its own subfolder, and parity.json / parity.png compare them."""
+    with staged_artifacts(out_dir) as staging:
+        outcomes = []
+        for name in ("sklearn", "pytorch"):
+            choice = BackendChoice(name, "experiment=parity trains both backends")
+            (staging / name).mkdir()
+            train_backend(choice, config, splits, data, read_seconds, staging / name, resolved_config, progress_bar)
+            outcomes.append(BackendOutcome.from_run_folder(staging / name))
+        numbers = compare(*outcomes)
+        write_json(staging / "parity.json", numbers)
+        plot_parity(staging / "parity.png", *outcomes)
+    print(f"probe_lab: parity of the sklearn and pytorch backends, {len(splits.train)} train rows, {data.dim} dims")
+    for line in parity_lines(numbers):
+        print(line)
+    print(f"  outputs  {out_dir}: parity.json, parity.png, sklearn/, pytorch/")
+    return RunResult(out_dir, {"parity": numbers}, max(outcome.val_auroc for outcome in outcomes))
 
 
 def load_splits(settings: RunConfig) -> tuple[Splits, int, int]:
@@ -182,6 +243,7 @@ def write_artifacts(
 ) -> None:
     """probe.safetensors, probe.json and roc.png into the staging folder (metrics.json comes last)."""
     assert trainer.weights is not None and splits.test is not None
+    np.save(staging / TEST_SCORES, evaluation.test_proba.astype(np.float64))
     save_probe(
         staging / "probe.safetensors",
         trainer.weights,

@@ -26,10 +26,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from probe_lab.errors import ProbeLabError
+from probe_lab.parity import BackendOutcome, compare, parity_lines
 
 ERROR_FILE = "error.txt"
 METRICS_FILE = "metrics.json"
 SUMMARY_FILES = ("summary.csv", "summary.md", "sweep.png")
+PARITY_FILE = "parity.json"  # written when jobs differ only in backend=sklearn,pytorch
 CSV_FIELDS = ("job", "overrides", "backend", "val_auroc", "test_auroc", "fit_seconds", "status", "error")
 COMPLETED, FAILED = "completed", "failed"
 LOG_SCALE_KEYS = {"regularization"}  # last part of a key that is always plotted on a log axis
@@ -145,6 +147,24 @@ def describe(row: JobRow, keys: list[str]) -> str:
     return " ".join(shown)
 
 
+def backend_pairs(rows: list[JobRow], sweep_dir: Path) -> list[dict[str, Any]]:
+    """Jobs that differ only in their backend (sklearn and pytorch), compared as experiment=parity does."""
+    groups: dict[tuple[tuple[str, str], ...], dict[str, JobRow]] = {}
+    for row in rows:
+        if row.status == COMPLETED:
+            shared = tuple(sorted((k, v) for k, v in row.settings.items() if k != "backend"))
+            groups.setdefault(shared, {})[row.backend] = row
+    swept = swept_keys(rows)
+    pairs = []
+    for shared, by_backend in groups.items():
+        if {"sklearn", "pytorch"} <= by_backend.keys():
+            jobs = [by_backend["sklearn"].job, by_backend["pytorch"].job]
+            outcomes = [BackendOutcome.from_run_folder(sweep_dir / job) for job in jobs]
+            overrides = " ".join(f"{key}={value}" for key, value in shared if key in swept)
+            pairs.append({"overrides": overrides, "jobs": jobs, **compare(*outcomes)})
+    return pairs
+
+
 def write_csv(path: Path, rows: Iterable[JobRow]) -> None:
     """One line per job; numbers at full precision, empty where a failed job has none."""
 
@@ -159,7 +179,7 @@ def write_csv(path: Path, rows: Iterable[JobRow]) -> None:
             writer.writerow([cell(record[name]) for name in CSV_FIELDS])
 
 
-def write_markdown(path: Path, rows: list[JobRow], sweep_dir: Path) -> None:
+def write_markdown(path: Path, rows: list[JobRow], sweep_dir: Path, pairs: list[dict[str, Any]]) -> None:
     """A table for people: overrides shared by every job once above it, each job's own ones in it."""
 
     def number(value: float | None, digits: int) -> str:
@@ -192,6 +212,20 @@ def write_markdown(path: Path, rows: list[JobRow], sweep_dir: Path) -> None:
             f"| {row.job} | `{overrides}` | {row.backend} | {number(row.val_auroc, 4)} | "
             f"{number(row.test_auroc, 4)} | {number(row.fit_seconds, 3)} | {status} |"
         )
+    if pairs:
+        lines += [
+            "",
+            "## Backend parity (jobs that differ only in backend)",
+            "",
+            "| jobs | overrides | abs Δ test AUROC | weight cosine | test score Pearson | max abs Δ p |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {' / '.join(pair['jobs'])} | `{escape(pair['overrides'])}` | {pair['abs_delta_test_auroc']:.4f} "
+            f"| {pair['weight_cosine']:.6f} | {pair['test_score_pearson']:.6f} "
+            f"| {pair['max_abs_delta_probability']:.4f} |"
+            for pair in pairs
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -259,7 +293,9 @@ def plot_per_job(ax: Any, done: list[JobRow], colors: dict[str, str]) -> None:
     ax.set(xlabel="job", title="AUROC per job" if done else "no completed jobs")
 
 
-def summary_lines(rows: list[JobRow], sweep_dir: Path, written: bool) -> list[str]:
+def summary_lines(
+    rows: list[JobRow], sweep_dir: Path, written: bool, pairs: list[dict[str, Any]] | None = None
+) -> list[str]:
     """What the terminal shows at the end of a sweep: the counts, the best job, each failure, the files."""
     keys = swept_keys(rows)
     failed = [row for row in rows if row.status == FAILED]
@@ -270,8 +306,12 @@ def summary_lines(rows: list[JobRow], sweep_dir: Path, written: bool) -> list[st
             f"test AUROC {best.test_auroc:.4f}, {best.backend} backend, {sweep_dir / best.job}"
         )
     lines += [f"  failed   job {row.job} ({describe(row, keys)}): {row.error}" for row in failed]
+    for pair in pairs or []:
+        lines.append(f"  parity   jobs {' and '.join(pair['jobs'])} ({pair['overrides'] or 'same settings'}):")
+        lines += ["  " + line for line in parity_lines(pair)]
     if written:
-        lines.append(f"  summary  {sweep_dir}: {', '.join(SUMMARY_FILES)}")
+        files = SUMMARY_FILES + ((PARITY_FILE,) if pairs else ())
+        lines.append(f"  summary  {sweep_dir}: {', '.join(files)}")
     return lines
 
 
@@ -292,21 +332,25 @@ class SweepSummary(Callback):
             return
         rows = [read_job(folder, sweep_dir, str(output_subdir)) for folder in job_folders(sweep_dir, output_subdir)]
         written = True
+        pairs: list[dict[str, Any]] = []
         try:
-            write_summary(sweep_dir, rows)
+            pairs = backend_pairs(rows, sweep_dir)
+            write_summary(sweep_dir, rows, pairs)
         except Exception as err:  # the jobs' outcomes still get printed, and the exit status still tells
             print(f"probe_lab: error: could not write the sweep summary: {error_line(err)}", file=sys.stderr)
             written = False
-        for line in summary_lines(rows, sweep_dir, written):
+        for line in summary_lines(rows, sweep_dir, written, pairs):
             print(line)
         sys.stdout.flush()
         if not written or any(row.status == FAILED for row in rows):
             raise SystemExit(1)
 
 
-def write_summary(sweep_dir: Path, rows: list[JobRow]) -> None:
-    """summary.csv, summary.md and sweep.png into the sweep folder."""
+def write_summary(sweep_dir: Path, rows: list[JobRow], pairs: list[dict[str, Any]] | None = None) -> None:
+    """summary.csv, summary.md and sweep.png into the sweep folder, and parity.json for backend pairs."""
     csv_name, md_name, png_name = SUMMARY_FILES
     write_csv(sweep_dir / csv_name, rows)
-    write_markdown(sweep_dir / md_name, rows, sweep_dir)
+    write_markdown(sweep_dir / md_name, rows, sweep_dir, pairs or [])
     plot_sweep(sweep_dir / png_name, rows)
+    if pairs:
+        (sweep_dir / PARITY_FILE).write_text(json.dumps(pairs, indent=2) + "\n")
