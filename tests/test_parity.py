@@ -1,0 +1,76 @@
+"""Backend parity (experiment=parity and backend sweeps) and layer sweeps."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_sweep import run_sweep
+
+from probe_lab.data.sources import DataConfig, load_dataset
+from probe_lab.data.splits import split_dataset
+from probe_lab.data.synthetic import activation_like
+from probe_lab.metrics import auroc
+from probe_lab.probe import load_probe
+
+SMALL = ("data.n=400", "data.dim=16")  # the sizes run_sweep uses
+
+
+def test_parity_numbers_are_those_of_the_saved_probes(cli) -> None:
+    result = cli("experiment=parity", *SMALL)
+    assert result.returncode == 0, result.stderr
+    parity = json.loads((result.run_dir / "parity.json").read_text())
+    splits = split_dataset(load_dataset(DataConfig(n=400, dim=16), seed=42), 0.2, 0.2, seed=42)
+    weights, proba = {}, {}
+    for backend in ("sklearn", "pytorch"):
+        probe, _ = load_probe(result.run_dir / backend / "probe.safetensors")
+        weights[backend], proba[backend] = probe.weight.astype(np.float64), probe.predict_proba(splits.test)
+        np.testing.assert_allclose(np.load(result.run_dir / backend / "test_scores.npy"), proba[backend], rtol=1e-6)
+        assert parity[backend]["test_auroc"] == pytest.approx(auroc(splits.test.labels, proba[backend]), abs=1e-9)
+        assert json.loads((result.run_dir / backend / "metrics.json").read_text())["backend"] == backend
+    a, b = weights["sklearn"], weights["pytorch"]
+    assert parity["weight_cosine"] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), abs=1e-9)
+    assert parity["test_score_pearson"] == pytest.approx(np.corrcoef(proba["sklearn"], proba["pytorch"])[0, 1])
+    delta = np.abs(proba["sklearn"] - proba["pytorch"]).max()
+    assert parity["max_abs_delta_probability"] == pytest.approx(delta, abs=1e-6)
+    delta_auroc = abs(parity["sklearn"]["test_auroc"] - parity["pytorch"]["test_auroc"])
+    assert parity["abs_delta_test_auroc"] == pytest.approx(delta_auroc)
+    # ...and the backends agree.
+    assert parity["abs_delta_test_auroc"] <= 0.002 and parity["weight_cosine"] > 0.999
+    assert (result.run_dir / "parity.png").stat().st_size > 1000
+    assert re.search(r"^  parity   \|Δ test AUROC\| 0\.00\d\d  weight cosine (0\.99|1\.00)", result.stdout, re.M)
+
+
+def test_a_backend_sweep_reports_the_parity_experiments_numbers(cli, tmp_path: Path) -> None:
+    sweep = run_sweep(tmp_path, "backend=sklearn,pytorch", "device=cpu")
+    assert sweep.returncode == 0, sweep.stderr
+    (pair,) = json.loads((sweep.sweep_dir / "parity.json").read_text())
+    assert pair["jobs"] == ["0", "1"]
+    experiment = cli("experiment=parity", "device=cpu", *SMALL)
+    parity = json.loads((experiment.run_dir / "parity.json").read_text())
+    for key in ("abs_delta_test_auroc", "weight_cosine", "test_score_pearson", "max_abs_delta_probability"):
+        assert pair[key] == pytest.approx(parity[key], abs=1e-6), key
+    for backend in ("sklearn", "pytorch"):
+        assert pair[backend]["test_auroc"] == pytest.approx(parity[backend]["test_auroc"], abs=1e-9)
+    assert "## Backend parity" in (sweep.sweep_dir / "summary.md").read_text()
+    assert "  parity   jobs 0 and 1" in sweep.stdout
+
+
+def test_a_layer_sweep_compares_layers(tmp_path: Path) -> None:
+    x, y = activation_like(400, 16, seed=8)
+    noise = np.random.default_rng(0).normal(size=x.shape).astype(np.float32)
+    np.save(tmp_path / "x.npy", np.stack([noise, x, noise[::-1]], axis=1))
+    np.save(tmp_path / "y.npy", y)
+    data = ("data=npy", f"data.x={tmp_path / 'x.npy'}", f"data.y={tmp_path / 'y.npy'}")
+    sweep = run_sweep(tmp_path, *data, "data.layer=0,1,2")
+    assert sweep.returncode == 0, sweep.stderr
+    rows = sweep.rows()
+    assert [row["overrides"].split()[-1] for row in rows] == ["data.layer=0", "data.layer=1", "data.layer=2"]
+    aurocs = [float(row["test_auroc"]) for row in rows]
+    assert aurocs[1] > max(aurocs[0], aurocs[2]) + 0.1  # only layer 1 carries the signal
+    assert [sweep.metrics(row["job"])["layer"] for row in rows] == [0, 1, 2]
+    assert re.search(r"^  best +job 1 \(data.layer=1\)", sweep.stdout, re.MULTILINE)
+    assert (sweep.sweep_dir / "sweep.png").stat().st_size > 1000
