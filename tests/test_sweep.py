@@ -14,6 +14,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
+from omegaconf import OmegaConf
 
 from probe_lab.errors import ProbeLabError
 from probe_lab.sweep import JobRow, error_line, plot_against, read_job
@@ -133,3 +134,15 @@ def test_unexpected_exception_in_a_sweep_job_is_recorded(tmp_path: Path, monkeyp
     text = (tmp_path / "error.txt").read_text()
     assert text.splitlines()[0] == "RuntimeError: boom" and "Traceback" in text
     assert error_line(ProbeLabError("bad setting")) == "bad setting"
+
+
+def test_joblib_launcher_runs_a_two_job_sweep(tmp_path: Path) -> None:
+    """conf/hydra/launcher/parallel.yaml: the jobs run in joblib worker processes, summarized as usual."""
+    result = run_sweep(tmp_path, "hydra/launcher=parallel", "probe.regularization=0.1,10")
+    assert result.returncode == 0, result.stderr
+    launcher = OmegaConf.load(result.sweep_dir / "multirun.yaml").hydra.launcher
+    assert launcher._target_.endswith("JoblibLauncher") and launcher.n_jobs == 2
+    rows = result.rows()
+    assert [row["status"] for row in rows] == ["completed", "completed"]
+    for row in rows:
+        assert float(row["val_auroc"]) == result.metrics(row["job"])["val"]["auroc"]
