@@ -51,13 +51,20 @@ class _Float32Linear(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         grad_out = grad_out.float()
         with torch.autocast(device_type=x.device.type, enabled=False):
+            # Gradients are accumulated as gᵀx (K, D) rather than xᵀg: CPU BLAS runs the product with a
+            # transposed x several times slower, and for one probe (K = 1) it is a matrix-vector product.
             if x.dtype == grad_out.dtype:
-                grad_weight = x.T @ grad_out
+                grad_t = grad_out @ x if grad_out.ndim == 1 else grad_out.T @ x
             else:
-                grad_weight = torch.zeros((x.shape[1], *grad_out.shape[1:]), dtype=grad_out.dtype, device=x.device)
+                grad_t = torch.zeros((*grad_out.shape[1:], x.shape[1]), dtype=grad_out.dtype, device=x.device)
                 for start in range(0, x.shape[0], _BLOCK_ROWS):
                     block = x[start : start + _BLOCK_ROWS].to(grad_out.dtype)
-                    _affine(grad_weight, block.T, grad_out[start : start + _BLOCK_ROWS], out=grad_weight)
+                    grad = grad_out[start : start + _BLOCK_ROWS]
+                    if grad.ndim == 1:
+                        grad_t.addmv_(block.T, grad)
+                    else:
+                        grad_t.addmm_(grad.T, block)
+        grad_weight = grad_t if grad_t.ndim == 1 else grad_t.T
         grad_bias = grad_out.sum(0).reshape(-1)
         return None, grad_weight, grad_bias
 
