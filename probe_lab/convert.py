@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except ProbeLabError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a permission denied: one line naming the file
+        print(f"{PROG}: error: {err.filename or args.dst}: {err.strerror or err}", file=sys.stderr)
+        return 2
     layers = f" × {manifest.layers} layers" if manifest.layers else ""
     print(
         f"{PROG}: {manifest.rows} rows × {manifest.dim} dims{layers}, {manifest.dtype}, "
@@ -90,14 +93,13 @@ def convert(
         with writer, tqdm(total=source.rows, unit="rows", desc="convert", disable=not progress) as bar:
             for start, block in source.blocks():
                 cast = block.to(target)
-                before = int(nonfinite_rows(block, block.dtype).any(axis=tuple(range(1, block.ndim - 1))).sum())
-                after = int(nonfinite_rows(cast, target).any(axis=tuple(range(1, block.ndim - 1))).sum())
-                if after > before:
+                overflowed = int((torch.isfinite(block) & ~torch.isfinite(cast)).sum())
+                if overflowed:
                     raise ProbeLabError(
-                        f"{src}: {after - before} rows from row {start} on overflow {dtype}; "
+                        f"{src}: {overflowed} values from row {start} on overflow {dtype}; "
                         "use --dtype bfloat16 or float32"
                     )
-                nonfinite += after
+                nonfinite += int(nonfinite_rows(cast, target).reshape(len(cast), -1).any(axis=1).sum())
                 writer.append(cast, labels[start : start + len(block)])
                 bar.update(len(block))
         manifest = Manifest.read(staging / MANIFEST)
@@ -158,6 +160,8 @@ def _tensor_files(directory: Path) -> _Source:
         raise ProbeLabError(f"{directory}: no {' or '.join(TENSOR_SUFFIXES)} tensor files")
     first = load_tensor_file(paths[0])
     shape = tuple(first.shape)
+    if len(shape) == 2 and shape[0] == 1:  # (1, D) is one vector, as data=pt_files reads it
+        shape = shape[1:]
     if len(shape) not in (1, 2):
         raise ProbeLabError(f"{paths[0]}: expected a tensor of shape (D,) or (L, D), got {shape}")
     step = max(1, (BLOCK_MB << 20) // (int(np.prod(shape)) * 4))
@@ -165,9 +169,12 @@ def _tensor_files(directory: Path) -> _Source:
     def blocks() -> Iterator[tuple[int, torch.Tensor]]:
         for start in range(0, len(paths), step):
             chunk = paths[start : start + step]
-            block = torch.empty((len(chunk), *shape), dtype=first.dtype)
+            # float32 holds float16/bfloat16 files exactly, so files of mixed dtypes meet the overflow check intact.
+            block = torch.empty((len(chunk), *shape), dtype=torch.float32)
             for i, path in enumerate(chunk):
                 tensor = load_tensor_file(path)
+                if tensor.ndim == 2 and tensor.shape[0] == 1 and len(shape) == 1:
+                    tensor = tensor[0]
                 if tuple(tensor.shape) != shape:
                     raise ProbeLabError(f"{path}: has shape {tuple(tensor.shape)}, the first file has {shape}")
                 block[i] = tensor

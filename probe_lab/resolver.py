@@ -48,9 +48,22 @@ def resolve_precision(requested: str, device: str) -> str:
 
 def resolve_memory_budget(configured_gb: float | None, device: str, device_index: int = 0) -> int:
     """Bytes the training split may occupy on the device: the configured GB, or half the device's
-    memory (total GPU memory on CUDA, memory available now on the CPU)."""
+    memory (total GPU memory on CUDA, available RAM on the CPU)."""
     if configured_gb is not None:
         return int(configured_gb * 1e9)
     if device == "cuda":
         return torch.cuda.get_device_properties(device_index).total_memory // 2
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    return available_ram() // 2
+
+
+def available_ram() -> int:
+    """Bytes of RAM available to a new allocation: MemAvailable (free memory plus the page cache the
+    kernel can drop), so the answer does not swing with what happens to be cached."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -50,6 +50,7 @@ class JobRow:
     test_auroc: float | None = None
     fit_seconds: float | None = None
     error: str = ""
+    parity: dict[str, Any] | None = None  # an experiment=parity job's comparison (parity.json)
 
     @property
     def settings(self) -> dict[str, str]:
@@ -117,6 +118,23 @@ def read_job(job_dir: Path, sweep_dir: Path, output_subdir: str) -> JobRow:
             )
         except (ValueError, KeyError, TypeError) as err:
             return JobRow(job, overrides, FAILED, error=f"unreadable {METRICS_FILE}: {error_line(err)}")
+    if parity_file := fresh(PARITY_FILE):  # experiment=parity: both backends, compared
+        try:
+            numbers = json.loads(parity_file.read_text())
+            backends = [name for name, value in numbers.items() if isinstance(value, dict)]
+            best = max(backends, key=lambda name: numbers[name]["val_auroc"])
+            return JobRow(
+                job,
+                overrides,
+                COMPLETED,
+                backend="+".join(backends),
+                val_auroc=float(numbers[best]["val_auroc"]),
+                test_auroc=float(numbers[best]["test_auroc"]),
+                fit_seconds=sum(float(numbers[name]["fit_seconds"]) for name in backends),
+                parity=numbers,
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            return JobRow(job, overrides, FAILED, error=f"unreadable {PARITY_FILE}: {error_line(err)}")
     return JobRow(job, overrides, FAILED, error=f"did not finish (no {METRICS_FILE} or {ERROR_FILE})")
 
 
@@ -148,14 +166,17 @@ def describe(row: JobRow, keys: list[str]) -> str:
 
 
 def backend_pairs(rows: list[JobRow], sweep_dir: Path) -> list[dict[str, Any]]:
-    """Jobs that differ only in their backend (sklearn and pytorch), compared as experiment=parity does."""
+    """Jobs that differ only in their backend (sklearn and pytorch), compared as experiment=parity does;
+    experiment=parity jobs bring their own comparison."""
     groups: dict[tuple[tuple[str, str], ...], dict[str, JobRow]] = {}
     for row in rows:
         if row.status == COMPLETED:
             shared = tuple(sorted((k, v) for k, v in row.settings.items() if k != "backend"))
             groups.setdefault(shared, {})[row.backend] = row
     swept = swept_keys(rows)
-    pairs = []
+    pairs = [
+        {"overrides": describe(row, swept), "jobs": [row.job], **row.parity} for row in rows if row.parity is not None
+    ]
     for shared, by_backend in groups.items():
         if {"sklearn", "pytorch"} <= by_backend.keys():
             jobs = [by_backend["sklearn"].job, by_backend["pytorch"].job]
@@ -307,7 +328,8 @@ def summary_lines(
         )
     lines += [f"  failed   job {row.job} ({describe(row, keys)}): {row.error}" for row in failed]
     for pair in pairs or []:
-        lines.append(f"  parity   jobs {' and '.join(pair['jobs'])} ({pair['overrides'] or 'same settings'}):")
+        jobs = f"jobs {' and '.join(pair['jobs'])}" if len(pair["jobs"]) > 1 else f"job {pair['jobs'][0]}"
+        lines.append(f"  parity   {jobs} ({pair['overrides'] or 'same settings'}):")
         lines += ["  " + line for line in parity_lines(pair)]
     if written:
         files = SUMMARY_FILES + ((PARITY_FILE,) if pairs else ())

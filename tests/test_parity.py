@@ -74,3 +74,16 @@ def test_a_layer_sweep_compares_layers(tmp_path: Path) -> None:
     assert [sweep.metrics(row["job"])["layer"] for row in rows] == [0, 1, 2]
     assert re.search(r"^  best +job 1 \(data.layer=1\)", sweep.stdout, re.MULTILINE)
     assert (sweep.sweep_dir / "sweep.png").stat().st_size > 1000
+
+
+def test_a_sweep_of_parity_experiments_reports_each_comparison(tmp_path: Path) -> None:
+    sweep = run_sweep(tmp_path, "experiment=parity", "device=cpu", "probe.regularization=1,100")
+    assert sweep.returncode == 0, sweep.stderr
+    rows = sweep.rows()
+    assert [(row["status"], row["backend"]) for row in rows] == [("completed", "sklearn+pytorch")] * 2
+    pairs = json.loads((sweep.sweep_dir / "parity.json").read_text())
+    for row, pair in zip(rows, pairs, strict=True):
+        own = json.loads((sweep.sweep_dir / row["job"] / "parity.json").read_text())
+        assert pair["jobs"] == [row["job"]] and pair["weight_cosine"] == own["weight_cosine"]
+        assert float(row["val_auroc"]) == max(own["sklearn"]["val_auroc"], own["pytorch"]["val_auroc"])
+    assert "  parity   job 1 (probe.regularization=100):" in sweep.stdout

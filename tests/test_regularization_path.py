@@ -48,11 +48,12 @@ def test_the_path_keeps_the_value_with_the_best_validation_auroc(splits, trainer
 def test_each_value_of_the_path_is_the_probe_a_single_run_would_train(splits, trainer_class) -> None:
     """Every column of the joint Lightning fit (and every warm-started sklearn fit) is that value's optimum."""
     path = _trained(trainer_class, splits, PATH)
-    for point in path.regularization_path:
+    columns = path._fit(splits.train, splits.val, PATH)  # every probe of the path, not only the kept one
+    for point, column in zip(path.regularization_path, columns, strict=True):
         single = _trained(SklearnProbeTrainer, splits, point["regularization"])
         assert abs(point["val_auroc"] - single.val_auroc) < 2e-3
-    chosen = _trained(SklearnProbeTrainer, splits, path.regularization)
-    assert _cosine(path.coef_, chosen.coef_) > 0.999
+        assert _cosine(column.weights.weight, single.coef_) > 0.999
+        assert abs(column.weights.bias - single.intercept_) < 0.01 * (1 + abs(single.intercept_))
 
 
 def test_an_empty_or_non_positive_path_is_refused() -> None:

@@ -74,17 +74,33 @@ def test_round_trip_is_exact_in_the_stored_dtype(tmp_path: Path, dtype: str, lay
     assert torch.equal(first, expected[: len(first)])
 
 
+def test_reads_keep_the_order_and_repeats_asked_for(tmp_path: Path) -> None:
+    x = (
+        torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2 * 3, 1, 4).expand(6, 3, 4)
+        * torch.tensor([1.0, 10, 100])[:, None]
+    )
+    dataset = ActivationStore.open(write_store(tmp_path / "s", x.contiguous(), np.arange(6) % 2, "float32")).dataset(2)
+    for rows in ([0, 1, 1, 3], [5, 0, 5], [2, 3, 4]):
+        assert torch.equal(dataset.read(np.array(rows)), x[rows, 2])
+    train = dataset.subset(np.array([4, 1, 3]))
+    assert torch.equal(train.to_tensor(), x[[4, 1, 3], 2])
+
+
 def test_an_interrupted_write_is_not_a_complete_store(tmp_path: Path) -> None:
     x = torch.randn(300, 8)
+    crashed = ActivationStore.create(tmp_path / "crashed", 8, shard_mb=0.001)
+    crashed.append(x, np.arange(300) % 2)  # ...and the process dies before close()
+    assert list((tmp_path / "crashed").glob("shard-*.safetensors"))
+    with pytest.raises(ProbeLabError, match=r"no manifest\.json.*interrupted"):
+        ActivationStore.open(tmp_path / "crashed")
+    # An exception inside the writer's block removes what it wrote.
     with (
         pytest.raises(RuntimeError, match="extraction failed"),
-        ActivationStore.create(tmp_path / "s", 8, shard_mb=0.001) as writer,
+        ActivationStore.create(tmp_path / "failed", 8, shard_mb=0.001) as writer,
     ):
         writer.append(x, np.arange(300) % 2)
         raise RuntimeError("extraction failed")
-    assert list((tmp_path / "s").glob("shard-*.safetensors"))
-    with pytest.raises(ProbeLabError, match=r"no manifest\.json.*interrupted"):
-        ActivationStore.open(tmp_path / "s")
+    assert list((tmp_path / "failed").iterdir()) == []
 
 
 def test_creating_over_a_store_needs_overwrite_and_never_deletes_foreign_files(tmp_path: Path) -> None:
@@ -304,16 +320,16 @@ def test_streaming_reads_every_training_row_once_per_epoch_in_a_seeded_order(sto
     assert sorted(map(tuple, split.tolist())) == sorted(map(tuple, expected.tolist()))
 
 
-def test_full_batch_training_holds_the_split_in_its_stored_precision(tmp_path: Path) -> None:
+def test_training_holds_the_split_in_its_stored_precision(tmp_path: Path) -> None:
     x, y = activation_like(300, 8, seed=1)
-    for dtype in ("bfloat16", "float16"):
+    for dtype in DTYPES:
         dataset = ActivationStore.open(write_store(tmp_path / dtype, torch.from_numpy(x), y, dtype)).dataset()
-        module = ProbeDataModule(dataset, dataset, batch_size=64, full_batch=True, precision="32")
-        batch_x, batch_y = next(iter(module.train_dataloader()))
+        resident = ProbeDataModule(dataset, dataset, batch_size=64, full_batch=True)
+        batch_x, batch_y = next(iter(resident.train_dataloader()))
         assert batch_x.dtype == DTYPES[dtype] and batch_x.shape == (300, 8)
         assert torch.equal(batch_y, torch.from_numpy(y).float())
-    from_float32 = ProbeDataModule(dataset, dataset, batch_size=64, full_batch=False, precision="bf16-mixed")
-    assert from_float32.dtype == torch.float16  # half-precision data is never converted
+        streamed = ProbeDataModule(dataset, dataset, batch_size=64, full_batch=False)
+        assert {batch[0].dtype for batch in streamed.train_dataloader()} == {DTYPES[dtype]}
 
 
 def test_settings_of_other_sources_are_refused(cli: Cli, store) -> None:

@@ -39,7 +39,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
 
 from probe_lab.backends.base import FitResult, ProbeTrainer
-from probe_lab.data.datamodule import ProbeDataModule, resident_dtype
+from probe_lab.data.datamodule import ProbeDataModule
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.stats import feature_moments
 from probe_lab.errors import ProbeLabError
@@ -206,27 +206,32 @@ class TorchProbeTrainer(ProbeTrainer):
         return device, precision, 1
 
     def optimizer_for(self, train: ActivationDataset) -> OptimizerName:
-        """`auto`: full-batch L-BFGS when the training split, in the dtype it trains in, fits the
-        device's memory budget; minibatch AdamW streaming from disk otherwise."""
+        """`auto`: full-batch L-BFGS when the training split, in its stored dtype, fits the device's
+        memory budget; minibatch AdamW streaming from disk otherwise."""
         if self.config.optimizer is not OptimizerName.auto:
             return self.config.optimizer
-        device, precision, devices = self.placement()
+        device, _, devices = self.placement()
         budget = resolve_memory_budget(
             self.config.memory_budget_gb, device, devices[0] if isinstance(devices, list) else 0
         )
-        fits = train.nbytes(resident_dtype(train.storage_dtype, precision)) <= budget
+        fits = train.nbytes() <= budget  # held in its stored dtype
         return OptimizerName.lbfgs if fits else OptimizerName.adamw
 
     def _fit(self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float]) -> list[FitResult]:
         optimizer = self.optimizer_for(train)
         device, precision, devices = self.placement()
+        if optimizer is OptimizerName.adamw and len(regularizations) > 1:
+            log.warning(
+                "with AdamW the %d values of the regularization path train and stop together (EarlyStopping "
+                "follows the best value); full-batch L-BFGS brings each value to its own optimum",
+                len(regularizations),
+            )
         module = self._module(train, optimizer, regularizations)
         datamodule = ProbeDataModule(
             train,
             val,
             batch_size=self.config.batch_size,
             full_batch=optimizer is OptimizerName.lbfgs,
-            precision=precision,
             seed=self.config.seed,
             num_workers=self.config.num_workers,
             read_mb=self.config.read_mb,

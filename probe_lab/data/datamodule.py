@@ -1,8 +1,8 @@
 """`ProbeDataModule`: the Lightning view of train / validation splits.
 
 Full-batch mode (L-BFGS) serves the whole training split as one batch, read once and kept resident
-in its stored precision (or in half precision when the run's precision asks for it): 2 bytes a value
-for half-precision data, and the probe accumulates in float32 either way. Minibatch mode (AdamW)
+in its stored precision (2 bytes a value for float16/bfloat16 data); the probe accumulates in
+float32 either way. Minibatch mode (AdamW)
 streams batches from disk (`StreamedBatches`): large contiguous reads, shuffled by segment and within
 a buffer, seeded, in worker processes with pinned memory and prefetching.
 """
@@ -16,15 +16,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.streaming import StreamedBatches
-
-PRECISION_DTYPES = {"32": torch.float32, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
-
-
-def resident_dtype(stored: torch.dtype, precision: str) -> torch.dtype:
-    """The dtype activations are held in for training: half-precision data stays as stored (no
-    conversion, no overflow from bfloat16's range into float16's); float32 data takes the
-    precision's storage dtype."""
-    return stored if stored.itemsize == 2 else PRECISION_DTYPES[precision]
 
 
 class _WholeSplit(Dataset):
@@ -55,7 +46,6 @@ class ProbeDataModule(pl.LightningDataModule):
         *,
         batch_size: int,
         full_batch: bool,
-        precision: str = "32",
         seed: int = 42,
         num_workers: int = 0,
         read_mb: float = 32.0,
@@ -66,7 +56,7 @@ class ProbeDataModule(pl.LightningDataModule):
         self.train, self.val = train, val
         self.batch_size = batch_size
         self.full_batch = full_batch
-        self.dtype = resident_dtype(train.storage_dtype, precision)
+        self.dtype = train.storage_dtype  # stored precision, end to end
         self.seed = seed
         self.num_workers = num_workers
         row_bytes = train.dim * train.storage_dtype.itemsize

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import struct
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -117,9 +118,9 @@ class Manifest:
         if sum(shard.rows for shard in manifest.shards) != manifest.rows:
             held = sum(shard.rows for shard in manifest.shards)
             raise ProbeLabError(f"{path}: its shards hold {held} rows, not the {manifest.rows} it lists")
-        for shard in manifest.shards:
-            if Path(shard.file).name != shard.file:
-                raise ProbeLabError(f"{path}: shard file {shard.file!r} must be a plain file name")
+        for name in [manifest.labels] + [shard.file for shard in manifest.shards]:
+            if Path(name).name != name:
+                raise ProbeLabError(f"{path}: {name!r} must be a plain file name inside the store")
         return manifest
 
 
@@ -189,8 +190,9 @@ class ActivationStore:
     def dataset(self, layer: int | None = None, *, verify: bool = True, progress: bool = False) -> ActivationDataset:
         """The store as an `ActivationDataset` (one layer of a multi-layer store), after one scan."""
         table = self.table()
+        dataset = ActivationDataset(table, self.labels, layer=layer, name=f"data.path ({self.path})")  # checks layer
         table.nonfinite = self.scan(verify=verify, progress=progress)
-        return ActivationDataset(table, self.labels, layer=layer, name=f"data.path ({self.path})")
+        return dataset
 
     def scan(self, *, verify: bool = True, progress: bool = False) -> np.ndarray:
         """Read every shard once, sequentially: verify its checksum (unless `verify=False`) and return
@@ -211,10 +213,17 @@ class ActivationStore:
 
 
 class ShardedTable(RowTable):
-    """The rows of a store's shards, read as one table; reads never cross a shard unless asked to."""
+    """The rows of a store's shards, read as one table; reads never cross a shard unless asked to.
+
+    At most MAX_OPEN_SHARDS shards stay mapped (each mapping holds a file handle): a store of
+    thousands of shards must not run out of them.
+    """
+
+    MAX_OPEN_SHARDS = 64
 
     def __init__(self, parts: list[ArrayTable]) -> None:
         self.parts = parts
+        self._mapped: OrderedDict[int, None] = OrderedDict()
         self._starts = np.cumsum([0] + [part.n_rows for part in parts])
         self.n_rows = int(self._starts[-1])
         self.dim, self.layers, self.dtype = parts[0].dim, parts[0].layers, parts[0].dtype
@@ -226,14 +235,25 @@ class ShardedTable(RowTable):
     def read(self, rows: np.ndarray, layer: int | None) -> torch.Tensor:
         owner = np.searchsorted(self._starts, rows, side="right") - 1
         cuts = np.flatnonzero(np.diff(owner)) + 1
-        pieces = [
-            self.parts[int(owner[run[0]])].read(rows[run] - self._starts[owner[run[0]]], layer)
-            for run in np.split(np.arange(len(rows)), cuts)
-            if len(run)
-        ]
+        pieces = []
+        for run in np.split(np.arange(len(rows)), cuts):
+            if len(run):
+                shard = int(owner[run[0]])
+                pieces.append(self.parts[shard].read(rows[run] - self._starts[shard], layer))
+                self._keep_mapped(shard)
         if not pieces:
             return torch.empty((0, self.dim), dtype=self.dtype)
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def _keep_mapped(self, shard: int) -> None:
+        self._mapped[shard] = None
+        self._mapped.move_to_end(shard)
+        while len(self._mapped) > self.MAX_OPEN_SHARDS:
+            oldest, _ = self._mapped.popitem(last=False)
+            self.parts[oldest].close()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_mapped": OrderedDict()}
 
 
 class StoreWriter:
@@ -258,6 +278,7 @@ class StoreWriter:
         self._shards: list[ShardInfo] = []
         self._labels: list[np.ndarray] = []
         self._file: Any = None
+        self._current_name = ""
         self._hash: Any = None
         self._rows_in_shard = 0
         self.rows = 0
@@ -269,8 +290,18 @@ class StoreWriter:
     def __exit__(self, kind: type | None, *rest: Any) -> None:
         if kind is None:
             self.close()
-        elif self._file is not None:
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop writing and delete what this writer wrote: an unfinished store leaves nothing behind."""
+        if self._file is not None:
             self._file.close()
+            self._file = None
+        for name in [shard.file for shard in self._shards] + [self._current_name, LABELS, f".{MANIFEST}.partial"]:
+            if name:
+                (self.path / name).unlink(missing_ok=True)
+        self.closed = True
 
     def append(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor | list[int]) -> None:
         """Append rows: x (k, D) or (k, L, D) floats (cast to the store's dtype), y (k,) 0/1 labels."""
@@ -311,7 +342,10 @@ class StoreWriter:
             raise ProbeLabError(f"{self.path}: no rows were appended")
         if self._file is not None:
             self._finish_shard()
-        np.save(self.path / LABELS, np.concatenate(self._labels))
+        with open(self.path / LABELS, "wb") as file:
+            np.save(file, np.concatenate(self._labels))
+            file.flush()
+            os.fsync(file.fileno())
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             dim=self.dim,
@@ -333,6 +367,7 @@ class StoreWriter:
 
     def _open_shard(self) -> None:
         name = f"shard-{len(self._shards):05d}.safetensors"
+        self._current_name = name
         self._file = open(self.path / name, "wb")  # noqa: SIM115 (closed in _finish_shard)
         self._file.write(b"\0" * (8 + HEADER_BYTES))
         self._hash = hashlib.sha256()
@@ -351,9 +386,12 @@ class StoreWriter:
         text = json.dumps(header, separators=(",", ":")).encode()
         self._file.seek(0)
         self._file.write(struct.pack("<Q", HEADER_BYTES) + text.ljust(HEADER_BYTES, b" "))
+        self._file.flush()
+        os.fsync(self._file.fileno())  # on disk before any manifest can list it
         self._file.close()
-        self._shards.append(ShardInfo(Path(self._file.name).name, rows, self._hash.hexdigest()))
+        self._shards.append(ShardInfo(self._current_name, rows, self._hash.hexdigest()))
         self._file = None
+        self._current_name = ""
 
 
 def _prepare_directory(path: Path, overwrite: bool) -> None:
@@ -362,7 +400,7 @@ def _prepare_directory(path: Path, overwrite: bool) -> None:
     existing = list(path.iterdir()) if path.is_dir() else []
     if existing:
         if not overwrite:
-            raise ProbeLabError(f"{path}: already exists and is not empty (overwrite it with --overwrite)")
+            raise ProbeLabError(f"{path}: already exists and is not empty (overwrite=True replaces a store)")
         foreign = [p.name for p in existing if not _is_store_file(p.name)]
         if foreign:
             raise ProbeLabError(f"{path}: holds {foreign[0]!r}, which is not part of a store; refusing to overwrite")
@@ -392,6 +430,8 @@ def _open_shard(path: Path, info: ShardInfo, manifest: Manifest) -> MappedFile:
             header = json.loads(file.read(header_len))
         entry = header[TENSOR_NAME]
         dtype, shape, offsets = entry["dtype"], [int(s) for s in entry["shape"]], entry["data_offsets"]
+    except OSError as err:
+        raise ProbeLabError(f"{path}: cannot be read ({err.strerror or err})") from None
     except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise ProbeLabError(f"{path}: not a readable safetensors shard ({err})") from None
     expected_dtype = SAFETENSORS_DTYPES[manifest.torch_dtype]
@@ -438,8 +478,12 @@ def _scan_shard(shard: MappedFile, info: ShardInfo, dtype: torch.dtype, verify: 
         for start in range(0, info.rows, rows_per_read):
             count = min(rows_per_read, info.rows - start)
             view = memoryview(buffer)[: count * row_bytes]
-            if file.readinto(view) != len(view):
-                raise ProbeLabError(f"{shard.path}: truncated while reading")
+            filled = 0
+            while filled < len(view):  # network file systems may return short reads
+                got = file.readinto(view[filled:])
+                if not got:
+                    raise ProbeLabError(f"{shard.path}: truncated while reading")
+                filled += got
             if verify:
                 digest.update(view)
             block = buffer[: count * row_bytes].view(shard.dtype).reshape(count, *row_shape)

@@ -87,6 +87,17 @@ class MappedFile:
         aligned = start - start % mmap.PAGESIZE
         self._mmap.madvise(mmap.MADV_DONTNEED, aligned, self.offset + stop_row * row_bytes - aligned)
 
+    def close(self) -> None:
+        """Unmap the file, giving back its file handle; the next read maps it again."""
+        if self._mmap is None:
+            return
+        self._array = None
+        try:
+            self._mmap.close()
+        except BufferError:  # a caller still holds a view of the mapping: keep it open
+            return
+        self._mmap = None
+
 
 class ArrayTable(RowTable):
     """Rows of an (N, D) or (N, L, D) array held in memory or mapped from a file.
@@ -108,15 +119,21 @@ class ArrayTable(RowTable):
     def nbytes(self) -> int:
         return int(np.prod(self._source.shape)) * NUMPY_STORAGE[self.dtype].itemsize
 
+    def close(self) -> None:
+        """Give back the file handle of a mapped table (reading maps it again)."""
+        if isinstance(self._source, MappedFile):
+            self._source.close()
+
     def read(self, rows: np.ndarray, layer: int | None) -> torch.Tensor:
         mapped = self._source if isinstance(self._source, MappedFile) else None
         array = mapped.array() if mapped is not None else self._source
         if len(rows) == 0:
             return torch.empty((0, self.dim), dtype=self.dtype)
         first, last = int(rows[0]), int(rows[-1])
-        picked = array[first : last + 1] if last - first + 1 == len(rows) else array[rows]
-        if self.layers is not None:
-            picked = picked[:, layer]
+        contiguous = last - first + 1 == len(rows) and bool(np.all(np.diff(rows) == 1))
+        # Index the layer together with the rows, so a multi-layer table never copies the other layers.
+        where = slice(first, last + 1) if contiguous else rows
+        picked = array[where] if self.layers is None else array[where, layer]
         block = np.array(picked, dtype=NUMPY_STORAGE[self.dtype], copy=True, order="C")
         if mapped is not None:
             mapped.release(first, last + 1)
