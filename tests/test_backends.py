@@ -73,7 +73,7 @@ def test_adamw_minibatches_solve_the_seed_task() -> None:
         TorchProbeTrainer, task, optimizer="adamw", batch_size=32, gradient_accumulation_steps=2, learning_rate=0.01
     )
     assert pt.fit_details["optimizer"] == "adamw" and pt.fit_details["epochs"] >= 1
-    assert auroc(task.test.labels, pt.decision_function(task.test)) >= 0.999
+    assert auroc(task.test.labels, pt.decision_function(task.test)) >= 0.99
 
 
 def test_bf16_storage_reaches_the_float32_optimum(splits) -> None:

@@ -67,3 +67,51 @@ def test_cuda_tensors_and_a_device_index_are_accepted(splits) -> None:
     trainer.fit(x, y)
     assert trainer.fit_details["device"] == "cuda"
     assert auroc(splits.test.labels, trainer.decision_function(splits.test)) > 0.8
+
+
+@pytest.fixture(scope="module")
+def store_splits(tmp_path_factory, splits):
+    """The same rows as `splits`, written to float16 and bfloat16 stores and split the same way."""
+    from probe_lab.data.store import ActivationStore
+
+    x, y = activation_like(20000, 512, seed=0)
+    out = {}
+    for dtype in ("float16", "bfloat16"):
+        path = tmp_path_factory.mktemp(dtype) / "store"
+        with ActivationStore.create(path, 512, dtype=dtype, shard_mb=4) as writer:
+            writer.append(x, y)
+        out[dtype] = split_dataset(ActivationStore.open(path).dataset(), 0.2, 0.2, seed=0)
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_stores_train_resident_on_the_gpu_like_the_cpu(splits, store_splits, dtype: str) -> None:
+    cpu = _fit(splits, device="cpu")
+    gpu = _fit(store_splits[dtype], device="cuda")
+    assert (gpu.fit_details["activation_dtype"], gpu.fit_details["optimizer"]) == (dtype, "lbfgs")
+    assert gpu.fit_details["converged"]
+    test = store_splits[dtype].test
+    assert (
+        abs(auroc(test.labels, gpu.decision_function(test)) - auroc(test.labels, cpu.decision_function(test))) <= 0.002
+    )
+    assert cpu.coef_ @ gpu.coef_ / np.linalg.norm(cpu.coef_) / np.linalg.norm(gpu.coef_) >= 0.999
+
+
+def test_streaming_from_a_store_to_the_gpu(store_splits) -> None:
+    train = store_splits["bfloat16"]
+    trainer = TorchProbeTrainer(
+        512,
+        ProbeTrainingConfig(device="cuda", memory_budget_gb=1e-6, num_workers=2, learning_rate=0.01, batch_size=2048),
+    )
+    trainer.fit_datasets(train.train, train.val)
+    assert (trainer.fit_details["optimizer"], trainer.fit_details["activation_dtype"]) == ("adamw", "bfloat16")
+    assert auroc(train.test.labels, trainer.decision_function(train.test)) > 0.8
+
+
+def test_regularization_path_on_the_gpu_matches_the_cpu(splits) -> None:
+    path = [0.1, 10.0, 1000.0]
+    cpu = _fit(splits, device="cpu", regularization=path)
+    gpu = _fit(splits, device="cuda", regularization=path)
+    assert gpu.regularization == cpu.regularization
+    for on_cpu, on_gpu in zip(cpu.regularization_path, gpu.regularization_path, strict=True):
+        assert abs(on_cpu["val_auroc"] - on_gpu["val_auroc"]) <= 0.002

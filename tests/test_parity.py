@@ -44,9 +44,14 @@ def test_parity_numbers_are_those_of_the_saved_probes(cli) -> None:
     assert re.search(r"^  parity   \|Δ test AUROC\| 0\.00\d\d  weight cosine (0\.99|1\.00)", result.stdout, re.M)
 
 
-def test_a_backend_sweep_reports_the_parity_experiments_numbers(cli, tmp_path: Path) -> None:
+def test_a_backend_sweep_has_a_row_per_backend_and_the_parity_experiments_numbers(cli, tmp_path: Path) -> None:
     sweep = run_sweep(tmp_path, "backend=sklearn,pytorch", "device=cpu")
     assert sweep.returncode == 0, sweep.stderr
+    rows = sweep.rows()  # a row per backend, each with its job's numbers
+    assert [(row["backend"], row["status"]) for row in rows] == [("sklearn", "completed"), ("pytorch", "completed")]
+    for row in rows:
+        assert f"backend={row['backend']}" in row["overrides"].split()
+        assert float(row["val_auroc"]) == sweep.metrics(row["job"])["val"]["auroc"]
     (pair,) = json.loads((sweep.sweep_dir / "parity.json").read_text())
     assert pair["jobs"] == ["0", "1"]
     experiment = cli("experiment=parity", "device=cpu", *SMALL)

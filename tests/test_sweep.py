@@ -86,18 +86,6 @@ def test_failed_job_is_listed_and_the_sweep_exits_non_zero(tmp_path: Path) -> No
     assert f"failed: {message}" in (result.sweep_dir / "summary.md").read_text()
 
 
-def test_backend_sweep_gives_a_row_per_backend(tmp_path: Path) -> None:
-    """The plot's lines are per backend (see the next test); here each backend's job is in the summary."""
-    result = run_sweep(tmp_path, "backend=sklearn,pytorch", "device=cpu")
-    assert result.returncode == 0, result.stderr
-    rows = result.rows()
-    assert [(row["backend"], row["status"]) for row in rows] == [("sklearn", "completed"), ("pytorch", "completed")]
-    for row in rows:
-        assert f"backend={row['backend']}" in row["overrides"].split()
-        assert float(row["val_auroc"]) == result.metrics(row["job"])["val"]["auroc"]
-    assert (result.sweep_dir / "sweep.png").stat().st_size > 1000
-
-
 def test_plot_has_a_val_and_a_test_line_per_backend_on_a_log_axis() -> None:
     rows = [
         JobRow(str(i), [f"probe.regularization={c}", f"backend={b}"], "completed", b, 0.9, 0.8, 0.1)
