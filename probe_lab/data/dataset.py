@@ -140,6 +140,15 @@ class ActivationDataset(Dataset):
         out[torch.from_numpy(order)] = block
         return out
 
+    def read_into(self, indices: np.ndarray, out: torch.Tensor) -> None:
+        """`read` written into `out` (k, D) of the storage dtype, with no intermediate copy when the
+        rows ascend in storage (as `segments` gives them)."""
+        base = self._rows[np.asarray(indices)]
+        if np.all(base[1:] > base[:-1]):
+            self.table.read_into(base, self.layer, out)
+        else:
+            out.copy_(self.read(indices))
+
     def rows(self, indices: np.ndarray) -> np.ndarray:
         """Activations of the given rows as float32 (k, D)."""
         return self.read(indices).float().numpy()

@@ -245,6 +245,15 @@ class ShardedTable(RowTable):
             return torch.empty((0, self.dim), dtype=self.dtype)
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
+    def read_into(self, rows: np.ndarray, layer: int | None, out: torch.Tensor) -> None:
+        owner = np.searchsorted(self._starts, rows, side="right") - 1
+        cuts = np.flatnonzero(np.diff(owner)) + 1
+        for run in np.split(np.arange(len(rows)), cuts):
+            if len(run):
+                shard = int(owner[run[0]])
+                self.parts[shard].read_into(rows[run] - self._starts[shard], layer, out[run[0] : run[-1] + 1])
+                self._keep_mapped(shard)
+
     def _keep_mapped(self, shard: int) -> None:
         self._mapped[shard] = None
         self._mapped.move_to_end(shard)

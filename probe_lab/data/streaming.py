@@ -1,8 +1,9 @@
 """`StreamedBatches`: minibatches read from disk in large contiguous reads, shuffled without random I/O.
 
 Each epoch walks the dataset's segments (runs of up to `read_rows` rows that ascend in storage and
-stay within one shard; see `ActivationDataset.segments`) in a seeded random order, fills a buffer of
-`buffer_reads` such reads, shuffles the rows inside it and cuts it into batches. Worker processes
+stay within one shard; see `ActivationDataset.segments`) in a seeded random order, reads
+`buffer_reads` of them into one reused buffer, and gathers shuffled batches out of it. Without
+shuffling (validation) each batch is read straight from storage. Worker processes
 split the segments between them, so reading, conversion and the host-to-device copy of earlier
 batches overlap (the DataLoader's prefetching and pinned memory do the rest).
 
@@ -57,22 +58,39 @@ class StreamedBatches(IterableDataset):
         worker = get_worker_info()
         if worker is not None:
             order = order[worker.id :: worker.num_workers]
-        labels = self.dataset.labels
-        assert labels is not None
-        pending_x: list[torch.Tensor] = []
-        pending_y: list[torch.Tensor] = []
+        labels = torch.from_numpy(np.asarray(self.dataset.labels, dtype=np.float32))
+        if not self.shuffle:
+            for index in order:
+                for start in range(0, len(segments[index]), self.batch_size):
+                    rows = segments[index][start : start + self.batch_size]
+                    yield self.dataset.read(rows), labels[rows]
+            return
+        yield from self._shuffled(segments, order, labels, rng)
+
+    def _shuffled(
+        self, segments: list[np.ndarray], order: np.ndarray, labels: torch.Tensor, rng: np.random.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Reads go into one buffer, reused all epoch; each batch is gathered out of it into a tensor of
+        its own (a batch handed to the DataLoader must not share memory with the next reads)."""
+        capacity = self.buffer_reads * self.read_rows + self.batch_size
+        buffer = torch.empty((capacity, self.dataset.dim), dtype=self.dtype)
+        buffer_labels = torch.empty(capacity, dtype=torch.float32)
+        filled = 0
         for position, index in enumerate(order, start=1):
             segment = segments[index]
-            pending_x.append(self.dataset.read(segment).to(self.dtype))
-            pending_y.append(torch.from_numpy(labels[segment].astype(np.float32)))
-            if position % self.buffer_reads and position != len(order):
+            self.dataset.read_into(segment, buffer[filled : filled + len(segment)])
+            buffer_labels[filled : filled + len(segment)] = labels[segment]
+            filled += len(segment)
+            last = position == len(order)
+            if position % self.buffer_reads and not last:
                 continue
-            x, y = torch.cat(pending_x), torch.cat(pending_y)
-            if self.shuffle:
-                permutation = torch.from_numpy(rng.permutation(len(y)))
-                x, y = x[permutation], y[permutation]
-            whole = len(y) - len(y) % self.batch_size if position != len(order) else len(y)
+            permutation = torch.from_numpy(rng.permutation(filled))
+            whole = filled if last else filled - filled % self.batch_size
             for start in range(0, whole, self.batch_size):
-                yield x[start : start + self.batch_size], y[start : start + self.batch_size]
-            # Rows short of a full batch wait for the next buffer, so batches stay full until the end.
-            pending_x, pending_y = [x[whole:]], [y[whole:]]
+                picked = permutation[start : start + self.batch_size]
+                yield buffer.index_select(0, picked), buffer_labels.index_select(0, picked)
+            # Rows short of a full batch wait at the front of the buffer for the next reads.
+            rest = permutation[whole:]
+            buffer[: len(rest)] = buffer.index_select(0, rest)
+            buffer_labels[: len(rest)] = buffer_labels.index_select(0, rest)
+            filled = len(rest)

@@ -55,6 +55,10 @@ class RowTable(ABC):
     def read(self, rows: np.ndarray, layer: int | None) -> torch.Tensor:
         """Rows (ascending indices) as a (k, D) tensor in `dtype`; `layer` picks one of L layers."""
 
+    def read_into(self, rows: np.ndarray, layer: int | None, out: torch.Tensor) -> None:
+        """`read`, written into `out` (k, D) of `dtype`: streaming reuses one buffer for every read."""
+        out.copy_(self.read(rows, layer))
+
 
 class MappedFile:
     """A read-only array over a region of a file, mapped on first use (and again after pickling)."""
@@ -123,6 +127,23 @@ class ArrayTable(RowTable):
         """Give back the file handle of a mapped table (reading maps it again)."""
         if isinstance(self._source, MappedFile):
             self._source.close()
+
+    def read_into(self, rows: np.ndarray, layer: int | None, out: torch.Tensor) -> None:
+        mapped = self._source if isinstance(self._source, MappedFile) else None
+        array = mapped.array() if mapped is not None else self._source
+        if len(rows) == 0:
+            return
+        target = (out.view(torch.int16) if self.dtype == torch.bfloat16 else out).numpy()
+        source = array if self.layers is None else array[:, layer]
+        first, last = int(rows[0]), int(rows[-1])
+        if last - first + 1 == len(rows) and bool(np.all(np.diff(rows) == 1)):
+            np.copyto(target, source[first : last + 1], casting="unsafe")
+        elif source.dtype == target.dtype or self.dtype == torch.bfloat16:
+            np.take(source, rows, axis=0, out=target.view(source.dtype))
+        else:  # e.g. float64 arrays read as float32
+            np.copyto(target, source[rows], casting="unsafe")
+        if mapped is not None:
+            mapped.release(first, last + 1)
 
     def read(self, rows: np.ndarray, layer: int | None) -> torch.Tensor:
         mapped = self._source if isinstance(self._source, MappedFile) else None
