@@ -59,11 +59,12 @@ def plain_read(files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def loader_epoch(store: ActivationStore, workers: int, device: str) -> float:
+def loader_epoch(store: ActivationStore, workers: int, device: str, pin: bool) -> float:
     """Seconds for one shuffled training epoch of the whole store, every batch on `device`."""
     dataset = store.dataset(verify=False)
     module = ProbeDataModule(dataset, dataset, batch_size=8192, full_batch=False, num_workers=workers)
     loader = module.train_dataloader()
+    loader.pin_memory = pin and device.startswith("cuda")
     start = time.perf_counter()
     rows = 0
     for x, y in loader:
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=524288)
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--workers", default="2,4,8")
+    parser.add_argument("--pin", default="on", choices=["on", "off", "both"], help="pinned memory (CUDA)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tmp", default=tempfile.gettempdir())
     args = parser.parse_args()
@@ -105,11 +107,12 @@ def main() -> None:
             plain = plain_read(files)
             label = "plain sequential read (readinto 32 MiB)"
             print(f"{label:<46} {cache:>5} {plain:7.2f} {gigabytes / plain:7.2f} {1:9.2f}")
-            for workers in (int(w) for w in args.workers.split(",")):
+            pins = {"on": [True], "off": [False], "both": [True, False]}[args.pin]
+            for workers, pin in ((int(w), pin) for w in args.workers.split(",") for pin in pins):
                 if cache == "cold":
                     evict(files)
-                seconds = loader_epoch(store, workers, args.device)
-                label = f"probe_lab stream → {args.device}, {workers} workers"
+                seconds = loader_epoch(store, workers, args.device, pin)
+                label = f"probe_lab stream → {args.device}, {workers} workers{'' if pin else ', not pinned'}"
                 print(f"{label:<46} {cache:>5} {seconds:7.2f} {gigabytes / seconds:7.2f} {plain / seconds:9.2f}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
