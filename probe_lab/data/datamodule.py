@@ -90,8 +90,9 @@ class ProbeDataModule(pl.LightningDataModule):
                 read_rows=self.read_rows,
                 buffer_reads=self.shuffle_reads,
             )
-        # Validation needs one worker at most; next to a resident training split, none.
-        workers = self.num_workers if shuffle else (0 if self.full_batch else min(self.num_workers, 1))
+        # Validation reads each batch straight from storage, in this process: a worker of its own would
+        # hold memory for the whole fit to run once an epoch.
+        workers = self.num_workers if shuffle else 0
         return DataLoader(
             self._streams[part],
             batch_size=None,

@@ -143,6 +143,8 @@ class ActivationDataset(Dataset):
     def read_into(self, indices: np.ndarray, out: torch.Tensor) -> None:
         """`read` written into `out` (k, D) of the storage dtype, with no intermediate copy when the
         rows ascend in storage (as `segments` gives them)."""
+        if out.dtype != self.storage_dtype:
+            raise ValueError(f"read_into needs a {self.storage_dtype} tensor, got {out.dtype}")
         base = self._rows[np.asarray(indices)]
         if np.all(base[1:] > base[:-1]):
             self.table.read_into(base, self.layer, out)

@@ -72,6 +72,7 @@ class StreamedBatches(IterableDataset):
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Reads go into one buffer, reused all epoch; each batch is gathered out of it into a tensor of
         its own (a batch handed to the DataLoader must not share memory with the next reads)."""
+        in_worker = get_worker_info() is not None
         capacity = self.buffer_reads * self.read_rows + self.batch_size
         buffer = torch.empty((capacity, self.dataset.dim), dtype=self.dtype)
         buffer_labels = torch.empty(capacity, dtype=torch.float32)
@@ -88,7 +89,12 @@ class StreamedBatches(IterableDataset):
             whole = filled if last else filled - filled % self.batch_size
             for start in range(0, whole, self.batch_size):
                 picked = permutation[start : start + self.batch_size]
-                yield buffer.index_select(0, picked), buffer_labels.index_select(0, picked)
+                x = torch.empty((len(picked), self.dataset.dim), dtype=self.dtype)
+                y = torch.empty(len(picked), dtype=torch.float32)
+                if in_worker:  # gathered straight into shared memory: sending the batch copies nothing
+                    x.share_memory_()
+                    y.share_memory_()
+                yield torch.index_select(buffer, 0, picked, out=x), torch.index_select(buffer_labels, 0, picked, out=y)
             # Rows short of a full batch wait at the front of the buffer for the next reads.
             rest = permutation[whole:]
             buffer[: len(rest)] = buffer.index_select(0, rest)
