@@ -105,7 +105,7 @@ class ProbeTrainingConfig(ProbeSettings):
     its training dtype, fits in this many GB of the device's memory; larger splits stream minibatches
     with AdamW. None: half of the device's memory (GPU memory on CUDA, available RAM on the CPU).
     num_workers, read_mb, shuffle_reads, prefetch_batches: how minibatches stream from disk
-    (worker processes, the size of one contiguous read, reads shuffled together, batches prefetched
+    (reader threads, the size of one contiguous read, reads shuffled together, batches prefetched
     by each worker).
     """
 

@@ -322,6 +322,14 @@ def test_streaming_reads_every_training_row_once_per_epoch_in_a_seeded_order(sto
     parallel = StreamedBatches(train, 32, dtype=torch.float16, shuffle=True, seed=7, read_rows=40, buffer_reads=2)
     split, _ = _epoch(parallel, workers=2)
     assert sorted(map(tuple, split.tolist())) == sorted(map(tuple, expected.tolist()))
+    # Reader threads (the training default) too, in an order fixed by the seed.
+    threaded = [
+        StreamedBatches(train, 32, dtype=torch.float16, shuffle=True, seed=7, read_rows=40, buffer_reads=2, threads=3)
+        for _ in range(2)
+    ]
+    first_run, second_run = (_epoch(stream)[0] for stream in threaded)
+    assert sorted(map(tuple, first_run.tolist())) == sorted(map(tuple, expected.tolist()))
+    assert torch.equal(first_run, second_run)
 
 
 def test_training_holds_the_split_in_its_stored_precision(tmp_path: Path) -> None:

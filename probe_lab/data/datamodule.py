@@ -4,7 +4,7 @@ Full-batch mode (L-BFGS) serves the whole training split as one batch, read once
 in its stored precision (2 bytes a value for float16/bfloat16 data); the probe accumulates in
 float32 either way. Minibatch mode (AdamW)
 streams batches from disk (`StreamedBatches`): large contiguous reads, shuffled by segment and within
-a buffer, seeded, in worker processes with pinned memory and prefetching.
+a buffer, seeded, by reader threads that prefetch and gather batches into pinned memory.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ class ProbeDataModule(pl.LightningDataModule):
     """Training and validation batches for `ProbeModule`.
 
     read_mb: the size of one contiguous read when streaming; shuffle_reads: how many reads are
-    shuffled together; num_workers / prefetch_batches: the DataLoader's worker processes and how
-    many batches each keeps ready.
+    shuffled together; num_workers / prefetch_batches: reader threads and how many batches each
+    keeps ready.
     """
 
     def __init__(
@@ -79,7 +79,9 @@ class ProbeDataModule(pl.LightningDataModule):
         return self._loader("val", self.val, shuffle=False)
 
     def _loader(self, part: str, dataset: ActivationDataset, *, shuffle: bool) -> DataLoader:
-        # One stream per split for the whole fit: its epoch counter varies the shuffle.
+        # One stream per split for the whole fit: its epoch counter varies the shuffle. Training batches
+        # come from `num_workers` reader threads in this process (gathered into pinned memory with
+        # CUDA); validation batches are read straight from storage.
         if part not in self._streams:
             self._streams[part] = StreamedBatches(
                 dataset,
@@ -89,15 +91,9 @@ class ProbeDataModule(pl.LightningDataModule):
                 seed=self.seed,
                 read_rows=self.read_rows,
                 buffer_reads=self.shuffle_reads,
+                threads=self.num_workers if shuffle else 0,
+                prefetch=self.prefetch_batches,
+                pin_memory=torch.cuda.is_available(),
             )
-        # Validation reads each batch straight from storage, in this process: a worker of its own would
-        # hold memory for the whole fit to run once an epoch.
-        workers = self.num_workers if shuffle else 0
-        return DataLoader(
-            self._streams[part],
-            batch_size=None,
-            num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
-            prefetch_factor=self.prefetch_batches if workers else None,
-            persistent_workers=workers > 0,
-        )
+        threaded = shuffle and self.num_workers > 1
+        return DataLoader(self._streams[part], batch_size=None, pin_memory=torch.cuda.is_available() and not threaded)

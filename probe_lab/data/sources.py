@@ -56,7 +56,7 @@ class DataConfig:
     test_split: float = 0.2
     # Rows holding NaN or Inf fail the run with their count, unless dropped
     drop_nonfinite: bool = False
-    # Streaming minibatches (optimizer=adamw): worker processes, MB per contiguous read, reads
+    # Streaming minibatches (optimizer=adamw): reader threads, MB per contiguous read, reads
     # shuffled together, batches each worker prefetches
     num_workers: int = 2
     read_mb: float = 32.0

@@ -13,6 +13,8 @@ so the epoch counter that varies the shuffle lives here rather than in a sampler
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -38,6 +40,9 @@ class StreamedBatches(IterableDataset):
         seed: int = 0,
         read_rows: int = 8192,
         buffer_reads: int = 4,
+        threads: int = 0,
+        prefetch: int = 2,
+        pin_memory: bool = False,
     ) -> None:
         if dataset.labels is None:
             raise ValueError("StreamedBatches needs labelled data")
@@ -48,6 +53,9 @@ class StreamedBatches(IterableDataset):
         self.seed = seed
         self.read_rows = max(1, read_rows)
         self.buffer_reads = max(1, buffer_reads)
+        self.threads = threads
+        self.prefetch = max(1, prefetch)
+        self.pin_memory = pin_memory
         self.epoch = 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -65,14 +73,63 @@ class StreamedBatches(IterableDataset):
                     rows = segments[index][start : start + self.batch_size]
                     yield self.dataset.read(rows), labels[rows]
             return
-        yield from self._shuffled(segments, order, labels, rng)
+        if worker is None and self.threads > 1:
+            yield from self._threaded(segments, order, labels, epoch)
+            return
+        yield from self._shuffled(segments, order, labels, rng, shared=worker is not None)
+
+    def _threaded(
+        self, segments: list[np.ndarray], order: np.ndarray, labels: torch.Tensor, epoch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Reader threads in this process, each with its share of the reads and its own buffer; their
+        batches are taken in turn, so the order of batches is fixed by the seed.
+
+        Threads rather than worker processes: the reads and gathers release the GIL, and a batch made
+        here needs no trip through shared memory (with CUDA it is gathered straight into pinned memory).
+        """
+        queues: list[queue.Queue] = [queue.Queue(maxsize=self.prefetch) for _ in range(self.threads)]
+        stop = threading.Event()
+
+        def produce(part: int) -> None:
+            rng = np.random.default_rng([self.seed, epoch, part])
+            try:
+                for batch in self._shuffled(segments, order[part :: self.threads], labels, rng, shared=False):
+                    if not _put(queues[part], batch, stop):
+                        return
+                _put(queues[part], _DONE, stop)
+            except BaseException as err:  # handed to the consumer, which raises it
+                _put(queues[part], err, stop)
+
+        readers = [threading.Thread(target=produce, args=(part,), daemon=True) for part in range(self.threads)]
+        for reader in readers:
+            reader.start()
+        live = list(range(self.threads))
+        try:
+            while live:
+                for part in list(live):
+                    item = queues[part].get()
+                    if item is _DONE:
+                        live.remove(part)
+                    elif isinstance(item, BaseException):
+                        raise item
+                    else:
+                        yield item
+        finally:
+            stop.set()
+            for reader in readers:
+                reader.join(timeout=5)
 
     def _shuffled(
-        self, segments: list[np.ndarray], order: np.ndarray, labels: torch.Tensor, rng: np.random.Generator
+        self,
+        segments: list[np.ndarray],
+        order: np.ndarray,
+        labels: torch.Tensor,
+        rng: np.random.Generator,
+        *,
+        shared: bool,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Reads go into one buffer, reused all epoch; each batch is gathered out of it into a tensor of
         its own (a batch handed to the DataLoader must not share memory with the next reads)."""
-        in_worker = get_worker_info() is not None
         capacity = self.buffer_reads * self.read_rows + self.batch_size
         buffer = torch.empty((capacity, self.dataset.dim), dtype=self.dtype)
         buffer_labels = torch.empty(capacity, dtype=torch.float32)
@@ -89,9 +146,10 @@ class StreamedBatches(IterableDataset):
             whole = filled if last else filled - filled % self.batch_size
             for start in range(0, whole, self.batch_size):
                 picked = permutation[start : start + self.batch_size]
-                x = torch.empty((len(picked), self.dataset.dim), dtype=self.dtype)
-                y = torch.empty(len(picked), dtype=torch.float32)
-                if in_worker:  # gathered straight into shared memory: sending the batch copies nothing
+                pinned = self.pin_memory and not shared
+                x = torch.empty((len(picked), self.dataset.dim), dtype=self.dtype, pin_memory=pinned)
+                y = torch.empty(len(picked), dtype=torch.float32, pin_memory=pinned)
+                if shared:  # in a worker process, gathered straight into shared memory: sending it copies nothing
                     x.share_memory_()
                     y.share_memory_()
                 yield torch.index_select(buffer, 0, picked, out=x), torch.index_select(buffer_labels, 0, picked, out=y)
@@ -100,3 +158,17 @@ class StreamedBatches(IterableDataset):
             buffer[: len(rest)] = buffer.index_select(0, rest)
             buffer_labels[: len(rest)] = buffer_labels.index_select(0, rest)
             filled = len(rest)
+
+
+_DONE = object()
+
+
+def _put(target: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put, waiting while the consumer is busy; False once the consumer has stopped listening."""
+    while not stop.is_set():
+        try:
+            target.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
