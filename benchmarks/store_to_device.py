@@ -5,8 +5,8 @@
 Writes a float16 activation store of --rows × --dim under --tmp, then, side by side in one process:
 a plain sequential read of its shard files (`readinto` a reused 32 MiB buffer), and one training
 epoch as probe_lab streams it (`ProbeDataModule`: shuffled reads into a reused buffer, batches of
-8192 gathered out of it, DataLoader workers, pinned memory when CUDA is present), every batch copied
-to --device. Page cache warm, and cold (the shards evicted with posix_fadvise(DONTNEED) before
+8192 gathered out of it by --workers reader threads, into pinned memory when CUDA is present), every
+batch copied to --device. Page cache warm, and cold (the shards evicted with posix_fadvise(DONTNEED) before
 each pass). GB/s counts the activation bytes delivered; the ratio is to the plain read in the same
 cache state.
 """
@@ -64,7 +64,9 @@ def loader_epoch(store: ActivationStore, workers: int, device: str, pin: bool) -
     dataset = store.dataset(verify=False)
     module = ProbeDataModule(dataset, dataset, batch_size=8192, full_batch=False, num_workers=workers)
     loader = module.train_dataloader()
-    loader.pin_memory = pin and device.startswith("cuda")
+    pinned = pin and device.startswith("cuda")
+    loader.dataset.pin_memory = pinned  # reader threads gather into pinned memory themselves
+    loader.pin_memory = pinned and loader.dataset.threads <= 1
     start = time.perf_counter()
     rows = 0
     for x, y in loader:
@@ -112,7 +114,7 @@ def main() -> None:
                 if cache == "cold":
                     evict(files)
                 seconds = loader_epoch(store, workers, args.device, pin)
-                label = f"probe_lab stream → {args.device}, {workers} workers{'' if pin else ', not pinned'}"
+                label = f"probe_lab stream → {args.device}, {workers} threads{'' if pin else ', not pinned'}"
                 print(f"{label:<46} {cache:>5} {seconds:7.2f} {gigabytes / seconds:7.2f} {plain / seconds:9.2f}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -106,7 +106,7 @@ class ProbeTrainingConfig(ProbeSettings):
     with AdamW. None: half of the device's memory (GPU memory on CUDA, available RAM on the CPU).
     num_workers, read_mb, shuffle_reads, prefetch_batches: how minibatches stream from disk
     (reader threads, the size of one contiguous read, reads shuffled together, batches prefetched
-    by each worker).
+    by each thread).
     """
 
     validation_split: float = 0.2
