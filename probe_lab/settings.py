@@ -116,9 +116,9 @@ class ProbeTrainingConfig(ProbeSettings):
     seed: int = 42
     memory_budget_gb: float | None = None
     num_workers: int = 0
-    read_mb: float = 32.0
+    read_mb: float = 16.0
     shuffle_reads: int = 4
-    prefetch_batches: int = 2
+    prefetch_batches: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -48,9 +48,9 @@ class ProbeDataModule(pl.LightningDataModule):
         full_batch: bool,
         seed: int = 42,
         num_workers: int = 0,
-        read_mb: float = 32.0,
+        read_mb: float = 16.0,
         shuffle_reads: int = 4,
-        prefetch_batches: int = 2,
+        prefetch_batches: int = 1,
     ) -> None:
         super().__init__()
         self.train, self.val = train, val

@@ -59,9 +59,9 @@ class DataConfig:
     # Streaming minibatches (optimizer=adamw): reader threads, MB per contiguous read, reads
     # shuffled together, batches each worker prefetches
     num_workers: int = 2
-    read_mb: float = 32.0
+    read_mb: float = 16.0
     shuffle_reads: int = 4
-    prefetch_batches: int = 2
+    prefetch_batches: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, DataSource):
