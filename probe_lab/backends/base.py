@@ -51,6 +51,7 @@ class ProbeTrainer(ABC):
             raise ProbeLabError(f"input_dim must be positive, got {input_dim}")
         self.input_dim = input_dim
         self.config = config or ProbeTrainingConfig()
+        self._check_config()
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress_bar = progress_bar
         self.weights: ProbeWeights | None = None
@@ -114,6 +115,9 @@ class ProbeTrainer(ABC):
         )
         self.val_auroc = aurocs[best]
         return self.val_auroc
+
+    def _check_config(self) -> None:  # noqa: B027 (a hook: most backends accept every setting)
+        """Refuse settings this backend cannot honour (one line naming the setting)."""
 
     @abstractmethod
     def _fit(self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float]) -> list[FitResult]:

@@ -46,7 +46,7 @@ from probe_lab.errors import ProbeLabError
 from probe_lab.linear_probe import LinearProbe
 from probe_lab.probe import ProbeWeights
 from probe_lab.resolver import resolve_device, resolve_memory_budget, resolve_precision
-from probe_lab.settings import OptimizerName, Penalty, ProbeTrainingConfig
+from probe_lab.settings import OptimizerName, Penalty
 
 log = logging.getLogger(__name__)
 
@@ -179,15 +179,7 @@ class TorchProbeTrainer(ProbeTrainer):
 
     backend = "pytorch"
 
-    def __init__(
-        self,
-        input_dim: int,
-        config: ProbeTrainingConfig | None = None,
-        *,
-        run_dir: str | Path | None = None,
-        progress_bar: bool = False,
-    ) -> None:
-        super().__init__(input_dim, config, run_dir=run_dir, progress_bar=progress_bar)
+    def _check_config(self) -> None:
         if self.config.penalty is not Penalty.l2:
             raise ProbeLabError("probe.penalty=l1 is supported by the sklearn backend only (use backend=sklearn)")
 

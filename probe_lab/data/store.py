@@ -233,17 +233,9 @@ class ShardedTable(RowTable):
         return self._starts
 
     def read(self, rows: np.ndarray, layer: int | None) -> torch.Tensor:
-        owner = np.searchsorted(self._starts, rows, side="right") - 1
-        cuts = np.flatnonzero(np.diff(owner)) + 1
-        pieces = []
-        for run in np.split(np.arange(len(rows)), cuts):
-            if len(run):
-                shard = int(owner[run[0]])
-                pieces.append(self.parts[shard].read(rows[run] - self._starts[shard], layer))
-                self._keep_mapped(shard)
-        if not pieces:
-            return torch.empty((0, self.dim), dtype=self.dtype)
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        out = torch.empty((len(rows), self.dim), dtype=self.dtype)
+        self.read_into(rows, layer, out)
+        return out
 
     def read_into(self, rows: np.ndarray, layer: int | None, out: torch.Tensor) -> None:
         owner = np.searchsorted(self._starts, rows, side="right") - 1

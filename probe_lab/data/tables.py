@@ -146,20 +146,9 @@ class ArrayTable(RowTable):
             mapped.release(first, last + 1)
 
     def read(self, rows: np.ndarray, layer: int | None) -> torch.Tensor:
-        mapped = self._source if isinstance(self._source, MappedFile) else None
-        array = mapped.array() if mapped is not None else self._source
-        if len(rows) == 0:
-            return torch.empty((0, self.dim), dtype=self.dtype)
-        first, last = int(rows[0]), int(rows[-1])
-        contiguous = last - first + 1 == len(rows) and bool(np.all(np.diff(rows) == 1))
-        # Index the layer together with the rows, so a multi-layer table never copies the other layers.
-        where = slice(first, last + 1) if contiguous else rows
-        picked = array[where] if self.layers is None else array[where, layer]
-        block = np.array(picked, dtype=NUMPY_STORAGE[self.dtype], copy=True, order="C")
-        if mapped is not None:
-            mapped.release(first, last + 1)
-        tensor = torch.from_numpy(block)
-        return tensor.view(torch.bfloat16) if self.dtype == torch.bfloat16 else tensor
+        out = torch.empty((len(rows), self.dim), dtype=self.dtype)
+        self.read_into(rows, layer, out)
+        return out
 
 
 class TensorFileTable(RowTable):
