@@ -12,10 +12,14 @@ function of raw activations is still a plain linear map (`raw_weight`, `raw_bias
 scale are folded into the weights, so no standardized copy of the data is ever made.
 
 Activations may be stored in half precision; the logits and gradients are always accumulated in
-float32 (`_Float32Linear`), so mixed precision changes memory and bandwidth, not the optimum.
+float32 (`_Float32Linear`), so mixed precision changes memory and bandwidth, not the optimum. On a
+GPU, half-precision activations are multiplied in place by cuBLAS with float32 output (one read of
+the data per product); the float32 operand travels as two half-precision terms (`_split_terms`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -38,6 +42,9 @@ class _Float32Linear(torch.autograd.Function):
         ctx.save_for_backward(x)
         weight, bias = weight.float(), bias.float()
         with torch.autocast(device_type=x.device.type, enabled=False):
+            if _fused_half(x):
+                columns = weight.reshape(len(weight), -1)  # (D, K)
+                return (bias + _half_left(x, columns)).reshape(x.shape[0], *weight.shape[1:])
             if x.dtype == weight.dtype:
                 return _affine(bias, x, weight)
             out = torch.empty((x.shape[0], *weight.shape[1:]), dtype=weight.dtype, device=x.device)
@@ -53,7 +60,10 @@ class _Float32Linear(torch.autograd.Function):
         with torch.autocast(device_type=x.device.type, enabled=False):
             # Gradients are accumulated as gᵀx (K, D) rather than xᵀg: CPU BLAS runs the product with a
             # transposed x several times slower, and for one probe (K = 1) it is a matrix-vector product.
-            if x.dtype == grad_out.dtype:
+            if _fused_half(x):
+                grad_t = _half_right(grad_out.reshape(len(grad_out), -1).T, x)  # (K, D)
+                grad_t = grad_t[0] if grad_out.ndim == 1 else grad_t
+            elif x.dtype == grad_out.dtype:
                 grad_t = grad_out @ x if grad_out.ndim == 1 else grad_out.T @ x
             else:
                 grad_t = torch.zeros((*grad_out.shape[1:], x.shape[1]), dtype=grad_out.dtype, device=x.device)
@@ -67,6 +77,48 @@ class _Float32Linear(torch.autograd.Function):
         grad_weight = grad_t if grad_t.ndim == 1 else grad_t.T
         grad_bias = grad_out.sum(0).reshape(-1)
         return None, grad_weight, grad_bias
+
+
+def _fused_half(x: torch.Tensor) -> bool:
+    """Whether x's products run as half-precision cuBLAS products with float32 output."""
+    return x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and _cuda_half_products()
+
+
+@functools.cache
+def _cuda_half_products() -> bool:
+    """Whether this torch build multiplies half-precision CUDA matrices into float32 (torch ≥ 2.8)."""
+    one = torch.ones((1, 1), dtype=torch.float16, device="cuda")
+    try:
+        return torch.mm(one, one, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError):
+        return False
+
+
+def _split_terms(values: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 values as hi + lo in `dtype` (22 bits of precision in float16, 16 in bfloat16), after
+    scaling by a power of two that puts the largest at 2¹⁴ (float16 neither overflows nor underflows).
+    Returns (hi, lo, scale); the scale stays a device tensor, so there is no host sync."""
+    peak = values.abs().amax().clamp_min(torch.finfo(torch.float32).tiny)
+    scale = torch.exp2(14.0 - torch.ceil(torch.log2(peak)))
+    scaled = values * scale
+    hi = scaled.to(dtype)
+    return hi, (scaled - hi.float()).to(dtype), scale
+
+
+def _half_left(x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """x (N, D) half @ columns (D, K) float32 → (N, K) float32, reading x once."""
+    hi, lo, scale = _split_terms(columns, x.dtype)
+    both = torch.mm(x, torch.cat([hi, lo], dim=1), out_dtype=torch.float32)
+    k = columns.shape[1]
+    return (both[:, :k] + both[:, k:]) / scale
+
+
+def _half_right(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """rows (K, N) float32 @ x (N, D) half → (K, D) float32, reading x once."""
+    hi, lo, scale = _split_terms(rows, x.dtype)
+    both = torch.mm(torch.cat([hi, lo], dim=0), x, out_dtype=torch.float32)
+    k = rows.shape[0]
+    return (both[:k] + both[k:]) / scale
 
 
 def _affine(

@@ -41,7 +41,7 @@ from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
 from probe_lab.backends.base import FitResult, ProbeTrainer
 from probe_lab.data.datamodule import ProbeDataModule
 from probe_lab.data.dataset import ActivationDataset
-from probe_lab.data.stats import feature_moments
+from probe_lab.data.stats import feature_moments, tensor_moments
 from probe_lab.errors import ProbeLabError
 from probe_lab.linear_probe import LinearProbe
 from probe_lab.probe import ProbeWeights
@@ -102,6 +102,7 @@ class ProbeModule(pl.LightningModule):
         self.optimizer_name = optimizer
         self.learning_rate = learning_rate
         self.max_iterations = max_iterations
+        self.automatic_optimization = optimizer is not OptimizerName.lbfgs
         paths = len(regularization)
         self.val_auroc = BinaryAUROC() if paths == 1 else MultilabelAUROC(num_labels=paths, average="none")
         self.lbfgs_iterations = 0
@@ -109,37 +110,52 @@ class ProbeModule(pl.LightningModule):
         self.lbfgs_converged = False
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The penalized loss of the whole batch (a sum over the path's columns)."""
         logits = self.probe(x)
         if logits.ndim == 2:  # a path: the sum of each column's mean loss
-            data_loss = F.binary_cross_entropy_with_logits(
-                logits, y.float()[:, None].expand_as(logits), reduction="none"
-            ).mean(0).sum()
+            data_loss = (
+                F.binary_cross_entropy_with_logits(logits, y.float()[:, None].expand_as(logits), reduction="none")
+                .mean(0)
+                .sum()
+            )
         else:
             data_loss = F.binary_cross_entropy_with_logits(logits, y.float())
         u = self.probe.linear.weight
         return data_loss + (self.penalty_coef * self.penalty_weights * u * u).sum()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        # With L-BFGS, Lightning's closure calls this once per objective evaluation of the line search.
         x, y = batch
-        loss = self.objective(x, y)
-        per_step = self.optimizer_name is OptimizerName.lbfgs
-        self.log("train_loss", loss, on_step=per_step, on_epoch=not per_step, prog_bar=True, batch_size=len(y))
-        return loss
+        if self.automatic_optimization:  # AdamW: one minibatch
+            loss = self.objective(x, y)
+            self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+            return loss
+        return self._lbfgs_step(x, y)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.optimizer_name is not OptimizerName.lbfgs:
-            return
-        optimizer = self.optimizers().optimizer
-        state = optimizer.state[optimizer.param_groups[0]["params"][0]]
+    def _lbfgs_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Full-batch L-BFGS to convergence in one optimizer step, optimized manually: the line search
+        calls the closure once per objective evaluation, and Lightning's automatic loop would wrap
+        each of those calls in its per-step hooks and logging (measured in benchmarks/gpu_scale.py)."""
+        optimizer = self.optimizers()
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = self.objective(x, y)
+            self.manual_backward(loss)
+            return loss
+
+        loss = optimizer.step(closure=closure)
+        lbfgs = optimizer.optimizer
+        state = lbfgs.state[lbfgs.param_groups[0]["params"][0]]
         self.lbfgs_iterations = int(state.get("n_iter", 0))
         self.lbfgs_evaluations = int(state.get("func_evals", 0))
         # Stopping on max_iter or max_eval means the budget ran out; any other stop met a tolerance.
-        max_evals = optimizer.param_groups[0]["max_eval"]
+        max_evals = lbfgs.param_groups[0]["max_eval"]
         self.lbfgs_converged = self.lbfgs_iterations < self.max_iterations and self.lbfgs_evaluations < max_evals
+        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
         self.log("lbfgs_iterations", float(self.lbfgs_iterations), on_step=True, on_epoch=False)
         if self.lbfgs_converged:
             self.trainer.should_stop = True
+        return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -197,39 +213,44 @@ class TorchProbeTrainer(ProbeTrainer):
             return device, precision, [int(index)]
         return device, precision, 1
 
-    def optimizer_for(self, train: ActivationDataset) -> OptimizerName:
-        """`auto`: full-batch L-BFGS when the training split, in its stored dtype, fits the device's
-        memory budget; minibatch AdamW streaming from disk otherwise."""
+    def optimizer_for(self, train: ActivationDataset, val: ActivationDataset | None = None) -> OptimizerName:
+        """`auto`: full-batch L-BFGS when the training split (and the validation split, held beside
+        it), in their stored dtype, fit the device's memory budget; minibatch AdamW streaming from
+        disk otherwise."""
         if self.config.optimizer is not OptimizerName.auto:
             return self.config.optimizer
         device, _, devices = self.placement()
         budget = resolve_memory_budget(
             self.config.memory_budget_gb, device, devices[0] if isinstance(devices, list) else 0
         )
-        fits = train.nbytes() <= budget  # held in its stored dtype
+        fits = train.nbytes() + (val.nbytes() if val is not None else 0) <= budget  # held in their stored dtype
         return OptimizerName.lbfgs if fits else OptimizerName.adamw
 
     def _fit(self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float]) -> list[FitResult]:
-        optimizer = self.optimizer_for(train)
+        optimizer = self.optimizer_for(train, val)
         device, precision, devices = self.placement()
+        lbfgs = optimizer is OptimizerName.lbfgs
         if optimizer is OptimizerName.adamw and len(regularizations) > 1:
             log.warning(
                 "with AdamW the %d values of the regularization path train and stop together (EarlyStopping "
                 "follows the best value); full-batch L-BFGS brings each value to its own optimum",
                 len(regularizations),
             )
-        module = self._module(train, optimizer, regularizations)
         datamodule = ProbeDataModule(
             train,
             val,
+            device=torch.device(device, devices[0]) if isinstance(devices, list) else torch.device(device),
             batch_size=self.config.batch_size,
-            full_batch=optimizer is OptimizerName.lbfgs,
+            full_batch=lbfgs,
             seed=self.config.seed,
             num_workers=self.config.num_workers,
             read_mb=self.config.read_mb,
             shuffle_reads=self.config.shuffle_reads,
             prefetch_batches=self.config.prefetch_batches,
         )
+        # Full batch: the statistics come from the resident copy, where it lives (one read of the data).
+        moments = tensor_moments(datamodule.resident_train()) if lbfgs else feature_moments(train)
+        module = self._module(train, optimizer, regularizations, moments)
         with tempfile.TemporaryDirectory(prefix="probe_lab-") as scratch:
             out_dir = self.run_dir or Path(scratch)
             checkpoint = ModelCheckpoint(
@@ -245,7 +266,6 @@ class TorchProbeTrainer(ProbeTrainer):
                 callbacks.append(
                     EarlyStopping(monitor="val_auroc", mode="max", patience=self.config.early_stopping_patience)
                 )
-            lbfgs = optimizer is OptimizerName.lbfgs
             trainer_precision = "32" if lbfgs and precision == "16-mixed" else precision
             with quiet_lightning():
                 trainer = pl.Trainer(
@@ -288,10 +308,17 @@ class TorchProbeTrainer(ProbeTrainer):
         weights, biases = probe.raw_weight().reshape(len(regularizations), -1), probe.raw_biases()
         return [FitResult(ProbeWeights(w.numpy(), float(b)), details) for w, b in zip(weights, biases, strict=True)]
 
-    def _module(self, train: ActivationDataset, optimizer: OptimizerName, regularizations: list[float]) -> ProbeModule:
+    def _module(
+        self,
+        train: ActivationDataset,
+        optimizer: OptimizerName,
+        regularizations: list[float],
+        moments: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> ProbeModule:
         """The module for this data: one column per regularization value, each in its own
-        preconditioned coordinates (s² = σ² + 4·reg/N), all starting at the best constant predictor."""
-        mean, std = feature_moments(train)
+        preconditioned coordinates (s² = σ² + 4·reg/N), all starting at the best constant predictor.
+        moments: the training split's per-feature (mean, std), computed here when not given."""
+        mean, std = moments if moments is not None else feature_moments(train)
         n_train = len(train)
         reg = np.asarray(regularizations, dtype=np.float64)[:, None]  # (K, 1)
         if self.config.standardize:
@@ -301,7 +328,7 @@ class TorchProbeTrainer(ProbeTrainer):
             scale = np.sqrt(std**2 + 4.0 * reg / n_train)
             penalty_weights = 1.0 / scale**2
         probe = LinearProbe(self.input_dim, outputs=len(regularizations))
-        probe.set_coordinates(torch.from_numpy(mean).float(), torch.from_numpy(np.ascontiguousarray(scale)).float())
+        probe.set_coordinates(torch.tensor(mean, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32))
         positives = float(np.mean(train.labels))
         with torch.no_grad():  # start at the best constant predictor
             probe.linear.bias.fill_(math.log(positives / (1.0 - positives)))

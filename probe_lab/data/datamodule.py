@@ -1,7 +1,8 @@
 """`ProbeDataModule`: the Lightning view of train / validation splits.
 
 Full-batch mode (L-BFGS) serves the whole training split as one batch, read once and kept resident
-in its stored precision (2 bytes a value for float16/bfloat16 data); the probe accumulates in
+on the training device in its stored precision (2 bytes a value for float16/bfloat16 data; data
+already there is used in place), and the validation split likewise; the probe accumulates in
 float32 either way. Minibatch mode (AdamW)
 streams batches from disk (`StreamedBatches`): large contiguous reads, shuffled by segment and within
 a buffer, seeded, by reader threads that prefetch and gather batches into pinned memory.
@@ -36,7 +37,7 @@ class ProbeDataModule(pl.LightningDataModule):
 
     read_mb: the size of one contiguous read when streaming; shuffle_reads: how many reads are
     shuffled together; num_workers / prefetch_batches: reader threads and how many batches each
-    keeps ready.
+    keeps ready. device: where full-batch splits are held (the CPU by default).
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class ProbeDataModule(pl.LightningDataModule):
         read_mb: float = 16.0,
         shuffle_reads: int = 4,
         prefetch_batches: int = 1,
+        device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
         self.train, self.val = train, val
@@ -63,20 +65,29 @@ class ProbeDataModule(pl.LightningDataModule):
         self.read_rows = max(1, int(read_mb * 2**20) // row_bytes)
         self.shuffle_reads = shuffle_reads
         self.prefetch_batches = prefetch_batches
-        self._resident: _WholeSplit | None = None
+        self.device = torch.device(device)
+        self._resident: dict[str, _WholeSplit] = {}
         self._streams: dict[str, StreamedBatches] = {}
+
+    def resident_train(self) -> torch.Tensor:
+        """The training split held whole on the device (full-batch mode): read once, then reused."""
+        return self._whole("train", self.train).x
 
     def train_dataloader(self) -> DataLoader:
         if self.full_batch:
-            if self._resident is None:
-                x = self.train.to_tensor(self.dtype, pin_memory=torch.cuda.is_available())
-                y = torch.from_numpy(np.asarray(self.train.labels, dtype=np.float32))
-                self._resident = _WholeSplit(x, y)
-            return DataLoader(self._resident, batch_size=None)
+            return DataLoader(self._whole("train", self.train), batch_size=None)
         return self._loader("train", self.train, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
+        if self.full_batch:
+            return DataLoader(self._whole("val", self.val), batch_size=None)
         return self._loader("val", self.val, shuffle=False)
+
+    def _whole(self, part: str, dataset: ActivationDataset) -> _WholeSplit:
+        if part not in self._resident:
+            labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.float32))
+            self._resident[part] = _WholeSplit(dataset.to_device(self.device), labels.to(self.device))
+        return self._resident[part]
 
     def _loader(self, part: str, dataset: ActivationDataset, *, shuffle: bool) -> DataLoader:
         # One stream per split for the whole fit: its epoch counter varies the shuffle. Training batches

@@ -2,9 +2,10 @@
 
 Rows live in a `RowTable` (probe_lab.data.tables): an in-memory or memory-mapped array (N×D, or
 N×L×D with a layer picked), per-sample tensor files read with `torch.load(weights_only=True)`, or
-an activation store's shards. A dataset can be narrowed to a subset of rows without copying
-(`subset`) and read in contiguous blocks, as float32 (`rows`, `blocks`) or in its storage dtype
-(`read`, `to_tensor`): that is how statistics, finiteness checks, streaming and scoring move
+an activation store's shards, or a tensor already on a GPU (`DeviceTable`). A dataset can be
+narrowed to a subset of rows without copying (`subset`) and read in contiguous blocks, as float32
+(`rows`, `blocks`), in its storage dtype (`read`, `to_tensor`) or onto a device (`to_device`,
+`on_device`): that is how statistics, finiteness checks, streaming and scoring move
 through data larger than memory.
 """
 
@@ -12,14 +13,24 @@ from __future__ import annotations
 
 import copy
 import re
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from probe_lab.data.tables import ArrayTable, MappedFile, RowTable, TensorFileTable, load_tensor_file, nonfinite_rows
+from probe_lab.data.tables import (
+    ArrayTable,
+    DeviceTable,
+    MappedFile,
+    RowTable,
+    TensorFileTable,
+    load_tensor_file,
+    nonfinite_rows,
+)
 from probe_lab.errors import ProbeLabError
 
 __all__ = ["ActivationDataset", "check_labels", "load_tensor_file", "natural_sorted"]
@@ -28,13 +39,17 @@ ArrayLike = np.ndarray | torch.Tensor
 # Blocks of rows read at once by the streaming passes (statistics, scoring, checks): large enough
 # for sequential reads, small enough that their float32/float64 working copies stay a few tens of MB.
 BLOCK_BYTES = 16 << 20
+# Host-to-device loads: reads of this size, `LOAD_THREADS` at a time, each into its own pinned buffer.
+LOAD_CHUNK_BYTES = 32 << 20
+LOAD_THREADS = 4
 
 
 class ActivationDataset(Dataset):
     """Rows of activations (float vectors of width `dim`) with optional 0/1 labels.
 
     activations: an array (N, D) or (N, L, D) (then `layer` picks L), a sequence of paths to
-    per-sample tensor files of shape (D,) or (L, D), or a `RowTable`. labels: (N,) of 0/1, or None
+    per-sample tensor files of shape (D,) or (L, D), or a `RowTable`. A tensor on an accelerator stays
+    there, in its dtype (float32, float16 or bfloat16). labels: (N,) of 0/1, or None
     (scoring only). `name` is how error messages refer to the data (a setting or a file).
     Items are (x float32 tensor (D,), y float32 scalar); `__getitems__` reads whole batches at once.
     """
@@ -54,6 +69,11 @@ class ActivationDataset(Dataset):
         self.layer = layer
         if isinstance(activations, RowTable):
             self.table = activations
+        elif isinstance(activations, torch.Tensor) and activations.device.type != "cpu":
+            try:
+                self.table = DeviceTable(activations.detach())
+            except ValueError as err:
+                raise ProbeLabError(f"{name}: {err}") from None
         elif isinstance(activations, (np.ndarray, torch.Tensor, MappedFile)):
             array = _as_numpy(activations) if isinstance(activations, torch.Tensor) else activations
             _check_array(array, name)
@@ -79,6 +99,11 @@ class ActivationDataset(Dataset):
     def is_lazy(self) -> bool:
         """True when rows live in per-sample files rather than an array."""
         return isinstance(self.table, TensorFileTable)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the rows are held: a GPU for data loaded there (`on_device`), else the CPU."""
+        return self.table.device if isinstance(self.table, DeviceTable) else torch.device("cpu")
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -179,6 +204,54 @@ class ActivationDataset(Dataset):
             out[start:stop] = self.read(np.arange(start, stop))
         return out
 
+    def to_device(self, device: torch.device | str) -> torch.Tensor:
+        """All rows as one (N, D) tensor in the storage dtype on `device`.
+
+        Rows already there are returned as they are (a view when the dataset is not a subset). From
+        the host, chunks are read by LOAD_THREADS threads into pinned buffers, each copied to the
+        device asynchronously while the next reads go on, so no full-size host copy is ever made.
+        """
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self.to_tensor()
+        if isinstance(self.table, DeviceTable) and _same_device(self.table.device, device):
+            return self.read(np.arange(len(self)))
+        out = torch.empty((len(self), self.dim), dtype=self.storage_dtype, device=device)
+        chunk_rows = max(1, LOAD_CHUNK_BYTES // (self.dim * self.storage_dtype.itemsize))
+        chunks = [(start, min(start + chunk_rows, len(self))) for start in range(0, len(self), chunk_rows)]
+        slots = min(LOAD_THREADS, len(chunks))
+        buffers = [torch.empty((chunk_rows, self.dim), dtype=self.storage_dtype, pin_memory=True) for _ in range(slots)]
+        copied = [torch.cuda.Event() for _ in range(slots)]
+
+        def fill(slot: int, start: int, stop: int) -> tuple[int, int, int]:
+            copied[slot].synchronize()  # the buffer's previous chunk has reached the device
+            self.read_into(np.arange(start, stop), buffers[slot][: stop - start])
+            return slot, start, stop
+
+        def send(slot: int, start: int, stop: int) -> None:
+            out[start:stop].copy_(buffers[slot][: stop - start], non_blocking=True)
+            copied[slot].record()
+
+        with torch.cuda.device(device), ThreadPoolExecutor(max_workers=slots or 1) as pool:
+            reads: deque = deque()
+            for index, (start, stop) in enumerate(chunks):
+                if len(reads) == slots:  # send the oldest read before its buffer is read into again
+                    send(*reads.popleft().result())
+                reads.append(pool.submit(fill, index % slots, start, stop))
+            while reads:
+                send(*reads.popleft().result())
+            torch.cuda.current_stream().synchronize()  # the pinned buffers are freed on return
+        return out
+
+    def on_device(self, device: torch.device | str) -> ActivationDataset:
+        """This dataset held on `device` (read once, in its storage dtype): later reads, scoring and
+        training stay there."""
+        if isinstance(self.table, DeviceTable) and _same_device(self.table.device, torch.device(device)):
+            return self
+        moved = ActivationDataset(self.to_device(device), self.labels, name=self.name)
+        moved._checked_finite = self._checked_finite
+        return moved
+
     # -- finiteness -----------------------------------------------------------------------------
     def nonfinite_mask(self) -> np.ndarray:
         """bool (N,): rows holding NaN or Inf — from the store's scan when there was one, else read."""
@@ -256,6 +329,14 @@ def natural_sorted(paths: Sequence[Path]) -> list[Path]:
         return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
     return sorted(paths, key=key)
+
+
+def _same_device(held: torch.device, wanted: torch.device) -> bool:
+    """cuda and cuda:0 name the same GPU when 0 is the current one."""
+    if held.type != wanted.type:
+        return False
+    current = torch.cuda.current_device() if held.type == "cuda" else 0
+    return (current if held.index is None else held.index) == (current if wanted.index is None else wanted.index)
 
 
 def _as_numpy(values: ArrayLike) -> np.ndarray:

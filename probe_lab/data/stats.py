@@ -1,8 +1,9 @@
-"""Per-feature mean and standard deviation in one streaming float64 pass."""
+"""Per-feature mean and standard deviation: one streaming pass over a dataset, or over a resident tensor."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from probe_lab.data.dataset import ActivationDataset
 
@@ -28,3 +29,24 @@ def feature_moments(dataset: ActivationDataset) -> tuple[np.ndarray, np.ndarray]
         m2 += block_m2 + delta**2 * (count * k / total)
         count = total
     return mean, np.sqrt(m2 / max(count, 1))
+
+
+def tensor_moments(x: torch.Tensor, block_rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, population std) of each column of a resident (N, D) tensor, computed where it lives
+    (on the GPU for data held there), as float64 arrays.
+
+    Each block is up-cast to float32 and reduced in one pass (`torch.var_mean`); the blocks are
+    combined in float64 with Chan's formula, as `feature_moments` does.
+    """
+    count = 0
+    mean = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    m2 = torch.zeros_like(mean)
+    for block in x.split(block_rows):
+        k = len(block)
+        block_var, block_mean = torch.var_mean(block.float(), dim=0, correction=0)
+        delta = block_mean.double() - mean
+        total = count + k
+        mean += delta * (k / total)
+        m2 += block_var.double() * k + delta**2 * (count * k / total)
+        count = total
+    return mean.cpu().numpy(), (m2 / max(count, 1)).sqrt().cpu().numpy()

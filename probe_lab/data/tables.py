@@ -3,7 +3,8 @@
 A table holds N rows of width D, optionally with a layer axis (N×L×D), in one storage dtype
 (float32, float16 or bfloat16), and reads any ascending set of rows in one call, in that dtype.
 `ArrayTable` wraps an in-memory array or a file region mapped into memory (`MappedFile`);
-`TensorFileTable` reads the seed's one-tensor-file-per-sample layout. The activation store's
+`TensorFileTable` reads the seed's one-tensor-file-per-sample layout; `DeviceTable` holds rows already
+on an accelerator (a GPU), where reads stay. The activation store's
 sharded table (probe_lab.data.store) is a sequence of `ArrayTable`s.
 
 Mapped files are read through `mmap` rather than `np.memmap` so that the pages a read touched can be
@@ -149,6 +150,44 @@ class ArrayTable(RowTable):
         out = torch.empty((len(rows), self.dim), dtype=self.dtype)
         self.read_into(rows, layer, out)
         return out
+
+
+class DeviceTable(RowTable):
+    """Rows of a tensor (N, D) or (N, L, D) held on a device such as a GPU; reads return tensors on
+    that device (a view when the rows are consecutive), so data loaded once is never copied back."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        if tensor.dtype not in DTYPE_NAMES:
+            raise ValueError(f"expected float32, float16 or bfloat16 activations, got {tensor.dtype}")
+        if tensor.ndim not in (2, 3):
+            raise ValueError(f"expected an (N, D) or (N, L, D) tensor, got shape {tuple(tensor.shape)}")
+        self.tensor = tensor
+        self.n_rows, self.dim = int(tensor.shape[0]), int(tensor.shape[-1])
+        self.layers = int(tensor.shape[1]) if tensor.ndim == 3 else None
+        self.dtype = tensor.dtype
+        self._nonfinite: np.ndarray | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensor.device
+
+    @property
+    def nonfinite(self) -> np.ndarray:  # type: ignore[override]
+        """NaN/Inf rows (N,) or (N, L), found on the device in one pass and kept."""
+        if self._nonfinite is None:
+            blocks = [~torch.isfinite(block).all(dim=-1) for block in self.tensor.split(_DEVICE_BLOCK_ROWS)]
+            self._nonfinite = torch.cat(blocks).cpu().numpy() if blocks else np.zeros(0, dtype=bool)
+        return self._nonfinite
+
+    def read(self, rows: np.ndarray, layer: int | None) -> torch.Tensor:
+        source = self.tensor if self.layers is None else self.tensor[:, layer]
+        if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
+            return source[int(rows[0]) : int(rows[-1]) + 1]
+        return source.index_select(0, torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device))
+
+
+# Rows per block of a device-side pass (finiteness): bounds its temporary mask, not its speed.
+_DEVICE_BLOCK_ROWS = 1 << 16
 
 
 class TensorFileTable(RowTable):
