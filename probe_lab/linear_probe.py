@@ -163,8 +163,10 @@ class LinearProbe(nn.Module):
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight, bias) acting on raw activations, differentiable in the parameters: (D,) and (1,)
         for one probe, (K, D) and (K,) for K."""
-        weight = self.linear.weight / self.scale
-        bias = self.linear.bias - weight @ self.center
+        # Outside autocast: a half-precision weight · center would put its rounding error into every logit.
+        with torch.autocast(device_type=self.scale.device.type, enabled=False):
+            weight = self.linear.weight.float() / self.scale
+            bias = self.linear.bias.float() - weight @ self.center
         return (weight[0], bias) if self.outputs == 1 else (weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

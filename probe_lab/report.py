@@ -59,5 +59,9 @@ def summary_lines(backend: str, reason: str, metrics: dict, out_dir: Path, files
             f"  test     AUROC {test['auroc']:.4f}  AP {test['ap']:.4f}  accuracy {test['accuracy']:.4f}  "
             f"recall@1%FPR {test['recall_at_1pct_fpr']:.4f}"
         )
+    timings = metrics.get("timings") or {}
+    if timings:
+        stages = ", ".join(f"{name.removesuffix('_seconds')} {seconds:.2f} s" for name, seconds in timings.items())
+        lines.append(f"  time     {stages}")
     lines.append(f"  outputs  {out_dir}: {', '.join(files)}")
     return lines

@@ -129,6 +129,9 @@ def train_backend(
     """Fit one backend, evaluate it and write its files into `folder`; returns (metrics, file names)."""
     timings: dict[str, float] = {"read_seconds": read_seconds}
     trainer = backend_class(choice.name)(data.dim, config, run_dir=folder, progress_bar=progress_bar)
+    start = time.perf_counter()
+    splits = trainer.hold(splits)
+    timings["load_seconds"] = time.perf_counter() - start
     trainer.fit_datasets(splits.train, splits.val)
     weights = trainer.weights
     if weights is None or trainer.fit_seconds is None:

@@ -19,7 +19,7 @@ import torch
 
 from probe_lab import metrics
 from probe_lab.data.dataset import ActivationDataset
-from probe_lab.data.splits import split_dataset
+from probe_lab.data.splits import Splits, split_dataset
 from probe_lab.errors import ProbeLabError
 from probe_lab.probe import ProbeWeights, decision_functions, load_probe, save_probe
 from probe_lab.settings import ProbeTrainingConfig
@@ -115,6 +115,11 @@ class ProbeTrainer(ABC):
         )
         self.val_auroc = aurocs[best]
         return self.val_auroc
+
+    def hold(self, splits: Splits) -> Splits:
+        """The splits where this backend reads them fastest; as they are, unless a backend moves them
+        (the pytorch backend loads them onto its GPU once)."""
+        return splits
 
     def _check_config(self) -> None:  # noqa: B027 (a hook: most backends accept every setting)
         """Refuse settings this backend cannot honour (one line naming the setting)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,7 @@ from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
 from probe_lab.backends.base import FitResult, ProbeTrainer
 from probe_lab.data.datamodule import ProbeDataModule
 from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.splits import Splits
 from probe_lab.data.stats import feature_moments, tensor_moments
 from probe_lab.errors import ProbeLabError
 from probe_lab.linear_probe import LinearProbe
@@ -108,6 +110,7 @@ class ProbeModule(pl.LightningModule):
         self.lbfgs_iterations = 0
         self.lbfgs_evaluations = 0
         self.lbfgs_converged = False
+        self.lbfgs_seconds = 0.0
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The penalized loss of the whole batch (a sum over the path's columns)."""
@@ -136,14 +139,21 @@ class ProbeModule(pl.LightningModule):
         calls the closure once per objective evaluation, and Lightning's automatic loop would wrap
         each of those calls in its per-step hooks and logging (measured in benchmarks/gpu_scale.py)."""
         optimizer = self.optimizers()
+        last: list[torch.Tensor] = []
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
             loss = self.objective(x, y)
             self.manual_backward(loss)
+            last[:] = [loss.detach()]
             return loss
 
-        loss = optimizer.step(closure=closure)
+        start = time.perf_counter()
+        optimizer.step(closure=closure)  # returns the first evaluation's loss; the last one is logged
+        loss = last[0]
+        if loss.is_cuda:
+            torch.cuda.synchronize(loss.device)
+        self.lbfgs_seconds = time.perf_counter() - start
         lbfgs = optimizer.optimizer
         state = lbfgs.state[lbfgs.param_groups[0]["params"][0]]
         self.lbfgs_iterations = int(state.get("n_iter", 0))
@@ -226,6 +236,20 @@ class TorchProbeTrainer(ProbeTrainer):
         fits = train.nbytes() + (val.nbytes() if val is not None else 0) <= budget  # held in their stored dtype
         return OptimizerName.lbfgs if fits else OptimizerName.adamw
 
+    def hold(self, splits: Splits) -> Splits:
+        """On a GPU, with full-batch training and every split within the memory budget together, each
+        split is read once onto the GPU: training, validation and scoring then never touch the host."""
+        device, _, devices = self.placement()
+        if device != "cuda" or self.optimizer_for(splits.train, splits.val) is not OptimizerName.lbfgs:
+            return splits
+        index = devices[0] if isinstance(devices, list) else torch.cuda.current_device()
+        parts = [splits.train, splits.val] + ([splits.test] if splits.test is not None else [])
+        if sum(part.nbytes() for part in parts) > resolve_memory_budget(self.config.memory_budget_gb, device, index):
+            return splits
+        target = torch.device("cuda", index)
+        test = splits.test.on_device(target) if splits.test is not None else None
+        return Splits(splits.train.on_device(target), splits.val.on_device(target), test)
+
     def _fit(self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float]) -> list[FitResult]:
         optimizer = self.optimizer_for(train, val)
         device, precision, devices = self.placement()
@@ -249,8 +273,12 @@ class TorchProbeTrainer(ProbeTrainer):
             prefetch_batches=self.config.prefetch_batches,
         )
         # Full batch: the statistics come from the resident copy, where it lives (one read of the data).
-        moments = tensor_moments(datamodule.resident_train()) if lbfgs else feature_moments(train)
+        start = time.perf_counter()
+        resident = datamodule.resident_train() if lbfgs else None
+        loaded = time.perf_counter()
+        moments = tensor_moments(resident) if resident is not None else feature_moments(train)
         module = self._module(train, optimizer, regularizations, moments)
+        stages = {"load_seconds": loaded - start, "statistics_seconds": time.perf_counter() - loaded}
         with tempfile.TemporaryDirectory(prefix="probe_lab-") as scratch:
             out_dir = self.run_dir or Path(scratch)
             checkpoint = ModelCheckpoint(
@@ -296,12 +324,14 @@ class TorchProbeTrainer(ProbeTrainer):
             "activation_dtype": str(datamodule.dtype).removeprefix("torch."),
             "epochs": epochs,
             "optimizer_steps": steps,
+            **stages,
         }
         if lbfgs:
             details |= {
                 "iterations": module.lbfgs_iterations,
                 "evaluations": module.lbfgs_evaluations,
                 "converged": module.lbfgs_converged,
+                "optimize_seconds": module.lbfgs_seconds,
             }
             if not module.lbfgs_converged:
                 log.warning("L-BFGS did not converge in probe.max_iterations=%d iterations", self.config.max_iterations)

@@ -49,6 +49,8 @@ SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16
 HEADER_BYTES = 256
 DEFAULT_SHARD_MB = 256
 SCAN_READ_BYTES = 32 << 20
+# Shards scanned at once: hashing runs at 1-2 GB/s a core, so a fast disk needs several.
+SCAN_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ class ActivationStore:
         def scan_one(index: int) -> None:
             masks[index] = _scan_shard(self._shards[index], self.manifest.shards[index], self.dtype, verify, bar)
 
-        with bar, ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        with bar, ThreadPoolExecutor(max_workers=min(SCAN_THREADS, os.cpu_count() or 1)) as pool:
             list(pool.map(scan_one, range(len(self._shards))))
         return np.concatenate(masks)
 

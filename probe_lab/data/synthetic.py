@@ -11,6 +11,7 @@ labels drawn from a planted direction through a logistic link, so even the best 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 _BLOCK = 16384
 
@@ -27,6 +28,52 @@ def activation_like(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(X (n, dim), y (n,) of 0/1). Generated block by block, so n×dim need only fit once, in `dtype`."""
     rng = np.random.default_rng(seed)
+    mean, scales, direction = _activation_geometry(rng, dim, n_outliers, outlier_scale)
+    x = np.empty((n, dim), dtype=dtype)
+    y = np.empty(n, dtype=np.int64)
+    for start in range(0, n, _BLOCK):
+        rows = min(_BLOCK, n - start)
+        z = rng.standard_normal((rows, dim))
+        x[start : start + rows] = mean + z * scales
+        p = 1.0 / (1.0 + np.exp(-signal * (z @ direction)))
+        y[start : start + rows] = rng.random(rows) < p
+    return x, y
+
+
+def activation_like_tensor(
+    n: int,
+    dim: int,
+    seed: int,
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float16,
+    n_outliers: int = 4,
+    outlier_scale: float = 30.0,
+    signal: float = 3.0,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """`activation_like`'s distribution (the same mean, spectrum, outliers and direction for a seed),
+    drawn by torch on `device`: (X (n, dim) of `dtype` on the device, y (n,) int64 on the host).
+    Benchmarks at 70B scale use it, where drawing billions of values on the CPU takes minutes."""
+    mean, scales, direction = _activation_geometry(np.random.default_rng(seed), dim, n_outliers, outlier_scale)
+    mean_t, scales_t, direction_t = (
+        torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, scales, direction)
+    )
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x = torch.empty((n, dim), dtype=dtype, device=device)
+    y = torch.empty(n, dtype=torch.int64, device=device)
+    for start in range(0, n, _BLOCK):
+        rows = min(_BLOCK, n - start)
+        z = torch.randn((rows, dim), generator=generator, device=device)
+        x[start : start + rows] = torch.addcmul(mean_t, z, scales_t)
+        p = torch.sigmoid(signal * (z @ direction_t))
+        y[start : start + rows] = torch.rand(rows, generator=generator, device=device) < p
+    return x, y.cpu().numpy()
+
+
+def _activation_geometry(
+    rng: np.random.Generator, dim: int, n_outliers: int, outlier_scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, per-dimension scale, planted unit direction) of activation-like data."""
     spectrum = (1.0 + np.arange(dim)) ** -0.5 * rng.uniform(0.5, 1.5, dim)
     outliers = rng.choice(dim, size=min(n_outliers, dim - 1), replace=False)
     scales = spectrum.copy()
@@ -37,16 +84,7 @@ def activation_like(
     direction = rng.standard_normal(dim) * spectrum
     direction[outliers] = 0.0
     direction /= np.linalg.norm(direction)
-
-    x = np.empty((n, dim), dtype=dtype)
-    y = np.empty(n, dtype=np.int64)
-    for start in range(0, n, _BLOCK):
-        rows = min(_BLOCK, n - start)
-        z = rng.standard_normal((rows, dim))
-        x[start : start + rows] = mean + z * scales
-        p = 1.0 / (1.0 + np.exp(-signal * (z @ direction)))
-        y[start : start + rows] = rng.random(rows) < p
-    return x, y
+    return mean, scales, direction
 
 
 def seed_task(per_class: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
