@@ -98,3 +98,48 @@ def test_seed_task_matches_the_seed_guide() -> None:
     assert x.shape == (4000, 4096) and y.sum() == 2000
     assert (x[y == 1, 0] >= 3).all() and (x[y == 0, 0] <= -3).all()
     assert abs(x[:, 1:].std() - 1) < 0.01
+
+
+def test_device_table_reads_rows_layers_and_nonfinite_rows_where_it_lives() -> None:
+    from probe_lab.data.tables import DeviceTable
+
+    x = torch.arange(5 * 2 * 3, dtype=torch.float32).reshape(5, 2, 3).to(torch.bfloat16)
+    x[3, 1, 0] = float("nan")
+    table = DeviceTable(x)
+    assert (table.n_rows, table.layers, table.dim, table.dtype) == (5, 2, 3, torch.bfloat16)
+    consecutive = table.read(np.array([1, 2, 3]), layer=1)
+    assert torch.equal(consecutive[:2], x[1:3, 1]) and consecutive.data_ptr() == x[1, 1].data_ptr()  # a view
+    assert torch.equal(table.read(np.array([0, 4]), layer=0), x[[0, 4], 0])
+    np.testing.assert_array_equal(table.nonfinite[:, 1], [False, False, False, True, False])
+    assert not table.nonfinite[:, 0].any()
+
+
+def test_statistics_of_a_resident_tensor_match_the_streaming_pass() -> None:
+    from probe_lab.data.stats import tensor_moments
+
+    x, y = activation_like(5000, 32, seed=4, dtype=np.float16)
+    mean, std = feature_moments(ActivationDataset(x, y))
+    resident_mean, resident_std = tensor_moments(torch.from_numpy(x), block_rows=777)
+    np.testing.assert_allclose(resident_mean, mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(resident_std, std, rtol=1e-5)
+
+
+def test_device_generator_draws_the_numpy_generators_distribution() -> None:
+    from probe_lab.data.synthetic import activation_like_tensor
+
+    x, y = activation_like(40000, 16, seed=5)
+    xt, yt = activation_like_tensor(40000, 16, seed=5, device="cpu", dtype=torch.float32)
+    assert xt.dtype == torch.float32 and yt.dtype == np.int64 and set(np.unique(yt)) == {0, 1}
+    np.testing.assert_allclose(xt.numpy().std(0), x.std(0), rtol=0.05)
+    np.testing.assert_allclose(xt.numpy().mean(0), x.mean(0), atol=0.05 * x.std(0).max())
+    assert abs(yt.mean() - y.mean()) < 0.02
+
+
+def test_a_dataset_on_the_cpu_goes_to_the_cpu_without_a_device_copy() -> None:
+    x, y = activation_like(100, 8, seed=6, dtype=np.float16)
+    dataset = ActivationDataset(x, y).subset(np.array([3, 1, 7]))
+    assert dataset.device.type == "cpu"
+    assert torch.equal(dataset.to_device("cpu"), torch.from_numpy(x[[3, 1, 7]]))
+    moved = dataset.on_device("cpu")
+    np.testing.assert_array_equal(moved.rows(np.arange(3)), x[[3, 1, 7]].astype(np.float32))
+    np.testing.assert_array_equal(moved.labels, y[[3, 1, 7]])

@@ -115,3 +115,63 @@ def test_regularization_path_on_the_gpu_matches_the_cpu(splits) -> None:
     assert gpu.regularization == cpu.regularization
     for on_cpu, on_gpu in zip(cpu.regularization_path, gpu.regularization_path, strict=True):
         assert abs(on_cpu["val_auroc"] - on_gpu["val_auroc"]) <= 0.002
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_products_keep_float32_accuracy(dtype: torch.dtype) -> None:
+    """Logits and gradients from half-precision activations on the GPU equal float32 math on the same
+    (rounded) values: the weights and per-row gradients are not rounded to half precision."""
+    from probe_lab.linear_probe import LinearProbe
+
+    torch.manual_seed(0)
+    x = (torch.randn(50000, 300, device="cuda") * torch.logspace(-2, 1.5, 300, device="cuda") + 3.0).to(dtype)
+    for outputs in (1, 3):
+        probe = LinearProbe(300, outputs=outputs).cuda()
+        with torch.no_grad():
+            probe.linear.weight.normal_().mul_(torch.logspace(-4, 0, 300, device="cuda"))
+        reference = LinearProbe(300, outputs=outputs).cuda()
+        reference.load_state_dict(probe.state_dict())
+        half = probe(x)
+        full = reference(x.float())
+        torch.testing.assert_close(half, full, rtol=1e-5, atol=1e-5)
+        target = torch.rand_like(full) * 1e-4  # gradients as small as (p - y) / N
+        (half * target).sum().backward()
+        (full * target).sum().backward()
+        torch.testing.assert_close(probe.linear.weight.grad, reference.linear.weight.grad, rtol=1e-4, atol=1e-9)
+
+
+def test_gpu_resident_data_trains_and_scores_in_place(splits) -> None:
+    """Tensors already on the GPU are trained on, validated and scored there, with no host copy."""
+    x = {part: torch.from_numpy(getattr(splits, part).materialize()).cuda().half() for part in ("train", "val", "test")}
+    train = ActivationDataset(x["train"], splits.train.labels)
+    assert train.device.type == "cuda" and train.to_device("cuda").data_ptr() == x["train"].data_ptr()
+    trainer = TorchProbeTrainer(512, ProbeTrainingConfig(device="cuda"))
+    trainer.fit_datasets(train, ActivationDataset(x["val"], splits.val.labels))
+    assert trainer.fit_details["activation_dtype"] == "float16" and trainer.fit_details["converged"]
+    on_gpu = trainer.decision_function(ActivationDataset(x["test"]))
+    on_host = trainer.decision_function(ActivationDataset(x["test"].cpu().numpy()))
+    np.testing.assert_allclose(on_gpu, on_host, rtol=1e-4, atol=1e-4)
+
+
+def test_splits_of_a_store_load_onto_the_gpu_as_read_on_the_host(store_splits) -> None:
+    for split in store_splits.values():
+        for part in (split.train, split.test):
+            on_gpu = part.to_device("cuda")
+            assert on_gpu.dtype == part.storage_dtype
+            assert torch.equal(on_gpu.cpu(), part.to_tensor())
+
+
+def test_a_store_run_holds_its_splits_on_the_gpu(cli, tmp_path) -> None:
+    from probe_lab.data.store import ActivationStore
+
+    x, y = activation_like(6000, 256, seed=3)
+    with ActivationStore.create(tmp_path / "store", 256, dtype="float16", shard_mb=1) as writer:
+        writer.append(x, y)
+    result = cli("data=store", f"data.path={tmp_path / 'store'}", "backend=auto", "model.size_b=70")
+    assert result.returncode == 0, result.stderr
+    metrics = result.metrics()
+    assert (metrics["device"], metrics["fit"]["optimizer"]) == ("cuda", "lbfgs")
+    stages = {"read_seconds", "load_seconds", "fit_seconds", "evaluate_seconds", "write_seconds"}
+    assert set(metrics["timings"]) == stages
+    assert metrics["test"]["auroc"] > 0.8
+    assert "time     read" in result.stdout

@@ -56,3 +56,15 @@ def test_half_precision_storage_keeps_float32_gradients(dtype: torch.dtype) -> N
 
     reference = grad_for(x.float())  # the same half-precision values, up-cast
     torch.testing.assert_close(grad_for(x), reference, rtol=1e-4, atol=1e-7)
+
+
+def test_mixed_precision_autocast_leaves_the_folded_bias_in_float32() -> None:
+    """Under bf16 autocast, weight · center would round to bfloat16 and shift every logit."""
+    probe, x = _probe_with_coordinates()
+    expected_weight, expected_bias = probe.folded()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        weight, bias = probe.folded()
+        logits = probe(x)
+    assert weight.dtype == bias.dtype == logits.dtype == torch.float32
+    torch.testing.assert_close(bias, expected_bias, rtol=0, atol=0)
+    torch.testing.assert_close(weight, expected_weight, rtol=0, atol=0)
