@@ -99,7 +99,8 @@ def _split_terms(values: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor
     scaling by a power of two that puts the largest at 2¹⁴ (float16 neither overflows nor underflows).
     Returns (hi, lo, scale); the scale stays a device tensor, so there is no host sync."""
     peak = values.abs().amax().clamp_min(torch.finfo(torch.float32).tiny)
-    scale = torch.exp2(14.0 - torch.ceil(torch.log2(peak)))
+    # Clamped so that all-zero values (the probe's start) get a finite scale.
+    scale = torch.exp2((14.0 - torch.ceil(torch.log2(peak))).clamp(-100.0, 100.0))
     scaled = values * scale
     hi = scaled.to(dtype)
     return hi, (scaled - hi.float()).to(dtype), scale
