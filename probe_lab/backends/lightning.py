@@ -135,26 +135,31 @@ class ProbeModule(pl.LightningModule):
         return self._lbfgs_step(x, y)
 
     def _lbfgs_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Full-batch L-BFGS to convergence in one optimizer step, optimized manually: the line search
-        calls the closure once per objective evaluation, and Lightning's automatic loop would wrap
-        each of those calls in its per-step hooks and logging (measured in benchmarks/gpu_scale.py)."""
+        """Full-batch L-BFGS to convergence in one optimizer step, optimized manually.
+
+        The line search calls the closure once per objective evaluation, and each evaluation ends in
+        a host sync (L-BFGS reads the loss), so per-call Python overhead adds up directly: Lightning's
+        automatic loop would run its step hooks and logging at every evaluation, and its optimizer
+        wrapper its precision and callback hooks. The torch optimizer is therefore stepped directly
+        (the Trainer still runs 32-bit or bf16 here, so there is no gradient scaler to bypass);
+        benchmarks/gpu_scale.py compares this loop with plain torch L-BFGS."""
         optimizer = self.optimizers()
+        lbfgs = optimizer.optimizer
         last: list[torch.Tensor] = []
 
         def closure() -> torch.Tensor:
-            optimizer.zero_grad()
+            lbfgs.zero_grad()
             loss = self.objective(x, y)
-            self.manual_backward(loss)
+            loss.backward()
             last[:] = [loss.detach()]
             return loss
 
         start = time.perf_counter()
-        optimizer.step(closure=closure)  # returns the first evaluation's loss; the last one is logged
+        lbfgs.step(closure)  # returns the first evaluation's loss; the last one is logged
         loss = last[0]
         if loss.is_cuda:
             torch.cuda.synchronize(loss.device)
         self.lbfgs_seconds = time.perf_counter() - start
-        lbfgs = optimizer.optimizer
         state = lbfgs.state[lbfgs.param_groups[0]["params"][0]]
         self.lbfgs_iterations = int(state.get("n_iter", 0))
         self.lbfgs_evaluations = int(state.get("func_evals", 0))
@@ -323,7 +328,7 @@ class TorchProbeTrainer(ProbeTrainer):
             "trainer_precision": trainer_precision,
             "activation_dtype": str(datamodule.dtype).removeprefix("torch."),
             "epochs": epochs,
-            "optimizer_steps": steps,
+            "optimizer_steps": 1 if lbfgs else steps,  # L-BFGS steps the torch optimizer once, itself
             **stages,
         }
         if lbfgs:
