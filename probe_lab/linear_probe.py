@@ -27,6 +27,7 @@ from torch import nn
 # Rows per block when up-casting half-precision activations: large enough to keep the GPU busy,
 # small enough that the float32 copy of a block stays in cache instead of doubling memory use.
 _BLOCK_ROWS = 16384
+_OUTPUT_COLUMNS = 16
 
 
 class _Float32Linear(torch.autograd.Function):
@@ -109,9 +110,12 @@ def _split_terms(values: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor
 def _half_left(x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """x (N, D) half @ columns (D, K) float32 → (N, K) float32, reading x once."""
     hi, lo, scale = _split_terms(columns, x.dtype)
-    both = torch.mm(x, torch.cat([hi, lo], dim=1), out_dtype=torch.float32)
     k = columns.shape[1]
-    return (both[:, :k] + both[:, k:]) / scale
+    # Zero columns up to a multiple of 16: cuBLAS then picks a kernel that reads X near the copy
+    # bandwidth, against two-thirds of it for 2 columns (benchmarks/half_products.py, H200).
+    padding = hi.new_zeros((hi.shape[0], -2 * k % _OUTPUT_COLUMNS))
+    both = torch.mm(x, torch.cat([hi, lo, padding], dim=1), out_dtype=torch.float32)
+    return (both[:, :k] + both[:, k : 2 * k]) / scale
 
 
 def _half_right(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

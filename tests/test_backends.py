@@ -189,3 +189,25 @@ def test_gradient_accumulation_takes_fewer_optimizer_steps(splits) -> None:
         steps[accumulate] = trainer.fit_details["optimizer_steps"]
     assert steps[1] == 2 * 12  # 2400 rows / 200 per batch, two epochs
     assert steps[2] == 2 * 6
+
+
+def test_lightning_scans_callback_entry_points_once(monkeypatch) -> None:
+    """Trainers skip the per-construction scan of installed packages, yet still load factories."""
+    from lightning.pytorch.trainer.connectors import callback_connector
+
+    import probe_lab.backends.lightning as backend
+
+    scans: list[str] = []
+
+    def entry_points(group: str) -> list[object]:
+        scans.append(group)
+        return [object()] if group == "with_factories" else []
+
+    monkeypatch.setattr(callback_connector, "_load_external_callbacks", lambda group: [f"callback of {group}"])
+    monkeypatch.setattr(backend, "entry_points", entry_points)
+    backend.scan_callback_entry_points_once()
+    backend.scan_callback_entry_points_once()  # idempotent: not wrapped twice
+    load = callback_connector._load_external_callbacks
+    assert [load("with_factories"), load("with_factories")] == [["callback of with_factories"]] * 2
+    assert load("empty") == load("empty") == []
+    assert scans == ["with_factories", "empty"]

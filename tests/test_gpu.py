@@ -141,7 +141,9 @@ def test_half_precision_products_keep_float32_accuracy(dtype: torch.dtype) -> No
         (half * target).sum().backward()
         (full * target).sum().backward()
         grad, expected = probe.linear.weight.grad, reference.linear.weight.grad
-        grad_bound = (target.reshape(len(x), -1).T @ x.float().abs()) / probe.scale.reshape(outputs, -1) * 2.0**-bits
+        # The float32 reference itself sums 50000 products per entry: allow it four times the error.
+        grad_bound = (target.reshape(len(x), -1).T @ x.float().abs()) / probe.scale.reshape(outputs, -1)
+        grad_bound *= 2.0 ** -(bits - 2)
         assert ((grad - expected).abs() <= grad_bound.reshape(grad.shape) + 1e-12).all()
 
 

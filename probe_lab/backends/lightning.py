@@ -21,6 +21,7 @@ activations are still held in float16 while the Trainer itself runs in 32-bit.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import tempfile
@@ -28,6 +29,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.splits import Splits
 from probe_lab.data.stats import feature_moments, tensor_moments
 from probe_lab.errors import ProbeLabError
+from probe_lab.lbfgs import DeviceLBFGS
 from probe_lab.linear_probe import LinearProbe
 from probe_lab.probe import ProbeWeights
 from probe_lab.resolver import resolve_device, resolve_memory_budget, resolve_precision
@@ -76,6 +79,32 @@ def quiet_lightning() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def scan_callback_entry_points_once() -> None:
+    """Make Lightning look for external callback factories once per process instead of per Trainer.
+
+    Every `Trainer()` scans the entry points of all installed distributions for callback factories
+    (`_load_external_callbacks`): 25-50 ms in an environment of a few hundred packages, about a
+    third of a full-batch fit on a GPU (benchmarks/trainer_overhead.py). Installed packages do not
+    change while a process runs, so whether the group has any entry point is remembered; when it
+    does, Lightning's own loader still runs for every Trainer, calling the factories afresh.
+    """
+    from lightning.pytorch.trainer.connectors import callback_connector
+
+    load = getattr(callback_connector, "_load_external_callbacks", None)
+    if load is None or getattr(load, "scans_once", False):
+        return
+
+    @functools.cache
+    def group_is_empty(group: str) -> bool:
+        return not list(entry_points(group=group))
+
+    def load_once(group: str) -> list[Any]:
+        return [] if group_is_empty(group) else load(group)
+
+    load_once.scans_once = True  # type: ignore[attr-defined]
+    callback_connector._load_external_callbacks = load_once
 
 
 class ProbeModule(pl.LightningModule):
@@ -188,7 +217,7 @@ class ProbeModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_name is OptimizerName.lbfgs:
-            return torch.optim.LBFGS(
+            return DeviceLBFGS(
                 self.parameters(),
                 lr=1.0,
                 max_iter=self.max_iterations,
@@ -300,6 +329,7 @@ class TorchProbeTrainer(ProbeTrainer):
                     EarlyStopping(monitor="val_auroc", mode="max", patience=self.config.early_stopping_patience)
                 )
             trainer_precision = "32" if lbfgs and precision == "16-mixed" else precision
+            scan_callback_entry_points_once()
             with quiet_lightning():
                 trainer = pl.Trainer(
                     accelerator="gpu" if device == "cuda" else "cpu",
