@@ -68,7 +68,9 @@ def run(store: Path, out: Path) -> tuple[float, dict]:
         f"hydra.run.dir={out}",
     ]  # fmt: skip
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    # From the output folder: the installed probe_lab, not a source checkout in the working directory.
+    out.mkdir(parents=True)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=out)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"probe_lab failed ({done.returncode}):\n{done.stderr[-3000:]}")

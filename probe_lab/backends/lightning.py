@@ -27,7 +27,7 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -140,6 +140,7 @@ class ProbeModule(pl.LightningModule):
         self.lbfgs_evaluations = 0
         self.lbfgs_converged = False
         self.lbfgs_seconds = 0.0
+        self.warmup_evaluations = 0
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The penalized loss of the whole batch (a sum over the path's columns)."""
@@ -174,16 +175,20 @@ class ProbeModule(pl.LightningModule):
         benchmarks/gpu_scale.py compares this loop with plain torch L-BFGS."""
         optimizer = self.optimizers()
         lbfgs = optimizer.optimizer
+        start = time.perf_counter()
+        evaluate = self._graphed_evaluation(x, y) if x.is_cuda else None
         last: list[torch.Tensor] = []
 
         def closure() -> torch.Tensor:
-            lbfgs.zero_grad()
-            loss = self.objective(x, y)
-            loss.backward()
+            if evaluate is not None:
+                loss = evaluate()
+            else:
+                lbfgs.zero_grad()
+                loss = self.objective(x, y)
+                loss.backward()
             last[:] = [loss.detach()]
             return loss
 
-        start = time.perf_counter()
         lbfgs.step(closure)  # returns the first evaluation's loss; the last one is logged
         loss = last[0]
         if loss.is_cuda:
@@ -200,6 +205,44 @@ class ProbeModule(pl.LightningModule):
         if self.lbfgs_converged:
             self.trainer.should_stop = True
         return loss
+
+    def _graphed_evaluation(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[], torch.Tensor] | None:
+        """The objective and its gradient as one CUDA graph: each evaluation replays it and leaves the
+        gradient in the parameters' `.grad`; None if this build cannot capture it (then evaluations
+        run op by op).
+
+        An evaluation is two reads of the resident data plus some sixty small kernels; launched one
+        by one from Python they took longer than the reads (benchmarks/gpu_scale.py). The parameters
+        keep their storage (L-BFGS updates them in place), so a graph captured once stays valid. The
+        capture runs the objective once beforehand, as CUDA graphs require (`warmup_evaluations`).
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+
+        def loss_and_grads() -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+            loss = self.objective(x, y)
+            return loss.detach(), torch.autograd.grad(loss, params)
+
+        try:
+            side = torch.cuda.Stream(x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):
+                loss_and_grads()
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                loss, grads = loss_and_grads()
+        except RuntimeError as err:
+            log.info("evaluating without a CUDA graph (%s)", str(err).splitlines()[0])
+            return None
+        self.warmup_evaluations = 1
+
+        def evaluate() -> torch.Tensor:
+            graph.replay()
+            for param, grad in zip(params, grads, strict=True):
+                param.grad = grad  # L-BFGS copies gradients out (its flat gradient) before the next replay
+            return loss
+
+        return evaluate
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -367,6 +410,7 @@ class TorchProbeTrainer(ProbeTrainer):
                 "evaluations": module.lbfgs_evaluations,
                 "converged": module.lbfgs_converged,
                 "optimize_seconds": module.lbfgs_seconds,
+                "warmup_evaluations": module.warmup_evaluations,
             }
             if not module.lbfgs_converged:
                 log.warning("L-BFGS did not converge in probe.max_iterations=%d iterations", self.config.max_iterations)
