@@ -34,18 +34,18 @@ BLOCK_ROWS = 16384
 
 
 def write_store(path: Path, n: int, dim: int) -> float:
-    """Write the store block by block; returns seconds."""
-    device = "cuda" if torch.cuda.is_available() else None
+    """Write the store block by block from one draw of the data; returns seconds."""
+    if torch.cuda.is_available():
+        x, y = activation_like_tensor(n, dim, seed=0, device="cuda")
+    else:
+        x, y = activation_like(n, dim, seed=0, dtype=np.float16)
     start = time.perf_counter()
     with ActivationStore.create(path, dim, dtype="float16") as writer:
         for first in range(0, n, BLOCK_ROWS):
-            rows = min(BLOCK_ROWS, n - first)
-            if device:
-                x, y = activation_like_tensor(rows, dim, seed=first, device=device)
-                writer.append(x.cpu().numpy(), y)
-            else:
-                x, y = activation_like(rows, dim, seed=first, dtype=np.float16)
-                writer.append(x, y)
+            block = x[first : first + BLOCK_ROWS]
+            writer.append(
+                block.cpu().numpy() if isinstance(block, torch.Tensor) else block, y[first : first + BLOCK_ROWS]
+            )
     return time.perf_counter() - start
 
 

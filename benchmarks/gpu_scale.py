@@ -274,6 +274,7 @@ def main() -> None:
     parser.add_argument("--no-sklearn", action="store_true")
     parser.add_argument("--no-seed", action="store_true")
     parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--kernels", type=int, default=0, help="profile one raw fit: print its N busiest kernels")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
@@ -310,6 +311,12 @@ def main() -> None:
         )
         return trainer
 
+    if args.kernels:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+            backend_fit(data, args)
+        print(
+            profiler.key_averages().table(sort_by="cuda_time_total", row_limit=args.kernels, max_name_column_width=60)
+        )
     raw = backend_row("probe_lab pytorch backend, raw features (default)", data)
     std = backend_row("probe_lab pytorch backend, standardize=true", data, standardize=True)
     if not args.no_bf16:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -87,14 +89,21 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     )
     resolved_config = OmegaConf.to_container(cfg, resolve=True)
 
+    choice = resolve_backend(settings.backend.name.value, settings.model.size_b, settings.backend.threshold_b)
+    hold_on = None
+    if choice.name == "pytorch" and not settings.parity:
+        from probe_lab.backends.lightning import resident_device
+
+        def hold_on(nbytes: int) -> torch.device | None:
+            return resident_device(config, nbytes)
+
     start = time.perf_counter()
-    splits, dim, dropped = load_splits(settings)
+    splits, dim, dropped = load_splits(settings, hold_on)
     read_seconds = time.perf_counter() - start
     data = DataFacts(settings.data.source.value, settings.data.layer, dim, dropped, settings.model.size_b)
 
     if settings.parity:
         return run_parity(config, splits, data, read_seconds, out_dir, resolved_config, settings.progress_bar)
-    choice = resolve_backend(settings.backend.name.value, settings.model.size_b, settings.backend.threshold_b)
     log.info("backend: %s (%s)", choice.name, choice.reason)
     with staged_artifacts(out_dir) as staging:
         run_metrics, files = train_backend(
@@ -203,12 +212,15 @@ def run_parity(
     return RunResult(out_dir, {"parity": numbers}, max(outcome.val_auroc for outcome in outcomes))
 
 
-def load_splits(settings: RunConfig) -> tuple[Splits, int, int]:
+def load_splits(
+    settings: RunConfig, hold_on: Callable[[int], torch.device | None] | None = None
+) -> tuple[Splits, int, int]:
     """The configured data, checked (width, finiteness) and split by index.
 
+    hold_on: where the backend will hold data of a given size (see `load_dataset`).
     Returns (splits, input width, rows dropped for holding NaN/Inf with data.drop_nonfinite=true).
     """
-    dataset = load_dataset(settings.data, settings.seed, progress=settings.progress_bar)
+    dataset = load_dataset(settings.data, settings.seed, progress=settings.progress_bar, hold_on=hold_on)
     if settings.model.hidden_dim is not None and settings.model.hidden_dim != dataset.dim:
         raise ProbeLabError(f"model.hidden_dim={settings.model.hidden_dim} but {dataset.name} has {dataset.dim} dims")
     dropped = 0

@@ -141,9 +141,10 @@ def test_half_precision_products_keep_float32_accuracy(dtype: torch.dtype) -> No
         (half * target).sum().backward()
         (full * target).sum().backward()
         grad, expected = probe.linear.weight.grad, reference.linear.weight.grad
-        # The float32 reference itself sums 50000 products per entry: allow it four times the error.
+        # Summing 50000 products in float32 in cuBLAS's order costs about 2^-17 (measured 7e-6 for
+        # float16); rounding (p - y) / N to half precision would cost 2^-11.
         grad_bound = (target.reshape(len(x), -1).T @ x.float().abs()) / probe.scale.reshape(outputs, -1)
-        grad_bound *= 2.0 ** -(bits - 2)
+        grad_bound *= 2.0 ** -(16 if dtype == torch.float16 else 12)
         assert ((grad - expected).abs() <= grad_bound.reshape(grad.shape) + 1e-12).all()
 
 

@@ -51,7 +51,7 @@ from probe_lab.lbfgs import DeviceLBFGS
 from probe_lab.linear_probe import LinearProbe
 from probe_lab.probe import ProbeWeights
 from probe_lab.resolver import resolve_device, resolve_memory_budget, resolve_precision
-from probe_lab.settings import OptimizerName, Penalty
+from probe_lab.settings import OptimizerName, Penalty, ProbeTrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,19 @@ def quiet_lightning() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def resident_device(config: ProbeTrainingConfig, nbytes: int) -> torch.device | None:
+    """The GPU on which full-batch training with `config` holds `nbytes` of activations, or None:
+    training on the CPU, with AdamW, or beyond the device's memory budget."""
+    trainer = TorchProbeTrainer(1, config)
+    device, _, devices = trainer.placement()
+    if device != "cuda" or config.optimizer is OptimizerName.adamw:
+        return None
+    index = devices[0] if isinstance(devices, list) else torch.cuda.current_device()
+    if nbytes > resolve_memory_budget(config.memory_budget_gb, device, index):
+        return None
+    return torch.device("cuda", index)
 
 
 def scan_callback_entry_points_once() -> None:
@@ -168,11 +181,11 @@ class ProbeModule(pl.LightningModule):
         """Full-batch L-BFGS to convergence in one optimizer step, optimized manually.
 
         The line search calls the closure once per objective evaluation, and each evaluation ends in
-        a host sync (L-BFGS reads the loss), so per-call Python overhead adds up directly: Lightning's
-        automatic loop would run its step hooks and logging at every evaluation, and its optimizer
-        wrapper its precision and callback hooks. The torch optimizer is therefore stepped directly
-        (the Trainer still runs 32-bit or bf16 here, so there is no gradient scaler to bypass);
-        benchmarks/gpu_scale.py compares this loop with plain torch L-BFGS."""
+        a host sync (L-BFGS reads the loss), so per-call overhead adds up directly: Lightning's
+        automatic loop would run its step hooks and logging at every evaluation. Here the closure
+        computes the loss and gradient itself (on a GPU by replaying one CUDA graph), and Lightning
+        counts the one optimizer step (checkpointing follows it); benchmarks/gpu_scale.py compares
+        this loop with plain torch L-BFGS."""
         optimizer = self.optimizers()
         lbfgs = optimizer.optimizer
         start = time.perf_counter()
@@ -189,7 +202,7 @@ class ProbeModule(pl.LightningModule):
             last[:] = [loss.detach()]
             return loss
 
-        lbfgs.step(closure)  # returns the first evaluation's loss; the last one is logged
+        optimizer.step(closure=closure)  # returns the first evaluation's loss; the last one is logged
         loss = last[0]
         if loss.is_cuda:
             torch.cuda.synchronize(loss.device)
@@ -316,14 +329,10 @@ class TorchProbeTrainer(ProbeTrainer):
     def hold(self, splits: Splits) -> Splits:
         """On a GPU, with full-batch training and every split within the memory budget together, each
         split is read once onto the GPU: training, validation and scoring then never touch the host."""
-        device, _, devices = self.placement()
-        if device != "cuda" or self.optimizer_for(splits.train, splits.val) is not OptimizerName.lbfgs:
-            return splits
-        index = devices[0] if isinstance(devices, list) else torch.cuda.current_device()
         parts = [splits.train, splits.val] + ([splits.test] if splits.test is not None else [])
-        if sum(part.nbytes() for part in parts) > resolve_memory_budget(self.config.memory_budget_gb, device, index):
+        target = resident_device(self.config, sum(part.nbytes() for part in parts))
+        if target is None:
             return splits
-        target = torch.device("cuda", index)
         test = splits.test.on_device(target) if splits.test is not None else None
         return Splits(splits.train.on_device(target), splits.val.on_device(target), test)
 
@@ -401,7 +410,7 @@ class TorchProbeTrainer(ProbeTrainer):
             "trainer_precision": trainer_precision,
             "activation_dtype": str(datamodule.dtype).removeprefix("torch."),
             "epochs": epochs,
-            "optimizer_steps": 1 if lbfgs else steps,  # L-BFGS steps the torch optimizer once, itself
+            "optimizer_steps": steps,
             **stages,
         }
         if lbfgs:

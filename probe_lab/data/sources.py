@@ -8,11 +8,13 @@ activation store (probe_lab.data.store), scanning it once for checksums and non-
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from probe_lab.data import synthetic
 from probe_lab.data.dataset import ActivationDataset, check_labels, natural_sorted
@@ -90,10 +92,18 @@ class DataConfig:
 
 
 def load_dataset(
-    cfg: DataConfig, seed: int, *, require_labels: bool = True, progress: bool = False
+    cfg: DataConfig,
+    seed: int,
+    *,
+    require_labels: bool = True,
+    progress: bool = False,
+    hold_on: Callable[[int], torch.device | None] | None = None,
 ) -> ActivationDataset:
     """The activations (and labels) that `cfg` describes; files are validated, not yet read whole
-    (a store is read once, by its scan)."""
+    (a store is read once, by its scan).
+
+    hold_on: given the data's size in bytes, the GPU that training will hold it on, if any; a store
+    is then copied there by its scan (one read in all)."""
     if cfg.source is DataSource.synthetic:
         x, y = synthetic.activation_like(
             cfg.n, cfg.dim, seed, n_outliers=cfg.n_outliers, outlier_scale=cfg.outlier_scale, signal=cfg.signal
@@ -107,7 +117,9 @@ def load_dataset(
     if cfg.source is DataSource.store:
         if cfg.path is None:
             raise ProbeLabError("data.path is required for data=store")
-        return ActivationStore.open(cfg.path).dataset(cfg.layer, verify=cfg.verify, progress=progress)
+        store = ActivationStore.open(cfg.path)
+        device = hold_on(store.rows * store.dim * store.dtype.itemsize) if hold_on is not None else None
+        return store.dataset(cfg.layer, verify=cfg.verify, progress=progress, device=device)
     return _pt_files(cfg, require_labels)
 
 

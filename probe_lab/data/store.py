@@ -36,7 +36,16 @@ import torch
 from tqdm.auto import tqdm
 
 from probe_lab.data.dataset import ActivationDataset, check_labels
-from probe_lab.data.tables import DTYPE_NAMES, DTYPES, NUMPY_STORAGE, ArrayTable, MappedFile, RowTable, nonfinite_rows
+from probe_lab.data.tables import (
+    DTYPE_NAMES,
+    DTYPES,
+    NUMPY_STORAGE,
+    ArrayTable,
+    DeviceTable,
+    MappedFile,
+    RowTable,
+    nonfinite_rows,
+)
 from probe_lab.errors import ProbeLabError
 
 FORMAT_VERSION = 1
@@ -49,8 +58,8 @@ SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16
 HEADER_BYTES = 256
 DEFAULT_SHARD_MB = 256
 SCAN_READ_BYTES = 32 << 20
-# Shards scanned at once: hashing runs at 1-2 GB/s a core, so a fast disk needs several.
-SCAN_THREADS = 8
+# Shards scanned at once, at most: hashing runs at 1-2 GB/s a core, so a fast disk needs many.
+SCAN_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -189,25 +198,45 @@ class ActivationStore:
     def table(self) -> ShardedTable:
         return ShardedTable([ArrayTable(shard, self.dtype) for shard in self._shards])
 
-    def dataset(self, layer: int | None = None, *, verify: bool = True, progress: bool = False) -> ActivationDataset:
-        """The store as an `ActivationDataset` (one layer of a multi-layer store), after one scan."""
+    def dataset(
+        self,
+        layer: int | None = None,
+        *,
+        verify: bool = True,
+        progress: bool = False,
+        device: torch.device | str | None = None,
+    ) -> ActivationDataset:
+        """The store as an `ActivationDataset` (one layer of a multi-layer store), after one scan.
+
+        device: a GPU to hold the data on. The scan then copies each chunk it reads there, from
+        pinned memory while it reads on, so the store is read once in all and the dataset lives on
+        the GPU. (A multi-layer store is scanned, then its layer loaded: its chunks hold every layer.)
+        """
         table = self.table()
         dataset = ActivationDataset(table, self.labels, layer=layer, name=f"data.path ({self.path})")  # checks layer
-        table.nonfinite = self.scan(verify=verify, progress=progress)
-        return dataset
+        fused = device is not None and torch.device(device).type == "cuda" and self.layers is None
+        target = torch.empty((self.rows, self.dim), dtype=self.dtype, device=device) if fused else None
+        table.nonfinite = self.scan(verify=verify, progress=progress, into=target)
+        if target is None:
+            return dataset if device is None or torch.device(device).type == "cpu" else dataset.on_device(device)
+        held = DeviceTable(target, nonfinite=table.nonfinite)
+        return ActivationDataset(held, self.labels, name=dataset.name)
 
-    def scan(self, *, verify: bool = True, progress: bool = False) -> np.ndarray:
+    def scan(self, *, verify: bool = True, progress: bool = False, into: torch.Tensor | None = None) -> np.ndarray:
         """Read every shard once, sequentially: verify its checksum (unless `verify=False`) and return
         which rows (and layers) hold NaN or Inf, bool (rows,) or (rows, layers).
 
-        Shards are read with plain file reads, a few at a time in threads (hashing and the bit tests
-        release the GIL), so the process's memory stays flat.
+        Shards are read with plain file reads, several at a time in threads (hashing and the bit
+        tests release the GIL), so the process's memory stays flat. into: a (rows, dim) GPU tensor of
+        a single-layer store's dtype, which receives every row as it is read.
         """
         masks: list[np.ndarray] = [np.empty(0)] * len(self._shards)
         bar = tqdm(total=self.manifest.nbytes, unit="B", unit_scale=True, desc="scan store", disable=not progress)
+        starts = np.cumsum([0] + [shard.rows for shard in self.manifest.shards])
 
         def scan_one(index: int) -> None:
-            masks[index] = _scan_shard(self._shards[index], self.manifest.shards[index], self.dtype, verify, bar)
+            rows = into[starts[index] : starts[index + 1]] if into is not None else None
+            masks[index] = _scan_shard(self._shards[index], self.manifest.shards[index], self.dtype, verify, bar, rows)
 
         with bar, ThreadPoolExecutor(max_workers=min(SCAN_THREADS, os.cpu_count() or 1)) as pool:
             list(pool.map(scan_one, range(len(self._shards))))
@@ -469,17 +498,21 @@ def _read_labels(path: Path, manifest: Manifest) -> np.ndarray:
     return check_labels(labels, rows, str(path))
 
 
-def _scan_shard(shard: MappedFile, info: ShardInfo, dtype: torch.dtype, verify: bool, bar: tqdm) -> np.ndarray:
+def _scan_shard(
+    shard: MappedFile, info: ShardInfo, dtype: torch.dtype, verify: bool, bar: tqdm, into: torch.Tensor | None
+) -> np.ndarray:
     row_shape = shard.shape[1:]
     row_bytes = int(np.prod(row_shape)) * shard.dtype.itemsize
     rows_per_read = max(1, SCAN_READ_BYTES // row_bytes)
-    buffer = np.empty(rows_per_read * row_bytes, dtype=np.uint8)
+    sink = _DeviceSink(into, rows_per_read * row_bytes) if into is not None else None
+    own_buffer = np.empty(rows_per_read * row_bytes, dtype=np.uint8) if sink is None else None
     digest = hashlib.sha256()
     mask = np.zeros((info.rows, *row_shape[:-1]), dtype=bool)
     with open(shard.path, "rb", buffering=0) as file:
         file.seek(shard.offset)
-        for start in range(0, info.rows, rows_per_read):
+        for chunk, start in enumerate(range(0, info.rows, rows_per_read)):
             count = min(rows_per_read, info.rows - start)
+            buffer = sink.buffer(chunk) if sink is not None else own_buffer
             view = memoryview(buffer)[: count * row_bytes]
             filled = 0
             while filled < len(view):  # network file systems may return short reads
@@ -491,7 +524,37 @@ def _scan_shard(shard: MappedFile, info: ShardInfo, dtype: torch.dtype, verify: 
                 digest.update(view)
             block = buffer[: count * row_bytes].view(shard.dtype).reshape(count, *row_shape)
             mask[start : start + count] = nonfinite_rows(block, dtype)
+            if sink is not None:
+                sink.send(chunk, start, count)
             bar.update(len(view))
+    if sink is not None:
+        sink.finish()
     if verify and digest.hexdigest() != info.sha256:
         raise ProbeLabError(f"{shard.path}: checksum mismatch; the shard is corrupt or changed since it was written")
     return mask
+
+
+class _DeviceSink:
+    """Sends a shard's chunks, as they are read, to their rows of a GPU tensor: two pinned buffers
+    per shard, so a chunk is copied (on the sink's own stream) while the next one is read."""
+
+    def __init__(self, rows: torch.Tensor, chunk_bytes: int) -> None:
+        self.rows = rows
+        self.pinned = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        self.copied = [torch.cuda.Event(), torch.cuda.Event()]
+        self.stream = torch.cuda.Stream(rows.device)
+
+    def buffer(self, chunk: int) -> np.ndarray:
+        """The buffer to read `chunk` into, once its previous chunk has reached the GPU."""
+        self.copied[chunk % 2].synchronize()
+        return self.pinned[chunk % 2].numpy()
+
+    def send(self, chunk: int, start: int, count: int) -> None:
+        row_bytes = self.rows.shape[1] * self.rows.element_size()
+        values = self.pinned[chunk % 2][: count * row_bytes].view(self.rows.dtype).view(count, -1)
+        with torch.cuda.stream(self.stream):
+            self.rows[start : start + count].copy_(values, non_blocking=True)
+            self.copied[chunk % 2].record(self.stream)
+
+    def finish(self) -> None:
+        self.stream.synchronize()

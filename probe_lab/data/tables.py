@@ -156,7 +156,8 @@ class DeviceTable(RowTable):
     """Rows of a tensor (N, D) or (N, L, D) held on a device such as a GPU; reads return tensors on
     that device (a view when the rows are consecutive), so data loaded once is never copied back."""
 
-    def __init__(self, tensor: torch.Tensor) -> None:
+    def __init__(self, tensor: torch.Tensor, *, nonfinite: np.ndarray | None = None) -> None:
+        """nonfinite: the NaN/Inf rows when a scan already found them (else found on first use)."""
         if tensor.dtype not in DTYPE_NAMES:
             raise ValueError(f"expected float32, float16 or bfloat16 activations, got {tensor.dtype}")
         if tensor.ndim not in (2, 3):
@@ -165,7 +166,7 @@ class DeviceTable(RowTable):
         self.n_rows, self.dim = int(tensor.shape[0]), int(tensor.shape[-1])
         self.layers = int(tensor.shape[1]) if tensor.ndim == 3 else None
         self.dtype = tensor.dtype
-        self._nonfinite: np.ndarray | None = None
+        self._nonfinite = nonfinite
 
     @property
     def device(self) -> torch.device:
