@@ -183,3 +183,20 @@ def test_a_store_run_holds_its_splits_on_the_gpu(cli, tmp_path) -> None:
     assert set(metrics["timings"]) == stages
     assert metrics["test"]["auroc"] > 0.8
     assert "time     read" in result.stdout
+
+
+def test_a_store_scanned_onto_the_gpu_holds_what_the_host_reads(tmp_path) -> None:
+    from probe_lab.data.store import ActivationStore
+
+    x, y = activation_like(5000, 128, seed=4)
+    x[17, 3] = float("nan")
+    for dtype in ("float16", "bfloat16"):
+        with ActivationStore.create(tmp_path / dtype, 128, dtype=dtype, shard_mb=0.3) as writer:
+            writer.append(x, y)
+        store = ActivationStore.open(tmp_path / dtype)
+        on_host, on_gpu = store.dataset(), store.dataset(device="cuda")
+        assert on_gpu.device.type == "cuda" and on_gpu.storage_dtype == on_host.storage_dtype
+        rows = np.arange(len(on_host))
+        assert torch.equal(on_gpu.read(rows).cpu(), on_host.read(rows))
+        np.testing.assert_array_equal(on_gpu.nonfinite_mask(), on_host.nonfinite_mask())
+        assert on_gpu.count_nonfinite_rows() == 1

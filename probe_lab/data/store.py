@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -60,6 +61,8 @@ DEFAULT_SHARD_MB = 256
 SCAN_READ_BYTES = 32 << 20
 # Shards scanned at once, at most: hashing runs at 1-2 GB/s a core, so a fast disk needs many.
 SCAN_THREADS = 16
+# Reads of a scan that also copies to a GPU: each scanning thread pins two buffers of this size.
+SINK_READ_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -503,7 +506,7 @@ def _scan_shard(
 ) -> np.ndarray:
     row_shape = shard.shape[1:]
     row_bytes = int(np.prod(row_shape)) * shard.dtype.itemsize
-    rows_per_read = max(1, SCAN_READ_BYTES // row_bytes)
+    rows_per_read = max(1, (SINK_READ_BYTES if into is not None else SCAN_READ_BYTES) // row_bytes)
     sink = _DeviceSink(into, rows_per_read * row_bytes) if into is not None else None
     own_buffer = np.empty(rows_per_read * row_bytes, dtype=np.uint8) if sink is None else None
     digest = hashlib.sha256()
@@ -534,13 +537,22 @@ def _scan_shard(
     return mask
 
 
+_thread_buffers = threading.local()
+
+
 class _DeviceSink:
     """Sends a shard's chunks, as they are read, to their rows of a GPU tensor: two pinned buffers
     per shard, so a chunk is copied (on the sink's own stream) while the next one is read."""
 
     def __init__(self, rows: torch.Tensor, chunk_bytes: int) -> None:
         self.rows = rows
-        self.pinned = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        # Pinning memory is slow (it is locked page by page): each scanning thread pins its pair once.
+        pinned = getattr(_thread_buffers, "pinned", None)
+        if pinned is None or pinned[0].numel() < chunk_bytes:
+            pinned = _thread_buffers.pinned = [
+                torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(2)
+            ]
+        self.pinned = pinned
         self.copied = [torch.cuda.Event(), torch.cuda.Event()]
         self.stream = torch.cuda.Stream(rows.device)
 
