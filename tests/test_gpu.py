@@ -197,6 +197,7 @@ def test_a_store_scanned_onto_the_gpu_holds_what_the_host_reads(tmp_path) -> Non
         on_host, on_gpu = store.dataset(), store.dataset(device="cuda")
         assert on_gpu.device.type == "cuda" and on_gpu.storage_dtype == on_host.storage_dtype
         rows = np.arange(len(on_host))
-        assert torch.equal(on_gpu.read(rows).cpu(), on_host.read(rows))
+        bits = torch.int16  # both 16-bit: compare patterns, since the NaN row equals nothing
+        assert torch.equal(on_gpu.read(rows).cpu().view(bits), on_host.read(rows).view(bits))
         np.testing.assert_array_equal(on_gpu.nonfinite_mask(), on_host.nonfinite_mask())
         assert on_gpu.count_nonfinite_rows() == 1
