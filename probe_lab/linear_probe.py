@@ -14,7 +14,7 @@ scale are folded into the weights, so no standardized copy of the data is ever m
 Activations may be stored in half precision; the logits and gradients are always accumulated in
 float32 (`_Float32Linear`), so mixed precision changes memory and bandwidth, not the optimum. On a
 GPU, half-precision activations are multiplied in place by cuBLAS with float32 output (one read of
-the data per product); the float32 operand travels as two half-precision terms (`_split_terms`).
+the data per product); the float32 operand travels as a sum of half-precision terms (`_split_terms`).
 """
 
 from __future__ import annotations
@@ -82,48 +82,54 @@ class _Float32Linear(torch.autograd.Function):
 
 def _fused_half(x: torch.Tensor) -> bool:
     """Whether x's products run as half-precision cuBLAS products with float32 output."""
-    return x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and _cuda_half_products()
+    return x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and _cuda_half_products(x.device, x.dtype)
 
 
 @functools.cache
-def _cuda_half_products() -> bool:
-    """Whether this torch build multiplies half-precision CUDA matrices into float32 (torch ≥ 2.8)."""
-    one = torch.ones((1, 1), dtype=torch.float16, device="cuda")
+def _cuda_half_products(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether this torch build multiplies `dtype` matrices on `device` into float32 (torch ≥ 2.8)."""
+    one = torch.ones((1, 1), dtype=dtype, device=device)
     try:
         return torch.mm(one, one, out_dtype=torch.float32).dtype == torch.float32
     except (TypeError, RuntimeError):
         return False
 
 
-def _split_terms(values: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """float32 values as hi + lo in `dtype` (22 bits of precision in float16, 16 in bfloat16), after
-    scaling by a power of two that puts the largest at 2¹⁴ (float16 neither overflows nor underflows).
-    Returns (hi, lo, scale); the scale stays a device tensor, so there is no host sync."""
+def _split_terms(values: torch.Tensor, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """float32 values as a sum of terms in `dtype`: two in float16 (22 bits), three in bfloat16
+    (24 bits), after scaling by a power of two that puts the largest at 2¹⁴, where float16 cannot
+    overflow. Every value is carried to about 2⁻²² of the largest (tiny ones become subnormal, which
+    costs nothing at that scale). Returns (terms, scale); the scale stays a device tensor, so there
+    is no host sync."""
     peak = values.abs().amax().clamp_min(torch.finfo(torch.float32).tiny)
     # Clamped so that all-zero values (the probe's start) get a finite scale.
     scale = torch.exp2((14.0 - torch.ceil(torch.log2(peak))).clamp(-100.0, 100.0))
-    scaled = values * scale
-    hi = scaled.to(dtype)
-    return hi, (scaled - hi.float()).to(dtype), scale
+    rest = values * scale
+    terms = []
+    for _ in range(2 if dtype == torch.float16 else 3):
+        term = rest.to(dtype)
+        terms.append(term)
+        rest = rest - term.float()
+    return terms, scale
 
 
 def _half_left(x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """x (N, D) half @ columns (D, K) float32 → (N, K) float32, reading x once."""
-    hi, lo, scale = _split_terms(columns, x.dtype)
+    terms, scale = _split_terms(columns, x.dtype)
     k = columns.shape[1]
     # Zero columns up to a multiple of 16: cuBLAS then picks a kernel that reads X near the copy
     # bandwidth, against two-thirds of it for 2 columns (benchmarks/half_products.py, H200).
-    padding = hi.new_zeros((hi.shape[0], -2 * k % _OUTPUT_COLUMNS))
-    both = torch.mm(x, torch.cat([hi, lo, padding], dim=1), out_dtype=torch.float32)
-    return (both[:, :k] + both[:, k : 2 * k]) / scale
+    padding = columns.new_zeros((columns.shape[0], -len(terms) * k % _OUTPUT_COLUMNS), dtype=x.dtype)
+    products = torch.mm(x, torch.cat([*terms, padding], dim=1), out_dtype=torch.float32)
+    return sum(products[:, i * k : (i + 1) * k] for i in range(len(terms))) / scale
 
 
 def _half_right(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """rows (K, N) float32 @ x (N, D) half → (K, D) float32, reading x once."""
-    hi, lo, scale = _split_terms(rows, x.dtype)
-    both = torch.mm(torch.cat([hi, lo], dim=0), x, out_dtype=torch.float32)
+    terms, scale = _split_terms(rows, x.dtype)
+    products = torch.mm(torch.cat(terms, dim=0), x, out_dtype=torch.float32)
     k = rows.shape[0]
-    return (both[:k] + both[k:]) / scale
+    return sum(products[i * k : (i + 1) * k] for i in range(len(terms))) / scale
 
 
 def _affine(

@@ -230,6 +230,12 @@ def load_splits(
             log.warning("%s: dropped %d of %d rows holding NaN or Inf", dataset.name, dropped, dropped + len(dataset))
     dataset.check_finite()
     splits = split_dataset(dataset, settings.data.validation_split, settings.data.test_split, settings.seed)
+    if dataset.device.type != "cpu":  # each split gets a tensor of its own; the whole one is freed
+        held = [
+            part.on_device(dataset.device) if part is not None else None
+            for part in (splits.train, splits.val, splits.test)
+        ]
+        splits = Splits(*held)
     return splits, dataset.dim, dropped
 
 

@@ -192,7 +192,8 @@ def test_gradient_accumulation_takes_fewer_optimizer_steps(splits) -> None:
 
 
 def test_lightning_scans_callback_entry_points_once(monkeypatch) -> None:
-    """Trainers skip the per-construction scan of installed packages, yet still load factories."""
+    """Trainers skip the per-construction scan of installed packages, yet still load factories, and
+    Lightning is left as it was outside the block."""
     from lightning.pytorch.trainer.connectors import callback_connector
 
     import probe_lab.backends.lightning as backend
@@ -203,11 +204,17 @@ def test_lightning_scans_callback_entry_points_once(monkeypatch) -> None:
         scans.append(group)
         return [object()] if group == "with_factories" else []
 
-    monkeypatch.setattr(callback_connector, "_load_external_callbacks", lambda group: [f"callback of {group}"])
+    def loader(group: str) -> list[str]:
+        return [f"callback of {group}"]
+
+    monkeypatch.setattr(callback_connector, "_load_external_callbacks", loader)
     monkeypatch.setattr(backend, "entry_points", entry_points)
-    backend.scan_callback_entry_points_once()
-    backend.scan_callback_entry_points_once()  # idempotent: not wrapped twice
-    load = callback_connector._load_external_callbacks
-    assert [load("with_factories"), load("with_factories")] == [["callback of with_factories"]] * 2
-    assert load("empty") == load("empty") == []
+    backend._has_entry_points.cache_clear()
+    for _ in range(2):
+        with backend.callback_entry_points_scanned_once():
+            load = callback_connector._load_external_callbacks
+            assert load("with_factories") == ["callback of with_factories"]
+            assert load("empty") == []
+        assert callback_connector._load_external_callbacks is loader
     assert scans == ["with_factories", "empty"]
+    backend._has_entry_points.cache_clear()

@@ -70,18 +70,19 @@ def test_mixed_precision_autocast_leaves_the_folded_bias_in_float32() -> None:
     torch.testing.assert_close(weight, expected_weight, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("dtype", "bits"), [(torch.float16, 21), (torch.bfloat16, 15)])
-def test_float32_values_split_into_two_half_precision_terms(dtype: torch.dtype, bits: int) -> None:
-    """The GPU path multiplies half-precision activations by hi + lo: together they carry the float32
-    values to about 2^-bits of the largest, whatever their magnitude, and zeros stay zeros."""
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_float32_values_split_into_half_precision_terms(dtype: torch.dtype) -> None:
+    """The GPU path multiplies half-precision activations by a sum of half-precision terms: together
+    they carry the float32 values to about 2^-22 of the largest, whatever their magnitude, and zeros
+    stay zeros."""
     from probe_lab.linear_probe import _split_terms
 
     torch.manual_seed(0)
     for magnitude in (1e-9, 1.0, 1e6):
         values = torch.randn(1000, 3) * torch.logspace(-3, 0, 3) * magnitude
-        hi, lo, scale = _split_terms(values, dtype)
-        assert hi.dtype == lo.dtype == dtype and torch.isfinite(scale)
-        rebuilt = (hi.float() + lo.float()) / scale
-        assert (rebuilt - values).abs().max() <= values.abs().max() * 2.0**-bits
-    hi, lo, scale = _split_terms(torch.zeros(5, 1), dtype)
-    assert torch.isfinite(scale) and not hi.float().any() and not lo.float().any()
+        terms, scale = _split_terms(values, dtype)
+        assert all(term.dtype == dtype for term in terms) and torch.isfinite(scale)
+        rebuilt = sum(term.float() for term in terms) / scale
+        assert (rebuilt - values).abs().max() <= values.abs().max() * 2.0**-21
+    terms, scale = _split_terms(torch.zeros(5, 1), dtype)
+    assert torch.isfinite(scale) and not any(term.float().any() for term in terms)

@@ -47,7 +47,6 @@ from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.splits import Splits
 from probe_lab.data.stats import feature_moments, tensor_moments
 from probe_lab.errors import ProbeLabError
-from probe_lab.lbfgs import DeviceLBFGS
 from probe_lab.linear_probe import LinearProbe
 from probe_lab.probe import ProbeWeights
 from probe_lab.resolver import resolve_device, resolve_memory_budget, resolve_precision
@@ -88,36 +87,45 @@ def resident_device(config: ProbeTrainingConfig, nbytes: int) -> torch.device | 
     device, _, devices = trainer.placement()
     if device != "cuda" or config.optimizer is OptimizerName.adamw:
         return None
-    index = devices[0] if isinstance(devices, list) else torch.cuda.current_device()
+    index = devices[0] if isinstance(devices, list) else 0  # Lightning's devices=1 is GPU 0
     if nbytes > resolve_memory_budget(config.memory_budget_gb, device, index):
         return None
     return torch.device("cuda", index)
 
 
-def scan_callback_entry_points_once() -> None:
-    """Make Lightning look for external callback factories once per process instead of per Trainer.
+@functools.cache
+def _has_entry_points(group: str) -> bool:
+    return bool(list(entry_points(group=group)))
+
+
+@contextmanager
+def callback_entry_points_scanned_once() -> Iterator[None]:
+    """Inside this block (where probe_lab builds and runs its Trainer), Lightning looks for external
+    callback factories only in entry point groups known to have any; which groups do is remembered
+    for the rest of the process.
 
     Every `Trainer()` scans the entry points of all installed distributions for callback factories
-    (`_load_external_callbacks`): 25-50 ms in an environment of a few hundred packages, about a
-    third of a full-batch fit on a GPU (benchmarks/trainer_overhead.py). Installed packages do not
-    change while a process runs, so whether the group has any entry point is remembered; when it
-    does, Lightning's own loader still runs for every Trainer, calling the factories afresh.
+    (`_load_external_callbacks`): 25-50 ms in an environment of a few hundred packages, more than
+    the rest of the Trainer's set-up around a full-batch fit on a GPU (benchmarks/trainer_overhead.py).
+    Installed packages do not change while a process runs. Lightning's own loader still runs, and
+    calls the factories afresh, for a group that has entry points; nothing is changed outside this
+    block, and nothing at all if Lightning no longer has that loader.
     """
     from lightning.pytorch.trainer.connectors import callback_connector
 
     load = getattr(callback_connector, "_load_external_callbacks", None)
-    if load is None or getattr(load, "scans_once", False):
+    if load is None:
+        yield
         return
 
-    @functools.cache
-    def group_is_empty(group: str) -> bool:
-        return not list(entry_points(group=group))
+    def load_if_any(group: str) -> list[Any]:
+        return load(group) if _has_entry_points(group) else []
 
-    def load_once(group: str) -> list[Any]:
-        return [] if group_is_empty(group) else load(group)
-
-    load_once.scans_once = True  # type: ignore[attr-defined]
-    callback_connector._load_external_callbacks = load_once
+    callback_connector._load_external_callbacks = load_if_any
+    try:
+        yield
+    finally:
+        callback_connector._load_external_callbacks = load
 
 
 class ProbeModule(pl.LightningModule):
@@ -202,7 +210,8 @@ class ProbeModule(pl.LightningModule):
             last[:] = [loss.detach()]
             return loss
 
-        optimizer.step(closure=closure)  # returns the first evaluation's loss; the last one is logged
+        optimizer.step(closure=closure)
+        # Logged: the last evaluation's loss (the line search's final trial, where L-BFGS stopped).
         loss = last[0]
         if loss.is_cuda:
             torch.cuda.synchronize(loss.device)
@@ -273,7 +282,7 @@ class ProbeModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_name is OptimizerName.lbfgs:
-            return DeviceLBFGS(
+            return torch.optim.LBFGS(
                 self.parameters(),
                 lr=1.0,
                 max_iter=self.max_iterations,
@@ -314,16 +323,17 @@ class TorchProbeTrainer(ProbeTrainer):
         return device, precision, 1
 
     def optimizer_for(self, train: ActivationDataset, val: ActivationDataset | None = None) -> OptimizerName:
-        """`auto`: full-batch L-BFGS when the training split (and the validation split, held beside
-        it), in their stored dtype, fit the device's memory budget; minibatch AdamW streaming from
-        disk otherwise."""
+        """`auto`: full-batch L-BFGS when the training split (on a GPU with the validation split, held
+        beside it), in its stored dtype, fits the device's memory budget; minibatch AdamW streaming
+        from disk otherwise."""
         if self.config.optimizer is not OptimizerName.auto:
             return self.config.optimizer
         device, _, devices = self.placement()
         budget = resolve_memory_budget(
             self.config.memory_budget_gb, device, devices[0] if isinstance(devices, list) else 0
         )
-        fits = train.nbytes() + (val.nbytes() if val is not None else 0) <= budget  # held in their stored dtype
+        held = train.nbytes() + (val.nbytes() if val is not None and device == "cuda" else 0)
+        fits = held <= budget  # held in the stored dtype
         return OptimizerName.lbfgs if fits else OptimizerName.adamw
 
     def hold(self, splits: Splits) -> Splits:
@@ -381,8 +391,7 @@ class TorchProbeTrainer(ProbeTrainer):
                     EarlyStopping(monitor="val_auroc", mode="max", patience=self.config.early_stopping_patience)
                 )
             trainer_precision = "32" if lbfgs and precision == "16-mixed" else precision
-            scan_callback_entry_points_once()
-            with quiet_lightning():
+            with quiet_lightning(), callback_entry_points_scanned_once():
                 trainer = pl.Trainer(
                     accelerator="gpu" if device == "cuda" else "cpu",
                     devices=devices,

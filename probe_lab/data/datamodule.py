@@ -2,7 +2,7 @@
 
 Full-batch mode (L-BFGS) serves the whole training split as one batch, read once and kept resident
 on the training device in its stored precision (2 bytes a value for float16/bfloat16 data; data
-already there is used in place), and the validation split likewise; the probe accumulates in
+already there is used in place), and on a GPU the validation split likewise; the probe accumulates in
 float32 either way. Minibatch mode (AdamW)
 streams batches from disk (`StreamedBatches`): large contiguous reads, shuffled by segment and within
 a buffer, seeded, by reader threads that prefetch and gather batches into pinned memory.
@@ -79,7 +79,7 @@ class ProbeDataModule(pl.LightningDataModule):
         return self._loader("train", self.train, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        if self.full_batch:
+        if self.full_batch and self.device.type != "cpu":  # on a GPU, held beside the training split
             return DataLoader(self._whole("val", self.val), batch_size=None)
         return self._loader("val", self.val, shuffle=False)
 

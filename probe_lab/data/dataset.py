@@ -70,8 +70,9 @@ class ActivationDataset(Dataset):
         if isinstance(activations, RowTable):
             self.table = activations
         elif isinstance(activations, torch.Tensor) and activations.device.type != "cpu":
-            try:
-                self.table = DeviceTable(activations.detach())
+            try:  # float64 is held as float32, as it is read from arrays
+                tensor = activations.detach()
+                self.table = DeviceTable(tensor.float() if tensor.dtype == torch.float64 else tensor)
             except ValueError as err:
                 raise ProbeLabError(f"{name}: {err}") from None
         elif isinstance(activations, (np.ndarray, torch.Tensor, MappedFile)):
@@ -177,8 +178,8 @@ class ActivationDataset(Dataset):
             out.copy_(self.read(indices))
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
-        """Activations of the given rows as float32 (k, D)."""
-        return self.read(indices).float().numpy()
+        """Activations of the given rows as float32 (k, D), on the host."""
+        return self.read(indices).float().cpu().numpy()
 
     @property
     def block_rows(self) -> int:
@@ -244,11 +245,17 @@ class ActivationDataset(Dataset):
         return out
 
     def on_device(self, device: torch.device | str) -> ActivationDataset:
-        """This dataset held on `device` (read once, in its storage dtype): later reads, scoring and
-        training stay there."""
-        if isinstance(self.table, DeviceTable) and _same_device(self.table.device, torch.device(device)):
-            return self
-        moved = ActivationDataset(self.to_device(device), self.labels, name=self.name)
+        """This dataset held on `device` as a tensor of its own (read once, in its storage dtype):
+        later reads, scoring and training stay there. A subset of data already on that device is
+        copied out of it, so the larger tensor can be freed."""
+        device = torch.device(device)
+        if isinstance(self.table, DeviceTable) and _same_device(self.table.device, device):
+            whole = self.table.layers is None and np.array_equal(self._rows, np.arange(self.table.n_rows))
+            if whole:
+                return self
+        known = self.table.nonfinite_known if isinstance(self.table, DeviceTable) else self.table.nonfinite is not None
+        table = DeviceTable(self.to_device(device), nonfinite=self.nonfinite_mask() if known else None)
+        moved = ActivationDataset(table, self.labels, name=self.name)
         moved._checked_finite = self._checked_finite
         return moved
 

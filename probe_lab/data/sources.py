@@ -118,7 +118,8 @@ def load_dataset(
         if cfg.path is None:
             raise ProbeLabError("data.path is required for data=store")
         store = ActivationStore.open(cfg.path)
-        device = hold_on(store.rows * store.dim * store.dtype.itemsize) if hold_on is not None else None
+        # Twice the store: it is held whole on the device until its splits are copied out of it.
+        device = hold_on(2 * store.rows * store.dim * store.dtype.itemsize) if hold_on is not None else None
         return store.dataset(cfg.layer, verify=cfg.verify, progress=progress, device=device)
     return _pt_files(cfg, require_labels)
 

@@ -59,8 +59,10 @@ SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16
 HEADER_BYTES = 256
 DEFAULT_SHARD_MB = 256
 SCAN_READ_BYTES = 32 << 20
-# Shards scanned at once, at most: hashing runs at 1-2 GB/s a core, so a fast disk needs many.
-SCAN_THREADS = 16
+# Shards scanned at once, at most. A scan that also fills a GPU uses more: hashing runs at 1-2 GB/s a
+# core, and the machines that train on GPUs have the fast disks and the cores to keep up.
+SCAN_THREADS = 4
+SCAN_THREADS_TO_DEVICE = 16
 # Reads of a scan that also copies to a GPU: each scanning thread pins two buffers of this size.
 SINK_READ_BYTES = 8 << 20
 
@@ -241,7 +243,8 @@ class ActivationStore:
             rows = into[starts[index] : starts[index + 1]] if into is not None else None
             masks[index] = _scan_shard(self._shards[index], self.manifest.shards[index], self.dtype, verify, bar, rows)
 
-        with bar, ThreadPoolExecutor(max_workers=min(SCAN_THREADS, os.cpu_count() or 1)) as pool:
+        threads = min(SCAN_THREADS_TO_DEVICE if into is not None else SCAN_THREADS, os.cpu_count() or 1)
+        with bar, ThreadPoolExecutor(max_workers=threads) as pool:
             list(pool.map(scan_one, range(len(self._shards))))
         return np.concatenate(masks)
 
@@ -511,27 +514,29 @@ def _scan_shard(
     own_buffer = np.empty(rows_per_read * row_bytes, dtype=np.uint8) if sink is None else None
     digest = hashlib.sha256()
     mask = np.zeros((info.rows, *row_shape[:-1]), dtype=bool)
-    with open(shard.path, "rb", buffering=0) as file:
-        file.seek(shard.offset)
-        for chunk, start in enumerate(range(0, info.rows, rows_per_read)):
-            count = min(rows_per_read, info.rows - start)
-            buffer = sink.buffer(chunk) if sink is not None else own_buffer
-            view = memoryview(buffer)[: count * row_bytes]
-            filled = 0
-            while filled < len(view):  # network file systems may return short reads
-                got = file.readinto(view[filled:])
-                if not got:
-                    raise ProbeLabError(f"{shard.path}: truncated while reading")
-                filled += got
-            if verify:
-                digest.update(view)
-            block = buffer[: count * row_bytes].view(shard.dtype).reshape(count, *row_shape)
-            mask[start : start + count] = nonfinite_rows(block, dtype)
-            if sink is not None:
-                sink.send(chunk, start, count)
-            bar.update(len(view))
-    if sink is not None:
-        sink.finish()
+    try:
+        with open(shard.path, "rb", buffering=0) as file:
+            file.seek(shard.offset)
+            for chunk, start in enumerate(range(0, info.rows, rows_per_read)):
+                count = min(rows_per_read, info.rows - start)
+                buffer = sink.buffer(chunk) if sink is not None else own_buffer
+                view = memoryview(buffer)[: count * row_bytes]
+                filled = 0
+                while filled < len(view):  # network file systems may return short reads
+                    got = file.readinto(view[filled:])
+                    if not got:
+                        raise ProbeLabError(f"{shard.path}: truncated while reading")
+                    filled += got
+                if verify:
+                    digest.update(view)
+                block = buffer[: count * row_bytes].view(shard.dtype).reshape(count, *row_shape)
+                mask[start : start + count] = nonfinite_rows(block, dtype)
+                if sink is not None:
+                    sink.send(chunk, start, count)
+                bar.update(len(view))
+    finally:  # even a failed shard leaves no copy in flight out of the thread's buffers
+        if sink is not None:
+            sink.finish()
     if verify and digest.hexdigest() != info.sha256:
         raise ProbeLabError(f"{shard.path}: checksum mismatch; the shard is corrupt or changed since it was written")
     return mask

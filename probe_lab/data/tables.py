@@ -173,6 +173,11 @@ class DeviceTable(RowTable):
         return self.tensor.device
 
     @property
+    def nonfinite_known(self) -> bool:
+        """Whether the NaN/Inf rows are already known (from a scan, or a pass made earlier)."""
+        return self._nonfinite is not None
+
+    @property
     def nonfinite(self) -> np.ndarray:  # type: ignore[override]
         """NaN/Inf rows (N,) or (N, L), found on the device in one pass and kept."""
         if self._nonfinite is None:
