@@ -92,7 +92,9 @@ class ProbeDataModule(pl.LightningDataModule):
     def _loader(self, part: str, dataset: ActivationDataset, *, shuffle: bool) -> DataLoader:
         # One stream per split for the whole fit: its epoch counter varies the shuffle. Training batches
         # come from `num_workers` reader threads in this process (gathered into pinned memory with
-        # CUDA); validation batches are read straight from storage.
+        # CUDA); validation batches are read straight from storage. Rows already on a GPU come as they
+        # are read there, so there is nothing to pin.
+        pin = torch.cuda.is_available() and dataset.device.type == "cpu"
         if part not in self._streams:
             self._streams[part] = StreamedBatches(
                 dataset,
@@ -104,7 +106,7 @@ class ProbeDataModule(pl.LightningDataModule):
                 buffer_reads=self.shuffle_reads,
                 threads=self.num_workers if shuffle else 0,
                 prefetch=self.prefetch_batches,
-                pin_memory=torch.cuda.is_available(),
+                pin_memory=pin,
             )
         threaded = shuffle and self.num_workers > 1
-        return DataLoader(self._streams[part], batch_size=None, pin_memory=torch.cuda.is_available() and not threaded)
+        return DataLoader(self._streams[part], batch_size=None, pin_memory=pin and not threaded)
