@@ -44,6 +44,7 @@ from torchmetrics.functional.classification import binary_auroc
 from probe_lab.backends.lightning import TorchProbeTrainer
 from probe_lab.backends.sklearn import SklearnProbeTrainer
 from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.stats import tensor_moments
 from probe_lab.data.synthetic import activation_like_tensor
 from probe_lab.metrics import auroc
 from probe_lab.settings import ProbeTrainingConfig
@@ -127,8 +128,6 @@ def plain_lbfgs(data: Data, args: argparse.Namespace) -> tuple[float, int, float
     trainer = TorchProbeTrainer(train.dim, ProbeTrainingConfig(device=args.device, regularization=args.regularization))
     optimizer_name = trainer.optimizer_for(train)
     x = data.train
-    from probe_lab.data.stats import tensor_moments
-
     module = trainer._module(train, optimizer_name, [args.regularization], tensor_moments(x)).to(x.device)
     y = torch.from_numpy(data.y_train).float().to(x.device)
     optimizer = module.configure_optimizers()
