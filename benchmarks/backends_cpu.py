@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+from plain_lbfgs import minimize
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
@@ -75,20 +76,7 @@ def lbfgs_evaluations(splits: Splits, preconditioned: bool, regularization: floa
         module.penalty_weights.fill_(1.0)
     x = torch.from_numpy(splits.train.materialize())
     y = torch.from_numpy(splits.train.labels).float()
-    optimizer = module.configure_optimizers()
-    evaluations = 0
-
-    def closure() -> torch.Tensor:
-        nonlocal evaluations
-        evaluations += 1
-        optimizer.zero_grad()
-        loss = module.objective(x, y)
-        loss.backward()
-        return loss
-
-    start = time.perf_counter()
-    optimizer.step(closure)
-    seconds = time.perf_counter() - start
+    seconds, evaluations = minimize(module, x, y)
     weight = module.probe.raw_weight().numpy()
     scores = splits.test.materialize() @ weight
     return seconds, evaluations, auroc(splits.test.labels, scores), weight

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from plain_lbfgs import minimize
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_info
@@ -130,22 +131,7 @@ def plain_lbfgs(data: Data, args: argparse.Namespace) -> tuple[float, int, float
     x = data.train
     module = trainer._module(train, optimizer_name, [args.regularization], tensor_moments(x)).to(x.device)
     y = torch.from_numpy(data.y_train).float().to(x.device)
-    optimizer = module.configure_optimizers()
-    evaluations = 0
-
-    def closure() -> torch.Tensor:
-        nonlocal evaluations
-        evaluations += 1
-        optimizer.zero_grad()
-        loss = module.objective(x, y)
-        loss.backward()
-        return loss
-
-    synchronize(x.device)
-    start = time.perf_counter()
-    optimizer.step(closure)
-    synchronize(x.device)
-    seconds = time.perf_counter() - start
+    seconds, evaluations = minimize(module, x, y)
     weight = module.probe.raw_weight().to(x.device)
     scores = data.test.float() @ weight + module.probe.raw_bias()
     return seconds, evaluations, auroc(data.y_test, scores.cpu().numpy())

@@ -59,10 +59,10 @@ def decision_functions(probes: list[ProbeWeights], data: ActivationDataset | np.
     weights, biases = weights.to(data.device), biases.to(data.device)
     step = data.block_rows * (DEVICE_BLOCK_FACTOR if data.device.type != "cpu" else 1)
     logits = [
-        torch.addmm(biases, data.read(np.arange(start, min(start + step, len(data)))).float(), weights).cpu()
+        torch.addmm(biases, data.read(np.arange(start, min(start + step, len(data)))).float(), weights)
         for start in range(0, len(data), step)
     ]
-    return torch.cat(logits).numpy() if logits else np.empty((0, len(probes)), dtype=np.float32)
+    return torch.cat(logits).cpu().numpy() if logits else np.empty((0, len(probes)), dtype=np.float32)
 
 
 # On a GPU, blocks this many times larger than the CPU's keep kernel launches few.

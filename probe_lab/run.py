@@ -7,6 +7,7 @@ Lightning logs and checkpoint — is staged and published together only when the
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -94,9 +95,7 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     if choice.name == "pytorch" and not settings.parity:
         from probe_lab.backends.lightning import resident_device
 
-        def hold_on(nbytes: int) -> torch.device | None:
-            return resident_device(config, nbytes)
-
+        hold_on = functools.partial(resident_device, config)
     start = time.perf_counter()
     splits, dim, dropped = load_splits(settings, hold_on)
     read_seconds = time.perf_counter() - start

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fitting import cosine, fit_on_cpu
 
 from probe_lab.backends.lightning import TorchProbeTrainer
 from probe_lab.backends.sklearn import SklearnProbeTrainer
@@ -23,24 +24,14 @@ def splits():
     return split_dataset(ActivationDataset(x, y), 0.2, 0.2, seed=42)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-
-
-def _fit(trainer_class, splits, **config):
-    trainer = trainer_class(splits.train.dim, ProbeTrainingConfig(device="cpu", **config))
-    trainer.fit_datasets(splits.train, splits.val)
-    return trainer
-
-
 @pytest.mark.parametrize("standardize", [False, True])
 def test_backends_agree_on_activation_like_data(splits, standardize: bool) -> None:
-    sk = _fit(SklearnProbeTrainer, splits, standardize=standardize)
-    pt = _fit(TorchProbeTrainer, splits, standardize=standardize)
+    sk = fit_on_cpu(SklearnProbeTrainer, splits, standardize=standardize)
+    pt = fit_on_cpu(TorchProbeTrainer, splits, standardize=standardize)
     test_sk = auroc(splits.test.labels, sk.decision_function(splits.test))
     test_pt = auroc(splits.test.labels, pt.decision_function(splits.test))
     assert abs(test_sk - test_pt) <= 0.002
-    assert _cosine(sk.coef_, pt.coef_) >= 0.999
+    assert cosine(sk.coef_, pt.coef_) >= 0.999
     assert pt.intercept_ == pytest.approx(sk.intercept_, abs=1e-2)
     assert pt.fit_details["optimizer"] == "lbfgs" and pt.fit_details["converged"]
     # Preconditioning is what makes raw outlier dimensions cheap: tens of iterations, not hundreds.
@@ -49,7 +40,7 @@ def test_backends_agree_on_activation_like_data(splits, standardize: bool) -> No
 
 def test_lightning_objective_is_stationary_at_sklearns_optimum(splits) -> None:
     """The gradient of the Lightning loss vanishes where sklearn stopped: the same objective."""
-    sk = _fit(SklearnProbeTrainer, splits)
+    sk = fit_on_cpu(SklearnProbeTrainer, splits)
     pt = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(device="cpu"))
     module = pt._module(splits.train, pt.optimizer_for(splits.train), [pt.config.regularization])
     module.probe.load_raw(torch.from_numpy(sk.coef_), sk.intercept_)
@@ -69,7 +60,7 @@ def test_adamw_minibatches_solve_the_seed_task() -> None:
     """The seed's AdamW trainer reached test AUROC 0.72 here; with the right objective AdamW solves it."""
     x, y = seed_task(300, 256, seed=0)
     task = split_dataset(ActivationDataset(x, y), 0.2, 0.2, seed=0)
-    pt = _fit(
+    pt = fit_on_cpu(
         TorchProbeTrainer, task, optimizer="adamw", batch_size=32, gradient_accumulation_steps=2, learning_rate=0.01
     )
     assert pt.fit_details["optimizer"] == "adamw" and pt.fit_details["epochs"] >= 1
@@ -77,10 +68,10 @@ def test_adamw_minibatches_solve_the_seed_task() -> None:
 
 
 def test_bf16_storage_reaches_the_float32_optimum(splits) -> None:
-    fp32 = _fit(TorchProbeTrainer, splits)
-    bf16 = _fit(TorchProbeTrainer, splits, precision="bf16-mixed")
+    fp32 = fit_on_cpu(TorchProbeTrainer, splits)
+    bf16 = fit_on_cpu(TorchProbeTrainer, splits, precision="bf16-mixed")
     assert bf16.fit_details["precision"] == "bf16-mixed"
-    assert _cosine(fp32.coef_, bf16.coef_) > 0.999
+    assert cosine(fp32.coef_, bf16.coef_) > 0.999
 
 
 def test_auto_optimizer_streams_when_the_split_is_too_large(splits) -> None:
@@ -95,7 +86,7 @@ def test_l1_is_refused_by_the_lightning_backend() -> None:
 
 
 def test_l1_sklearn_probe_is_sparse(splits) -> None:
-    sparse = _fit(SklearnProbeTrainer, splits, penalty="l1", regularization=50.0)
+    sparse = fit_on_cpu(SklearnProbeTrainer, splits, penalty="l1", regularization=50.0)
     assert sparse.fit_details["solver"] == "liblinear"
     assert (sparse.coef_ == 0).mean() > 0.3
 
@@ -114,13 +105,13 @@ def test_backends_agree_when_activations_share_a_large_offset(standardize: bool)
     """A mean far from zero (+500 on every dimension) leaves the optimum where it was, for both backends."""
     x, y = activation_like(4000, 256, seed=1)
     shifted = split_dataset(ActivationDataset(x + 500.0, y), 0.2, 0.2, seed=1)
-    sk = _fit(SklearnProbeTrainer, shifted, standardize=standardize)
-    pt = _fit(TorchProbeTrainer, shifted, standardize=standardize)
+    sk = fit_on_cpu(SklearnProbeTrainer, shifted, standardize=standardize)
+    pt = fit_on_cpu(TorchProbeTrainer, shifted, standardize=standardize)
     assert sk.fit_details["converged"] and sk.fit_details["iterations"] <= 10
-    assert _cosine(sk.coef_, pt.coef_) >= 0.999
+    assert cosine(sk.coef_, pt.coef_) >= 0.999
     unshifted = split_dataset(ActivationDataset(x, y), 0.2, 0.2, seed=1)
-    reference = _fit(SklearnProbeTrainer, unshifted, standardize=standardize)
-    assert _cosine(sk.coef_, reference.coef_) >= 0.9999
+    reference = fit_on_cpu(SklearnProbeTrainer, unshifted, standardize=standardize)
+    assert cosine(sk.coef_, reference.coef_) >= 0.9999
 
 
 @pytest.mark.parametrize("trainer_class", [SklearnProbeTrainer, TorchProbeTrainer])
@@ -134,7 +125,7 @@ def test_standardized_fit_exports_raw_space_logits(splits, trainer_class) -> Non
         scaler.transform(splits.train.materialize().astype(np.float64)), splits.train.labels
     )
     expected = reference.decision_function(scaler.transform(splits.test.materialize().astype(np.float64)))
-    trainer = _fit(trainer_class, splits, standardize=True)
+    trainer = fit_on_cpu(trainer_class, splits, standardize=True)
     np.testing.assert_allclose(trainer.decision_function(splits.test), expected, rtol=1e-3, atol=2e-3)
 
 
@@ -144,8 +135,8 @@ def test_sklearn_backend_emits_no_warnings_at_defaults(splits) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _fit(SklearnProbeTrainer, splits)
-        _fit(SklearnProbeTrainer, splits, penalty="l1")
+        fit_on_cpu(SklearnProbeTrainer, splits)
+        fit_on_cpu(SklearnProbeTrainer, splits, penalty="l1")
 
 
 def test_adamw_early_stopping_exports_the_best_checkpoint(splits, tmp_path) -> None:
@@ -177,7 +168,7 @@ def test_adamw_early_stopping_exports_the_best_checkpoint(splits, tmp_path) -> N
 def test_gradient_accumulation_takes_fewer_optimizer_steps(splits) -> None:
     steps = {}
     for accumulate in (1, 2):
-        trainer = _fit(
+        trainer = fit_on_cpu(
             TorchProbeTrainer,
             splits,
             optimizer="adamw",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from fitting import cosine, fit_on_cpu
 
 from probe_lab.backends.lightning import TorchProbeTrainer
 from probe_lab.backends.sklearn import SklearnProbeTrainer
@@ -23,19 +23,9 @@ def splits():
     return split_dataset(ActivationDataset(x, y), 0.2, 0.2, seed=11)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-
-
-def _trained(trainer_class, splits, regularization):
-    trainer = trainer_class(splits.train.dim, ProbeTrainingConfig(device="cpu", regularization=regularization))
-    trainer.fit_datasets(splits.train, splits.val)
-    return trainer
-
-
 @pytest.mark.parametrize("trainer_class", [SklearnProbeTrainer, TorchProbeTrainer])
 def test_the_path_keeps_the_value_with_the_best_validation_auroc(splits, trainer_class) -> None:
-    trainer = _trained(trainer_class, splits, PATH)
+    trainer = fit_on_cpu(trainer_class, splits, regularization=PATH)
     path = trainer.regularization_path
     assert [point["regularization"] for point in path] == PATH
     best = max(path, key=lambda point: point["val_auroc"])
@@ -47,12 +37,12 @@ def test_the_path_keeps_the_value_with_the_best_validation_auroc(splits, trainer
 @pytest.mark.parametrize("trainer_class", [SklearnProbeTrainer, TorchProbeTrainer])
 def test_each_value_of_the_path_is_the_probe_a_single_run_would_train(splits, trainer_class) -> None:
     """Every column of the joint Lightning fit (and every warm-started sklearn fit) is that value's optimum."""
-    path = _trained(trainer_class, splits, PATH)
+    path = fit_on_cpu(trainer_class, splits, regularization=PATH)
     columns = path._fit(splits.train, splits.val, PATH)  # every probe of the path, not only the kept one
     for point, column in zip(path.regularization_path, columns, strict=True):
-        single = _trained(SklearnProbeTrainer, splits, point["regularization"])
+        single = fit_on_cpu(SklearnProbeTrainer, splits, regularization=point["regularization"])
         assert abs(point["val_auroc"] - single.val_auroc) < 2e-3
-        assert _cosine(column.weights.weight, single.coef_) > 0.999
+        assert cosine(column.weights.weight, single.coef_) > 0.999
         assert abs(column.weights.bias - single.intercept_) < 0.01 * (1 + abs(single.intercept_))
 
 

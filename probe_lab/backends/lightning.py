@@ -80,17 +80,41 @@ def quiet_lightning() -> Iterator[None]:
             logger.setLevel(level)
 
 
+def placement(config: ProbeTrainingConfig) -> tuple[str, str, list[int] | int]:
+    """(device, Lightning precision, Lightning `devices`) for `config`, falling back to the CPU
+    without CUDA. `device="cuda:K"` trains on GPU K; "cuda" on the first one."""
+    kind, _, index = config.device.partition(":")
+    device = resolve_device("cuda" if kind == "cuda" else kind)
+    precision = resolve_precision(config.resolved_precision(device), device)
+    if device == "cuda" and index:
+        if not index.isdigit():
+            raise ProbeLabError(f"device must be cpu, cuda or cuda:<index>, got {config.device!r}")
+        return device, precision, [int(index)]
+    return device, precision, 1
+
+
+def training_device(config: ProbeTrainingConfig) -> torch.device:
+    """The device `config` trains on: the CPU, or the GPU Lightning is given (`devices=1` is the first)."""
+    device, _, devices = placement(config)
+    if device != "cuda":
+        return torch.device("cpu")
+    return torch.device("cuda", devices[0] if isinstance(devices, list) else 0)
+
+
+def memory_budget(config: ProbeTrainingConfig) -> tuple[torch.device, int]:
+    """(the training device, the bytes of activations it may hold: `device.memory_budget_gb`, or
+    half the GPU's memory / half of MemAvailable on the CPU)."""
+    device = training_device(config)
+    return device, resolve_memory_budget(config.memory_budget_gb, device.type, device.index or 0)
+
+
 def resident_device(config: ProbeTrainingConfig, nbytes: int) -> torch.device | None:
     """The GPU on which full-batch training with `config` holds `nbytes` of activations, or None:
     training on the CPU, with AdamW, or beyond the device's memory budget."""
-    trainer = TorchProbeTrainer(1, config)
-    device, _, devices = trainer.placement()
-    if device != "cuda" or config.optimizer is OptimizerName.adamw:
+    device, budget = memory_budget(config)
+    if device.type != "cuda" or config.optimizer is OptimizerName.adamw or nbytes > budget:
         return None
-    index = devices[0] if isinstance(devices, list) else 0  # Lightning's devices=1 is GPU 0
-    if nbytes > resolve_memory_budget(config.memory_budget_gb, device, index):
-        return None
-    return torch.device("cuda", index)
+    return device
 
 
 @functools.cache
@@ -309,18 +333,8 @@ class TorchProbeTrainer(ProbeTrainer):
             raise ProbeLabError("probe.penalty=l1 is supported by the sklearn backend only (use backend=sklearn)")
 
     def placement(self) -> tuple[str, str, list[int] | int]:
-        """(device, Lightning precision, Lightning `devices`), falling back to the CPU without CUDA.
-
-        `device="cuda:K"` trains on GPU K; "cuda" on the first one.
-        """
-        kind, _, index = self.config.device.partition(":")
-        device = resolve_device("cuda" if kind == "cuda" else kind)
-        precision = resolve_precision(self.config.resolved_precision(device), device)
-        if device == "cuda" and index:
-            if not index.isdigit():
-                raise ProbeLabError(f"device must be cpu, cuda or cuda:<index>, got {self.config.device!r}")
-            return device, precision, [int(index)]
-        return device, precision, 1
+        """(device, Lightning precision, Lightning `devices`) for this trainer's config (`placement`)."""
+        return placement(self.config)
 
     def optimizer_for(self, train: ActivationDataset, val: ActivationDataset | None = None) -> OptimizerName:
         """`auto`: full-batch L-BFGS when the training split (on a GPU with the validation split, held
@@ -328,11 +342,8 @@ class TorchProbeTrainer(ProbeTrainer):
         from disk otherwise."""
         if self.config.optimizer is not OptimizerName.auto:
             return self.config.optimizer
-        device, _, devices = self.placement()
-        budget = resolve_memory_budget(
-            self.config.memory_budget_gb, device, devices[0] if isinstance(devices, list) else 0
-        )
-        held = train.nbytes() + (val.nbytes() if val is not None and device == "cuda" else 0)
+        device, budget = memory_budget(self.config)
+        held = train.nbytes() + (val.nbytes() if val is not None and device.type == "cuda" else 0)
         fits = held <= budget  # held in the stored dtype
         return OptimizerName.lbfgs if fits else OptimizerName.adamw
 
@@ -349,6 +360,7 @@ class TorchProbeTrainer(ProbeTrainer):
     def _fit(self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float]) -> list[FitResult]:
         optimizer = self.optimizer_for(train, val)
         device, precision, devices = self.placement()
+        target = training_device(self.config)
         lbfgs = optimizer is OptimizerName.lbfgs
         if optimizer is OptimizerName.adamw and len(regularizations) > 1:
             log.warning(
@@ -359,7 +371,7 @@ class TorchProbeTrainer(ProbeTrainer):
         datamodule = ProbeDataModule(
             train,
             val,
-            device=torch.device(device, devices[0]) if isinstance(devices, list) else torch.device(device),
+            device=target,
             batch_size=self.config.batch_size,
             full_batch=lbfgs,
             seed=self.config.seed,

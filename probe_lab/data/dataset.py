@@ -253,8 +253,8 @@ class ActivationDataset(Dataset):
             whole = self.table.layers is None and np.array_equal(self._rows, np.arange(self.table.n_rows))
             if whole:
                 return self
-        known = self.table.nonfinite_known if isinstance(self.table, DeviceTable) else self.table.nonfinite is not None
-        table = DeviceTable(self.to_device(device), nonfinite=self.nonfinite_mask() if known else None)
+        known = self.nonfinite_mask() if self.table.nonfinite_known else None
+        table = DeviceTable(self.to_device(device), nonfinite=known)
         moved = ActivationDataset(table, self.labels, name=self.name)
         moved._checked_finite = self._checked_finite
         return moved

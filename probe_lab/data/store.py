@@ -215,7 +215,8 @@ class ActivationStore:
 
         device: a GPU to hold the data on. The scan then copies each chunk it reads there, from
         pinned memory while it reads on, so the store is read once in all and the dataset lives on
-        the GPU. (A multi-layer store is scanned, then its layer loaded: its chunks hold every layer.)
+        the GPU. A multi-layer store stays on the host (its chunks hold every layer); its splits are
+        loaded onto the GPU after the scan.
         """
         table = self.table()
         dataset = ActivationDataset(table, self.labels, layer=layer, name=f"data.path ({self.path})")  # checks layer
@@ -223,7 +224,7 @@ class ActivationStore:
         target = torch.empty((self.rows, self.dim), dtype=self.dtype, device=device) if fused else None
         table.nonfinite = self.scan(verify=verify, progress=progress, into=target)
         if target is None:
-            return dataset if device is None or torch.device(device).type == "cpu" else dataset.on_device(device)
+            return dataset
         held = DeviceTable(target, nonfinite=table.nonfinite)
         return ActivationDataset(held, self.labels, name=dataset.name)
 

@@ -52,6 +52,11 @@ class RowTable(ABC):
     def boundaries(self) -> np.ndarray:
         return np.array([0, self.n_rows])
 
+    @property
+    def nonfinite_known(self) -> bool:
+        """Whether the NaN/Inf rows are known without reading the rows (a scan found them)."""
+        return self.nonfinite is not None
+
     @abstractmethod
     def read(self, rows: np.ndarray, layer: int | None) -> torch.Tensor:
         """Rows (ascending indices) as a (k, D) tensor in `dtype`; `layer` picks one of L layers."""
