@@ -10,9 +10,10 @@ The scale s_j² = σ_j² + 4·regularization/N makes the Hessian's diagonal ≈ 
 coordinate — a Jacobi preconditioner that leaves the minimizer unchanged — so L-BFGS converges in
 tens of steps on activations with outlier dimensions. With standardize=true, s = σ.
 
-optimizer=lbfgs runs full-batch L-BFGS to convergence in one optimizer step (its line search needs
-the exact objective and gradient, so there are no minibatches); optimizer=adamw streams minibatches
-with gradient accumulation, and EarlyStopping on validation AUROC decides when to stop.
+optimizer=lbfgs runs full-batch L-BFGS (scipy's L-BFGS-B, sklearn's optimizer) to convergence in one
+optimizer step (its line search needs the exact objective and gradient, so there are no minibatches);
+optimizer=adamw streams minibatches with gradient accumulation, and EarlyStopping on validation AUROC
+decides when to stop.
 
 Lightning's float16 AMP refuses L-BFGS (its gradient scaler cannot serve a line search). The probe
 accumulates in float32 whatever the storage dtype (`LinearProbe`), so with L-BFGS and 16-mixed the
@@ -42,6 +43,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
 
 from probe_lab.backends.base import FitResult, ProbeTrainer
+from probe_lab.backends.lbfgsb import ScipyLBFGSB
 from probe_lab.data.datamodule import ProbeDataModule
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.splits import Splits
@@ -55,7 +57,7 @@ from probe_lab.settings import OptimizerName, Penalty, ProbeTrainingConfig
 log = logging.getLogger(__name__)
 
 # L-BFGS stops when the largest gradient entry or the change in the objective falls below these.
-LBFGS_TOLERANCE_GRAD = 1e-6
+LBFGS_TOLERANCE_GRAD = 1e-5
 LBFGS_TOLERANCE_CHANGE = 1e-10
 LBFGS_HISTORY = 20
 
@@ -188,18 +190,18 @@ class ProbeModule(pl.LightningModule):
         self.warmup_evaluations = 0
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The penalized loss of the whole batch (a sum over the path's columns)."""
+        """The penalized loss of the whole batch (a sum over the path's columns), as a float64 scalar.
+
+        Each row's loss is float32; their sum is float64. A float32 sum rounds the objective to
+        about 3e-8, which is the size of the last decreases L-BFGS has to see near the optimum: its
+        line search would take them for no decrease and spend evaluations until it gave up.
+        """
         logits = self.probe(x)
-        if logits.ndim == 2:  # a path: the sum of each column's mean loss
-            data_loss = (
-                F.binary_cross_entropy_with_logits(logits, y.float()[:, None].expand_as(logits), reduction="none")
-                .mean(0)
-                .sum()
-            )
-        else:
-            data_loss = F.binary_cross_entropy_with_logits(logits, y.float())
+        targets = y.float()[:, None].expand_as(logits) if logits.ndim == 2 else y.float()
+        row_losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        data_loss = row_losses.sum(0, dtype=torch.float64) / len(row_losses)  # per column on a path
         u = self.probe.linear.weight
-        return data_loss + (self.penalty_coef * self.penalty_weights * u * u).sum()
+        return data_loss.sum() + (self.penalty_coef * self.penalty_weights * u * u).sum(dtype=torch.float64)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -212,17 +214,16 @@ class ProbeModule(pl.LightningModule):
     def _lbfgs_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Full-batch L-BFGS to convergence in one optimizer step, optimized manually.
 
-        The line search calls the closure once per objective evaluation, and each evaluation ends in
-        a host sync (L-BFGS reads the loss), so per-call overhead adds up directly: Lightning's
-        automatic loop would run its step hooks and logging at every evaluation. Here the closure
-        computes the loss and gradient itself (on a GPU by replaying one CUDA graph), and Lightning
-        counts the one optimizer step (checkpointing follows it); benchmarks/gpu_scale.py compares
-        this loop with plain torch L-BFGS."""
+        scipy's L-BFGS-B (`ScipyLBFGSB`) calls the closure once per objective evaluation, and each
+        evaluation ends in a host sync (the optimizer reads the loss and gradient), so per-call
+        overhead adds up directly: Lightning's automatic loop would run its step hooks and logging at
+        every evaluation. Here the closure computes the loss and gradient itself (on a GPU by
+        replaying one CUDA graph), and Lightning counts the one optimizer step (checkpointing follows
+        it); benchmarks/gpu_scale.py compares this loop with plain torch L-BFGS."""
         optimizer = self.optimizers()
         lbfgs = optimizer.optimizer
         start = time.perf_counter()
         evaluate = self._graphed_evaluation(x, y) if x.is_cuda else None
-        last: list[torch.Tensor] = []
 
         def closure() -> torch.Tensor:
             if evaluate is not None:
@@ -231,22 +232,16 @@ class ProbeModule(pl.LightningModule):
                 lbfgs.zero_grad()
                 loss = self.objective(x, y)
                 loss.backward()
-            last[:] = [loss.detach()]
             return loss
 
-        optimizer.step(closure=closure)
-        # Logged: the last evaluation's loss (the line search's final trial, where L-BFGS stopped).
-        loss = last[0]
-        if loss.is_cuda:
-            torch.cuda.synchronize(loss.device)
+        loss = optimizer.step(closure=closure)  # the objective where L-BFGS stopped
         self.lbfgs_seconds = time.perf_counter() - start
-        state = lbfgs.state[lbfgs.param_groups[0]["params"][0]]
-        self.lbfgs_iterations = int(state.get("n_iter", 0))
-        self.lbfgs_evaluations = int(state.get("func_evals", 0))
-        # Stopping on max_iter or max_eval means the budget ran out; any other stop met a tolerance.
-        max_evals = lbfgs.param_groups[0]["max_eval"]
-        self.lbfgs_converged = self.lbfgs_iterations < self.max_iterations and self.lbfgs_evaluations < max_evals
-        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
+        result = lbfgs.result
+        self.lbfgs_iterations, self.lbfgs_evaluations = int(result.nit), int(result.nfev)
+        self.lbfgs_converged = lbfgs.converged
+        if result.status != 0:
+            log.info("L-BFGS-B: %s", result.message)
+        self.log("train_loss", float(loss), on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
         self.log("lbfgs_iterations", float(self.lbfgs_iterations), on_step=True, on_epoch=False)
         if self.lbfgs_converged:
             self.trainer.should_stop = True
@@ -306,14 +301,12 @@ class ProbeModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_name is OptimizerName.lbfgs:
-            return torch.optim.LBFGS(
+            return ScipyLBFGSB(
                 self.parameters(),
-                lr=1.0,
                 max_iter=self.max_iterations,
                 history_size=LBFGS_HISTORY,
                 tolerance_grad=LBFGS_TOLERANCE_GRAD,
                 tolerance_change=LBFGS_TOLERANCE_CHANGE,
-                line_search_fn="strong_wolfe",
             )
         # weight_decay=0: the penalty is in the objective; AdamW's decay would be another objective.
         return torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=0.0)

@@ -1,0 +1,152 @@
+"""scipy's L-BFGS-B, the optimizer behind sklearn's lbfgs solver, as a torch optimizer.
+
+One `step(closure)` minimizes to convergence. The closure computes the objective on the parameters'
+device and leaves its gradient in their `.grad`, as torch.optim.LBFGS's closure does. The iterate,
+the curvature history and the line search live on the host in float64: each evaluation copies the
+parameters to the device and the loss and gradient back in one transfer, the one host sync an
+evaluation needs.
+
+Why not torch.optim.LBFGS: it keeps its history and line search on the device as hundreds of tiny
+kernels per iteration, and its strong-Wolfe search reads device scalars one at a time. On a 4 GB
+probe problem on an H200 that host-side work took twice the GPU work of an evaluation
+(benchmarks/gpu_scale.py); with scipy it is a few dozen microseconds. It also runs the same
+algorithm and line search as sklearn, whose optimum the pytorch backend has to reach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import scipy.optimize
+import torch
+
+# scipy's L-BFGS-B status codes: 0 met a tolerance, 1 ran out of iterations or evaluations, 2 the
+# line search found no further decrease (the objective's rounding level was reached).
+STATUS_BUDGET_EXHAUSTED = 1
+
+
+class ScipyLBFGSB(torch.optim.Optimizer):
+    """L-BFGS-B (unbounded) over all parameters of one group, run by `scipy.optimize.minimize`.
+
+    max_iter / max_eval: iteration and objective-evaluation budgets (max_eval defaults to 1.25 ×
+    max_iter, torch.optim.LBFGS's default). tolerance_grad: stop when the largest gradient entry is at
+    most this (torch's tolerance_grad, scipy's gtol). tolerance_change: stop when an iteration lowers
+    the objective by at most this, relative to max(|f|, 1) (scipy's ftol). history_size: curvature
+    pairs kept (scipy's maxcor). max_line_search: evaluations allowed per line search (maxls).
+
+    After `step`, `result` holds scipy's OptimizeResult, and `state` (per parameter, as torch's
+    L-BFGS keeps it) has `n_iter` and `func_evals`.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        *,
+        max_iter: int = 100,
+        max_eval: int | None = None,
+        tolerance_grad: float = 1e-6,
+        tolerance_change: float = 1e-10,
+        history_size: int = 10,
+        max_line_search: int = 20,
+    ) -> None:
+        defaults = {
+            "max_iter": max_iter,
+            "max_eval": max_eval if max_eval is not None else max_iter * 5 // 4,
+            "tolerance_grad": tolerance_grad,
+            "tolerance_change": tolerance_change,
+            "history_size": history_size,
+            "max_line_search": max_line_search,
+        }
+        super().__init__(params, defaults)
+        if len(self.param_groups) != 1:
+            raise ValueError("ScipyLBFGSB optimizes one parameter group")
+        self.result: scipy.optimize.OptimizeResult | None = None
+
+    @property
+    def converged(self) -> bool:
+        """Whether the last step stopped on a tolerance or at the objective's rounding level, rather
+        than on its iteration or evaluation budget."""
+        return self.result is not None and self.result.status != STATUS_BUDGET_EXHAUSTED
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
+        """Minimize to convergence; returns the objective at the returned parameters (float64, host).
+
+        Any evaluated point whose gradient meets tolerance_grad ends the run, line-search trials
+        included: scipy tests the gradient only at points its line search accepts, and near the
+        optimum a float32 objective's rounding (about 1e-8) can make it reject a stationary point
+        and search on.
+        """
+        group = self.param_groups[0]
+        params: list[torch.Tensor] = [p for p in group["params"] if p.requires_grad]
+        sizes = [p.numel() for p in params]
+        device, dtype = params[0].device, params[0].dtype
+        evaluations = iterations = 0
+
+        def load(x: np.ndarray) -> None:
+            flat = torch.from_numpy(x).to(dtype).to(device)
+            for param, chunk in zip(params, flat.split(sizes), strict=True):
+                param.copy_(chunk.view_as(param))
+
+        def evaluate(x: np.ndarray) -> tuple[float, np.ndarray]:
+            nonlocal evaluations
+            evaluations += 1
+            load(x)
+            with torch.enable_grad():
+                loss = closure()
+            grads = [
+                p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device) for p in params
+            ]
+            # One transfer back, so one sync per evaluation; a float64 loss keeps its precision.
+            out = torch.cat([loss.detach().reshape(1).double(), *(g.double() for g in grads)]).cpu().numpy()
+            value, gradient = float(out[0]), out[1:]
+            if np.abs(gradient).max() <= group["tolerance_grad"]:
+                raise _Stationary(x.copy(), value)
+            return value, gradient
+
+        def count_iteration(intermediate_result: scipy.optimize.OptimizeResult) -> None:
+            nonlocal iterations
+            iterations += 1
+
+        x0 = torch.cat([p.detach().reshape(-1) for p in params]).to("cpu", torch.float64).numpy()
+        try:
+            result = scipy.optimize.minimize(
+                evaluate,
+                x0,
+                jac=True,
+                method="L-BFGS-B",
+                callback=count_iteration,
+                options={
+                    "maxiter": group["max_iter"],
+                    "maxfun": group["max_eval"],
+                    "gtol": group["tolerance_grad"],
+                    "ftol": group["tolerance_change"],
+                    "maxcor": group["history_size"],
+                    "maxls": group["max_line_search"],
+                },
+            )
+        except _Stationary as stop:
+            result = scipy.optimize.OptimizeResult(
+                x=stop.x,
+                fun=stop.value,
+                nit=iterations,
+                nfev=evaluations,
+                status=0,
+                success=True,
+                message="the largest gradient entry met tolerance_grad",
+            )
+        load(result.x)
+        self.result = result
+        state = self.state[params[0]]
+        state["n_iter"] = state.get("n_iter", 0) + int(result.nit)
+        state["func_evals"] = state.get("func_evals", 0) + int(result.nfev)
+        return torch.tensor(float(result.fun), dtype=torch.float64)
+
+
+class _Stationary(Exception):
+    """Raised from inside scipy's loop to stop at a point whose gradient met the tolerance."""
+
+    def __init__(self, x: np.ndarray, value: float) -> None:
+        super().__init__()
+        self.x, self.value = x, value
