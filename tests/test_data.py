@@ -110,6 +110,7 @@ def test_device_table_reads_rows_layers_and_nonfinite_rows_where_it_lives() -> N
     consecutive = table.read(np.array([1, 2, 3]), layer=1)
     assert torch.equal(consecutive[:2], x[1:3, 1]) and consecutive.data_ptr() == x[1, 1].data_ptr()  # a view
     assert torch.equal(table.read(np.array([0, 4]), layer=0), x[[0, 4], 0])
+    assert torch.equal(table.read(np.array([0, 0, 2]), layer=0), x[[0, 0, 2], 0])  # repeats span 3 rows too
     np.testing.assert_array_equal(table.nonfinite[:, 1], [False, False, False, True, False])
     assert not table.nonfinite[:, 0].any()
 
@@ -122,6 +123,9 @@ def test_statistics_of_a_resident_tensor_match_the_streaming_pass() -> None:
     resident_mean, resident_std = tensor_moments(torch.from_numpy(x), block_rows=777)
     np.testing.assert_allclose(resident_mean, mean, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(resident_std, std, rtol=1e-5)
+    sampled_mean, sampled_std = tensor_moments(torch.from_numpy(x), sample_rows=1000)  # every 5th row
+    np.testing.assert_allclose(sampled_std, x[::5].astype(np.float64).std(0), rtol=1e-6)
+    np.testing.assert_allclose(sampled_mean, x[::5].astype(np.float64).mean(0), rtol=1e-6, atol=1e-6)
 
 
 def test_device_generator_draws_the_numpy_generators_distribution() -> None:

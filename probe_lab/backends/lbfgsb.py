@@ -15,11 +15,15 @@ algorithm and line search as sklearn, whose optimum the pytorch backend has to r
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import scipy.optimize
 import torch
+from threadpoolctl import ThreadpoolController
 
 # scipy's L-BFGS-B status codes: 0 met a tolerance, 1 ran out of iterations or evaluations, 2 the
 # line search found no further decrease (the objective's rounding level was reached).
@@ -111,21 +115,22 @@ class ScipyLBFGSB(torch.optim.Optimizer):
 
         x0 = torch.cat([p.detach().reshape(-1) for p in params]).to("cpu", torch.float64).numpy()
         try:
-            result = scipy.optimize.minimize(
-                evaluate,
-                x0,
-                jac=True,
-                method="L-BFGS-B",
-                callback=count_iteration,
-                options={
-                    "maxiter": group["max_iter"],
-                    "maxfun": group["max_eval"],
-                    "gtol": group["tolerance_grad"],
-                    "ftol": group["tolerance_change"],
-                    "maxcor": group["history_size"],
-                    "maxls": group["max_line_search"],
-                },
-            )
+            with _one_blas_thread() if device.type == "cuda" else contextlib.nullcontext():
+                result = scipy.optimize.minimize(
+                    evaluate,
+                    x0,
+                    jac=True,
+                    method="L-BFGS-B",
+                    callback=count_iteration,
+                    options={
+                        "maxiter": group["max_iter"],
+                        "maxfun": group["max_eval"],
+                        "gtol": group["tolerance_grad"],
+                        "ftol": group["tolerance_change"],
+                        "maxcor": group["history_size"],
+                        "maxls": group["max_line_search"],
+                    },
+                )
         except _Stationary as stop:
             result = scipy.optimize.OptimizeResult(
                 x=stop.x,
@@ -142,6 +147,18 @@ class ScipyLBFGSB(torch.optim.Optimizer):
         state["n_iter"] = state.get("n_iter", 0) + int(result.nit)
         state["func_evals"] = state.get("func_evals", 0) + int(result.nfev)
         return torch.tensor(float(result.fun), dtype=torch.float64)
+
+
+@functools.cache
+def _blas_threads() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def _one_blas_thread() -> Any:
+    """L-BFGS-B's vector operations on one BLAS thread, while the objective runs on a GPU: on a
+    16-core machine, waking BLAS threads for vectors of a few thousand entries cost more than the
+    operations. (On the CPU the objective's own products want every thread.)"""
+    return _blas_threads().limit(limits=1, user_api="blas")
 
 
 class _Stationary(Exception):

@@ -28,7 +28,7 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 LBFGS_TOLERANCE_GRAD = 1e-5
 LBFGS_TOLERANCE_CHANGE = 1e-10
 LBFGS_HISTORY = 20
+# Rows sampled for the per-feature statistics of raw (unstandardized) features. There they only set
+# the preconditioner and the centering, which leave the optimum unchanged, so a few percent of error
+# costs nothing; standardize=true uses every row, as its statistics define the objective.
+PRECONDITIONER_ROWS = 16384
 
 
 @contextmanager
@@ -187,7 +191,7 @@ class ProbeModule(pl.LightningModule):
         self.lbfgs_evaluations = 0
         self.lbfgs_converged = False
         self.lbfgs_seconds = 0.0
-        self.warmup_evaluations = 0
+        self.capture_seconds = 0.0  # capturing the CUDA graph of an evaluation
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The penalized loss of the whole batch (a sum over the path's columns), as a float64 scalar.
@@ -223,19 +227,19 @@ class ProbeModule(pl.LightningModule):
         optimizer = self.optimizers()
         lbfgs = optimizer.optimizer
         start = time.perf_counter()
-        evaluate = self._graphed_evaluation(x, y) if x.is_cuda else None
+        evaluate = _GraphedEvaluation(self, x, y) if x.is_cuda else None
 
         def closure() -> torch.Tensor:
             if evaluate is not None:
-                loss = evaluate()
-            else:
-                lbfgs.zero_grad()
-                loss = self.objective(x, y)
-                loss.backward()
+                return evaluate()
+            lbfgs.zero_grad()
+            loss = self.objective(x, y)
+            loss.backward()
             return loss
 
         loss = optimizer.step(closure=closure)  # the objective where L-BFGS stopped
         self.lbfgs_seconds = time.perf_counter() - start
+        self.capture_seconds = evaluate.capture_seconds if evaluate is not None else 0.0
         result = lbfgs.result
         self.lbfgs_iterations, self.lbfgs_evaluations = int(result.nit), int(result.nfev)
         self.lbfgs_converged = lbfgs.converged
@@ -246,44 +250,6 @@ class ProbeModule(pl.LightningModule):
         if self.lbfgs_converged:
             self.trainer.should_stop = True
         return loss
-
-    def _graphed_evaluation(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[], torch.Tensor] | None:
-        """The objective and its gradient as one CUDA graph: each evaluation replays it and leaves the
-        gradient in the parameters' `.grad`; None if this build cannot capture it (then evaluations
-        run op by op).
-
-        An evaluation is two reads of the resident data plus some sixty small kernels; launched one
-        by one from Python they took longer than the reads (benchmarks/gpu_scale.py). The parameters
-        keep their storage (L-BFGS updates them in place), so a graph captured once stays valid. The
-        capture runs the objective once beforehand, as CUDA graphs require (`warmup_evaluations`).
-        """
-        params = [p for p in self.parameters() if p.requires_grad]
-
-        def loss_and_grads() -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-            loss = self.objective(x, y)
-            return loss.detach(), torch.autograd.grad(loss, params)
-
-        try:
-            side = torch.cuda.Stream(x.device)
-            side.wait_stream(torch.cuda.current_stream(x.device))
-            with torch.cuda.stream(side):
-                loss_and_grads()
-            torch.cuda.current_stream(x.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                loss, grads = loss_and_grads()
-        except RuntimeError as err:
-            log.info("evaluating without a CUDA graph (%s)", str(err).splitlines()[0])
-            return None
-        self.warmup_evaluations = 1
-
-        def evaluate() -> torch.Tensor:
-            graph.replay()
-            for param, grad in zip(params, grads, strict=True):
-                param.grad = grad  # L-BFGS copies gradients out (its flat gradient) before the next replay
-            return loss
-
-        return evaluate
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -310,6 +276,74 @@ class ProbeModule(pl.LightningModule):
             )
         # weight_decay=0: the penalty is in the objective; AdamW's decay would be another objective.
         return torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=0.0)
+
+
+class _GraphedEvaluation:
+    """The module's objective and gradient on resident (x, y) as one CUDA graph, called once per
+    L-BFGS evaluation: returns the loss and leaves the gradient in the parameters' `.grad`.
+
+    An evaluation is two reads of the resident data plus some sixty small kernels; launched one by
+    one from Python they took longer than the reads (benchmarks/gpu_scale.py). The first call runs
+    eagerly on a side stream, which serves as the warm-up that capture needs (lazy cuBLAS and
+    autograd set-up happen outside the graph), then captures the graph there; later calls replay it.
+    The parameters keep their storage (the optimizer writes them in place), so the graph stays
+    valid. If this build cannot capture, evaluations stay eager.
+    """
+
+    def __init__(self, module: ProbeModule, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.module, self.x, self.y = module, x, y
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.eager = False
+        self.capture_seconds = 0.0
+
+    def loss_and_grads(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        with torch.enable_grad():
+            loss = self.module.objective(self.x, self.y)
+            return loss.detach(), torch.autograd.grad(loss, self.params)
+
+    def __call__(self) -> torch.Tensor:
+        if self.graph is not None:
+            self.graph.replay()
+            loss, grads = self.loss, self.grads
+        elif self.eager:
+            loss, grads = self.loss_and_grads()
+        else:
+            loss, grads = self._first_evaluation()
+        for param, grad in zip(self.params, grads, strict=True):
+            param.grad = grad  # the optimizer copies gradients out before the next replay
+        return loss
+
+    def _first_evaluation(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        device = self.x.device
+        side = _capture_stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            result = self.loss_and_grads()
+            start = time.perf_counter()
+            graph = torch.cuda.CUDAGraph()
+            try:
+                # capture_begin/end rather than the torch.cuda.graph context, which collects garbage
+                # and empties the allocator's cache before every capture.
+                graph.capture_begin()
+                try:
+                    self.loss, self.grads = self.loss_and_grads()
+                finally:
+                    graph.capture_end()
+                self.graph = graph
+            except RuntimeError as err:
+                log.info("evaluating without a CUDA graph (%s)", str(err).splitlines()[0])
+                self.eager = True
+            self.capture_seconds = time.perf_counter() - start
+        torch.cuda.current_stream(device).wait_stream(side)
+        return result
+
+
+@functools.cache
+def _capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for capturing evaluations, kept for the process: cuBLAS sets up a
+    workspace per stream, which a fresh stream would pay for at every fit."""
+    return torch.cuda.Stream(device)
 
 
 class TorchProbeTrainer(ProbeTrainer):
@@ -377,7 +411,10 @@ class TorchProbeTrainer(ProbeTrainer):
         start = time.perf_counter()
         resident = datamodule.resident_train() if lbfgs else None
         loaded = time.perf_counter()
-        moments = tensor_moments(resident) if resident is not None else feature_moments(train)
+        if resident is None:
+            moments = feature_moments(train)
+        else:  # raw features only need each feature's scale, for the preconditioner: a sample gives it
+            moments = tensor_moments(resident, sample_rows=None if self.config.standardize else PRECONDITIONER_ROWS)
         module = self._module(train, optimizer, regularizations, moments)
         stages = {"load_seconds": loaded - start, "statistics_seconds": time.perf_counter() - loaded}
         with tempfile.TemporaryDirectory(prefix="probe_lab-") as scratch:
@@ -412,7 +449,8 @@ class TorchProbeTrainer(ProbeTrainer):
                     default_root_dir=out_dir,
                 )
                 trainer.fit(module, datamodule=datamodule)
-            if checkpoint.best_model_path:
+            # L-BFGS runs one epoch, whose one checkpoint holds the state the module already has.
+            if checkpoint.best_model_path and not lbfgs:
                 state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
                 module.load_state_dict(state)
             epochs, steps = trainer.current_epoch, trainer.global_step
@@ -433,7 +471,7 @@ class TorchProbeTrainer(ProbeTrainer):
                 "evaluations": module.lbfgs_evaluations,
                 "converged": module.lbfgs_converged,
                 "optimize_seconds": module.lbfgs_seconds,
-                "warmup_evaluations": module.warmup_evaluations,
+                "capture_seconds": module.capture_seconds,
             }
             if not module.lbfgs_converged:
                 log.warning("L-BFGS did not converge in probe.max_iterations=%d iterations", self.config.max_iterations)

@@ -157,6 +157,8 @@ class ActivationDataset(Dataset):
     def read(self, indices: np.ndarray) -> torch.Tensor:
         """Activations of the given rows (indices into this dataset) as (k, D) in the storage dtype."""
         base = self._rows[np.asarray(indices)]
+        if len(base) < 2 or bool(np.all(base[1:] >= base[:-1])):  # already in storage order
+            return self.table.read(base, self.layer)
         # Storage reads fastest in ascending order; gather sorted, then restore the order asked for.
         order = np.argsort(base, kind="stable")
         block = self.table.read(base[order], self.layer)
