@@ -128,7 +128,7 @@ def main() -> None:
     for label, preconditioned in (("preconditioned (probe_lab)", True), ("unconditioned", False)):
         seconds, evaluations, test_auroc, weight = lbfgs_evaluations(splits, preconditioned)
         print(
-            f"| torch L-BFGS, {label} | {seconds:.2f} | {evaluations} | {test_auroc:.4f} | "
+            f"| L-BFGS-B on the torch objective, {label} | {seconds:.2f} | {evaluations} | {test_auroc:.4f} | "
             f"{cosine(reference, weight):.6f} |"
         )
     trainer = TorchProbeTrainer(args.dim, ProbeTrainingConfig(device="cpu"))

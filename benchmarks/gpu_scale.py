@@ -9,7 +9,7 @@ spectrum, 4 outlier dimensions ×30, non-zero mean) of N rows × D in float16 on
 
 - probe_lab's pytorch backend on the GPU (16-mixed): raw features (the default) and
   standardize=true; then bf16-mixed on a bfloat16 copy of the same data;
-- the same objective minimized by plain torch L-BFGS without Lightning (the Trainer's overhead);
+- the same objective and optimizer (L-BFGS-B) in a plain loop: no Lightning, no CUDA graph;
 - scikit-learn on the CPU, all cores: LogisticRegression(lbfgs) alone on standardized float32
   features, and probe_lab's sklearn backend with standardize=true (its fit includes standardizing);
 - the seed guide's trainer (nn.Linear with xavier init, AdamW lr=1e-3 weight_decay=1/regularization,
@@ -123,7 +123,7 @@ def backend_passes(trainer: TorchProbeTrainer) -> int:
 
 
 def plain_lbfgs(data: Data, args: argparse.Namespace) -> tuple[float, int, float]:
-    """The backend's objective and coordinates, minimized by torch.optim.LBFGS with no Lightning."""
+    """The backend's objective, coordinates and optimizer, in a plain loop (no Lightning, no CUDA graph)."""
     train = data.datasets()[0]
     trainer = TorchProbeTrainer(train.dim, ProbeTrainingConfig(device=args.device, regularization=args.regularization))
     optimizer_name = trainer.optimizer_for(train)
@@ -312,7 +312,7 @@ def main() -> None:
     seconds, evaluations, test = plain_lbfgs(data, args)
     rows.append(
         Row(
-            "plain torch L-BFGS, same objective, no Lightning",
+            "plain L-BFGS-B loop, same objective, no Lightning or CUDA graph",
             args.device,
             seconds,
             2 * evaluations,

@@ -1,5 +1,6 @@
-"""Plain full-batch torch L-BFGS on a `ProbeModule`'s objective, with no Lightning: the reference the
-benchmarks hold probe_lab's Lightning loop against (imported by backends_cpu.py and gpu_scale.py)."""
+"""Plain full-batch L-BFGS on a `ProbeModule`'s objective with the module's own optimizer (scipy's
+L-BFGS-B), no Lightning and no CUDA graph: the reference the benchmarks hold probe_lab's Lightning
+loop against (imported by backends_cpu.py and gpu_scale.py)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ evaluation needs.
 Why not torch.optim.LBFGS: it keeps its history and line search on the device as hundreds of tiny
 kernels per iteration, and its strong-Wolfe search reads device scalars one at a time. On a 4 GB
 probe problem on an H200 that host-side work took twice the GPU work of an evaluation
-(benchmarks/gpu_scale.py); with scipy it is a few dozen microseconds. It also runs the same
+(benchmarks/gpu_scale.py); scipy's takes a fraction of a millisecond. It also runs the same
 algorithm and line search as sklearn, whose optimum the pytorch backend has to reach.
 """
 

@@ -223,7 +223,7 @@ class ProbeModule(pl.LightningModule):
         overhead adds up directly: Lightning's automatic loop would run its step hooks and logging at
         every evaluation. Here the closure computes the loss and gradient itself (on a GPU by
         replaying one CUDA graph), and Lightning counts the one optimizer step (checkpointing follows
-        it); benchmarks/gpu_scale.py compares this loop with plain torch L-BFGS."""
+        it); benchmarks/gpu_scale.py compares this loop with a plain one."""
         optimizer = self.optimizers()
         lbfgs = optimizer.optimizer
         start = time.perf_counter()
