@@ -28,10 +28,6 @@ from torch import nn
 # small enough that the float32 copy of a block stays in cache instead of doubling memory use.
 _BLOCK_ROWS = 16384
 _OUTPUT_COLUMNS = 16
-# Rows per logits product on a GPU. For 629,145 × 8192 float16 rows cuBLAS picked a kernel that ran
-# at a quarter of the read bandwidth, where 157,286 rows got one at full speed (kernel profiles of
-# benchmarks/gpu_scale.py at N and 4N); products of this many rows keep to the fast shape.
-_LEFT_BLOCK_ROWS = 1 << 17
 
 
 class _Float32Linear(torch.autograd.Function):
@@ -124,8 +120,7 @@ def _half_left(x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     # Zero columns up to a multiple of 16: cuBLAS then picks a kernel that reads X near the copy
     # bandwidth, against two-thirds of it for 2 columns (benchmarks/half_products.py, H200).
     padding = columns.new_zeros((columns.shape[0], -len(terms) * k % _OUTPUT_COLUMNS), dtype=x.dtype)
-    right = torch.cat([*terms, padding], dim=1)
-    products = torch.cat([torch.mm(block, right, out_dtype=torch.float32) for block in x.split(_LEFT_BLOCK_ROWS)])
+    products = torch.mm(x, torch.cat([*terms, padding], dim=1), out_dtype=torch.float32)
     return sum(products[:, i * k : (i + 1) * k] for i in range(len(terms))) / scale
 
 

@@ -118,15 +118,11 @@ def test_regularization_path_on_the_gpu_matches_the_cpu(splits) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_products_keep_float32_accuracy(dtype: torch.dtype, monkeypatch) -> None:
+def test_half_precision_products_keep_float32_accuracy(dtype: torch.dtype) -> None:
     """Logits and gradients from half-precision activations on the GPU match float32 math on the same
     (rounded) values to float32's order of error, |x|·|w|·2⁻²⁰: the weights and the per-row
-    gradients are not rounded to half precision. The logits product runs in row blocks (here five,
-    the last one short)."""
-    from probe_lab import linear_probe
+    gradients are not rounded to half precision."""
     from probe_lab.linear_probe import LinearProbe
-
-    monkeypatch.setattr(linear_probe, "_LEFT_BLOCK_ROWS", 12000)
 
     bits = 20
     torch.manual_seed(0)
