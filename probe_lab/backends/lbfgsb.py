@@ -15,7 +15,6 @@ algorithm and line search as sklearn, whose optimum the pytorch backend has to r
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -115,7 +114,7 @@ class ScipyLBFGSB(torch.optim.Optimizer):
 
         x0 = torch.cat([p.detach().reshape(-1) for p in params]).to("cpu", torch.float64).numpy()
         try:
-            with _one_blas_thread() if device.type == "cuda" else contextlib.nullcontext():
+            with _one_blas_thread():
                 result = scipy.optimize.minimize(
                     evaluate,
                     x0,
@@ -155,9 +154,12 @@ def _blas_threads() -> ThreadpoolController:
 
 
 def _one_blas_thread() -> Any:
-    """L-BFGS-B's vector operations on one BLAS thread, while the objective runs on a GPU: on a
-    16-core machine, waking BLAS threads for vectors of a few thousand entries cost more than the
-    operations. (On the CPU the objective's own products want every thread.)"""
+    """numpy's and scipy's OpenBLAS on one thread while L-BFGS-B runs (torch's own threads, OpenMP and
+    MKL, keep their number). Waking OpenBLAS threads for vectors of a few thousand entries costs more
+    than the operations, and on a small CPU the threads then spin on the cores that the objective's
+    torch products need: a regularization-path fit on 2 cores took 0.96–1.26 s with them and 0.37 s
+    without; on a 16-core GPU machine L-BFGS-B's time per evaluation fell from 0.84–1.07 ms to
+    0.66–0.73 ms."""
     return _blas_threads().limit(limits=1, user_api="blas")
 
 
