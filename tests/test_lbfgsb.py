@@ -97,5 +97,5 @@ def test_the_probe_objective_is_summed_in_float64() -> None:
         rows = F.binary_cross_entropy_with_logits(probe(x), y.float(), reduction="none")
         penalty = float((module.penalty_coef * probe.linear.weight.double() ** 2).sum())
     assert loss.dtype == torch.float64
-    assert abs(float(loss) - (float(rows.double().mean()) + penalty)) < 1e-12
+    assert abs(float(loss.detach()) - (float(rows.double().mean()) + penalty)) < 1e-12
     assert abs(float(rows.mean()) - float(rows.double().mean())) > 1e-11  # a float32 sum would differ
