@@ -134,7 +134,8 @@ def backend_passes(trainer: TorchProbeTrainer) -> int:
 
 
 def plain_lbfgs(data: Data, args: argparse.Namespace) -> tuple[float, int, float]:
-    """The backend's objective, coordinates and optimizer, in a plain loop (no Lightning, no CUDA graph)."""
+    """The backend's objective, coordinates (statistics from every row) and optimizer, in a plain loop
+    with no Lightning and no CUDA graph."""
     train = data.datasets()[0]
     trainer = TorchProbeTrainer(train.dim, ProbeTrainingConfig(device=args.device, regularization=args.regularization))
     optimizer_name = trainer.optimizer_for(train)

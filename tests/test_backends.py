@@ -38,6 +38,28 @@ def test_backends_agree_on_activation_like_data(splits, standardize: bool) -> No
     assert pt.fit_details["iterations"] <= 60
 
 
+@pytest.mark.parametrize("standardize", [False, True])
+def test_raw_features_precondition_from_a_row_sample_and_keep_the_optimum(splits, standardize, monkeypatch) -> None:
+    """Raw features take their statistics (which only center and precondition) from a sample of
+    rows and still land on sklearn's optimum; standardized ones, whose objective they define, use
+    every row."""
+    from probe_lab.backends import lightning
+    from probe_lab.data import stats
+
+    samples = []
+
+    def recording_moments(x, block_rows=None, sample_rows=None):
+        samples.append(sample_rows)
+        return stats.tensor_moments(x, block_rows, sample_rows)
+
+    monkeypatch.setattr(lightning, "PRECONDITIONER_ROWS", 100)
+    monkeypatch.setattr(lightning, "tensor_moments", recording_moments)
+    pt = fit_on_cpu(TorchProbeTrainer, splits, standardize=standardize)
+    sk = fit_on_cpu(SklearnProbeTrainer, splits, standardize=standardize)
+    assert samples == [None if standardize else 100]
+    assert cosine(sk.coef_, pt.coef_) >= 0.999 and pt.fit_details["converged"]
+
+
 def test_lightning_objective_is_stationary_at_sklearns_optimum(splits) -> None:
     """The gradient of the Lightning loss vanishes where sklearn stopped: the same objective."""
     sk = fit_on_cpu(SklearnProbeTrainer, splits)

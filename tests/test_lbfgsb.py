@@ -58,7 +58,8 @@ def test_any_evaluated_point_meeting_the_gradient_tolerance_ends_the_run() -> No
 
     optimizer = ScipyLBFGSB([w], tolerance_grad=1e-5)
     optimizer.step(closure)
-    assert optimizer.converged and optimizer.result.nfev == 2  # the start, then the first trial: w = 1
+    result = optimizer.result
+    assert optimizer.converged and result.nfev == 2 and result.nit == 1  # the start, then the first trial: w = 1
     assert float(w.detach()) == 1.0
 
 
@@ -99,3 +100,35 @@ def test_the_probe_objective_is_summed_in_float64() -> None:
     assert loss.dtype == torch.float64
     assert abs(float(loss.detach()) - (float(rows.double().mean()) + penalty)) < 1e-12
     assert abs(float(rows.mean()) - float(rows.double().mean())) > 1e-11  # a float32 sum would differ
+
+
+def test_an_objective_that_is_not_finite_is_not_convergence() -> None:
+    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+
+    def closure() -> torch.Tensor:
+        w.grad = None
+        loss = (w - 1.0).pow(2).sum()
+        loss.backward()
+        return loss * float("nan")
+
+    optimizer = ScipyLBFGSB([w])
+    optimizer.step(closure)
+    assert not optimizer.converged
+
+
+def test_a_parameter_the_objective_ignores_gets_a_zero_gradient_and_half_precision_is_refused() -> None:
+    used, unused = torch.zeros(2, requires_grad=True), torch.full((3,), 5.0, requires_grad=True)
+
+    def closure() -> torch.Tensor:
+        used.grad = unused.grad = None
+        loss = (used - 2.0).pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer = ScipyLBFGSB([used, unused])
+    optimizer.step(closure)
+    assert optimizer.converged
+    torch.testing.assert_close(used.detach(), torch.full((2,), 2.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(unused.detach(), torch.full((3,), 5.0), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        ScipyLBFGSB([torch.zeros(2, dtype=torch.float16, requires_grad=True)])

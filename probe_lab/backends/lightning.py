@@ -15,13 +15,15 @@ optimizer step (its line search needs the exact objective and gradient, so there
 optimizer=adamw streams minibatches with gradient accumulation, and EarlyStopping on validation AUROC
 decides when to stop.
 
-Lightning's float16 AMP refuses L-BFGS (its gradient scaler cannot serve a line search). The probe
-accumulates in float32 whatever the storage dtype (`LinearProbe`), so with L-BFGS and 16-mixed the
-activations are still held in float16 while the Trainer itself runs in 32-bit.
+Lightning's float16 AMP cannot serve a full-batch optimizer that calls its own closure: the gradient
+scaler would step the optimizer without the closure and scale the loss the line search reads. The
+probe accumulates in float32 whatever the storage dtype (`LinearProbe`), so with L-BFGS and 16-mixed
+the activations are still held in float16 while the Trainer itself runs in 32-bit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -244,7 +246,7 @@ class ProbeModule(pl.LightningModule):
         self.lbfgs_iterations, self.lbfgs_evaluations = int(result.nit), int(result.nfev)
         self.lbfgs_converged = lbfgs.converged
         if result.status != 0:
-            log.info("L-BFGS-B: %s", result.message)
+            (log.info if self.lbfgs_converged else log.warning)("L-BFGS-B stopped: %s", result.message)
         self.log("train_loss", float(loss), on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
         self.log("lbfgs_iterations", float(self.lbfgs_iterations), on_step=True, on_epoch=False)
         if self.lbfgs_converged:
@@ -282,7 +284,7 @@ class _GraphedEvaluation:
     """The module's objective and gradient on resident (x, y) as one CUDA graph, called once per
     L-BFGS evaluation: returns the loss and leaves the gradient in the parameters' `.grad`.
 
-    An evaluation is two reads of the resident data plus some sixty small kernels; launched one by
+    An evaluation is two reads of the resident data plus dozens of small kernels; launched one by
     one from Python they took longer than the reads (benchmarks/gpu_scale.py). The first call runs
     eagerly on a side stream, which serves as the warm-up that capture needs (lazy cuBLAS and
     autograd set-up happen outside the graph), then captures the graph there; later calls replay it.
@@ -327,12 +329,16 @@ class _GraphedEvaluation:
                 # and empties the allocator's cache before every capture.
                 graph.capture_begin()
                 try:
-                    self.loss, self.grads = self.loss_and_grads()
-                finally:
-                    graph.capture_end()
-                self.graph = graph
+                    loss, grads = self.loss_and_grads()
+                except BaseException:
+                    with contextlib.suppress(RuntimeError):  # keep the capture's own error
+                        graph.capture_end()
+                    raise
+                graph.capture_end()
+                self.loss, self.grads, self.graph = loss, grads, graph
             except RuntimeError as err:
-                log.info("evaluating without a CUDA graph (%s)", str(err).splitlines()[0])
+                reason = (str(err).splitlines() or [type(err).__name__])[0]
+                log.warning("evaluating without a CUDA graph, which is slower (%s)", reason)
                 self.eager = True
             self.capture_seconds = time.perf_counter() - start
         torch.cuda.current_stream(device).wait_stream(side)
