@@ -32,7 +32,10 @@ def feature_moments(dataset: ActivationDataset) -> tuple[np.ndarray, np.ndarray]
 
 
 def tensor_moments(
-    x: torch.Tensor, block_rows: int | None = None, sample_rows: int | None = None
+    x: torch.Tensor,
+    block_rows: int | None = None,
+    sample_rows: int | None = None,
+    work_dtype: torch.dtype | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mean, population std) of each column of a resident (N, D) tensor, computed where it lives
     (on the GPU for data held there), as float64 arrays.
@@ -40,6 +43,7 @@ def tensor_moments(
     block_rows: rows per working copy (by default 512 MB of them on a GPU, 32 MB on the CPU).
     sample_rows: estimate from this many evenly spaced rows instead of all of them (for uses that
     only need the scale of each feature, such as a preconditioner).
+    work_dtype: the working copies' dtype (by default float32 on a GPU, float64 on the CPU).
 
     Each block of rows is up-cast and reduced in one pass (`torch.var_mean`, Welford's update, so a
     large mean does not cancel), and the blocks are combined in float64 with Chan's formula, as
@@ -51,7 +55,7 @@ def tensor_moments(
     if sample_rows is not None and len(x) > sample_rows:
         spaced = torch.linspace(0, len(x) - 1, sample_rows, dtype=torch.float64, device=x.device)
         x = x.index_select(0, spaced.round().long())
-    work = torch.float32 if x.is_cuda else torch.float64
+    work = work_dtype or (torch.float32 if x.is_cuda else torch.float64)
     block_rows = block_rows or max(1, (512 << 20 if x.is_cuda else 32 << 20) // (work.itemsize * x.shape[1]))
     count = 0
     mean = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)

@@ -192,7 +192,7 @@ class DeviceTable(RowTable):
 
     def read(self, rows: np.ndarray, layer: int | None) -> torch.Tensor:
         source = self.tensor if self.layers is None else self.tensor[:, layer]
-        if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows) and bool(np.all(np.diff(rows) == 1)):
+        if len(rows) and bool(np.all(np.diff(rows) == 1)):
             return source[int(rows[0]) : int(rows[-1]) + 1]
         return source.index_select(0, torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device))
 
