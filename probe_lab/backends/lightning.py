@@ -229,19 +229,10 @@ class ProbeModule(pl.LightningModule):
         optimizer = self.optimizers()
         lbfgs = optimizer.optimizer
         start = time.perf_counter()
-        evaluate = _GraphedEvaluation(self, x, y) if x.is_cuda else None
-
-        def closure() -> torch.Tensor:
-            if evaluate is not None:
-                return evaluate()
-            lbfgs.zero_grad()
-            loss = self.objective(x, y)
-            loss.backward()
-            return loss
-
-        loss = optimizer.step(closure=closure)  # the objective where L-BFGS stopped
+        evaluate = _Evaluation(self, x, y)
+        loss = optimizer.step(closure=evaluate)  # the objective where L-BFGS stopped
         self.lbfgs_seconds = time.perf_counter() - start
-        self.capture_seconds = evaluate.capture_seconds if evaluate is not None else 0.0
+        self.capture_seconds = evaluate.capture_seconds
         result = lbfgs.result
         self.lbfgs_iterations, self.lbfgs_evaluations = int(result.nit), int(result.nfev)
         self.lbfgs_converged = lbfgs.converged
@@ -280,23 +271,24 @@ class ProbeModule(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=0.0)
 
 
-class _GraphedEvaluation:
-    """The module's objective and gradient on resident (x, y) as one CUDA graph, called once per
-    L-BFGS evaluation: returns the loss and leaves the gradient in the parameters' `.grad`.
+class _Evaluation:
+    """The module's objective and gradient on resident (x, y), called once per L-BFGS evaluation:
+    returns the loss and leaves the gradient in the parameters' `.grad`.
 
-    An evaluation is two reads of the resident data plus dozens of small kernels; launched one by
-    one from Python they took longer than the reads (benchmarks/gpu_scale.py). The first call runs
-    eagerly on a side stream, which serves as the warm-up that capture needs (lazy cuBLAS and
-    autograd set-up happen outside the graph), then captures the graph there; later calls replay it.
-    The parameters keep their storage (the optimizer writes them in place), so the graph stays
-    valid. If this build cannot capture, evaluations stay eager.
+    On a GPU it runs as one CUDA graph. An evaluation is two reads of the resident data plus dozens
+    of small kernels; launched one by one from Python they took longer than the reads
+    (benchmarks/gpu_scale.py). The first call runs eagerly on a side stream, which serves as the
+    warm-up that capture needs (lazy cuBLAS and autograd set-up happen outside the graph), then
+    captures the graph there; later calls replay it. The parameters keep their storage (the
+    optimizer writes them in place), so the graph stays valid. On the CPU, or if this build cannot
+    capture, evaluations run eagerly.
     """
 
     def __init__(self, module: ProbeModule, x: torch.Tensor, y: torch.Tensor) -> None:
         self.module, self.x, self.y = module, x, y
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.eager = False
+        self.eager = not x.is_cuda
         self.capture_seconds = 0.0
 
     def loss_and_grads(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
