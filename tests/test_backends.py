@@ -50,10 +50,10 @@ def test_raw_features_precondition_from_a_row_sample_and_keep_the_optimum(splits
 
     def recording_moments(x, block_rows=None, sample_rows=None):
         samples.append(sample_rows)
-        return stats.tensor_moments(x, block_rows, sample_rows)
+        return stats.device_moments(x, block_rows, sample_rows)
 
     monkeypatch.setattr(lightning, "PRECONDITIONER_ROWS", 100)
-    monkeypatch.setattr(lightning, "tensor_moments", recording_moments)
+    monkeypatch.setattr(lightning, "device_moments", recording_moments)
     pt = fit_on_cpu(TorchProbeTrainer, splits, standardize=standardize)
     sk = fit_on_cpu(SklearnProbeTrainer, splits, standardize=standardize)
     assert samples == [None if standardize else 100]

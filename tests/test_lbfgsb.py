@@ -85,7 +85,6 @@ def test_the_probe_objective_is_summed_in_float64() -> None:
     n = 200_000
     module = ProbeModule(
         probe,
-        torch.ones(1, 4),
         regularization=[1.0],
         n_train=n,
         optimizer=OptimizerName.lbfgs,

@@ -40,6 +40,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
@@ -49,7 +50,7 @@ from probe_lab.backends.lbfgsb import ScipyLBFGSB
 from probe_lab.data.datamodule import ProbeDataModule
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.splits import Splits
-from probe_lab.data.stats import feature_moments, tensor_moments
+from probe_lab.data.stats import device_moments, feature_moments
 from probe_lab.errors import ProbeLabError
 from probe_lab.linear_probe import LinearProbe
 from probe_lab.probe import ProbeWeights
@@ -160,6 +161,24 @@ def callback_entry_points_scanned_once() -> Iterator[None]:
         callback_connector._load_external_callbacks = load
 
 
+class CachingCUDAAccelerator(CUDAAccelerator):
+    """Lightning's CUDA accelerator without its cache clearing around every fit.
+
+    `CUDAAccelerator.setup` and `teardown` empty PyTorch's CUDA caching allocator and cuBLAS's
+    workspaces. probe_lab runs many fits in one process (repeats, sweeps, paths) on data it keeps on
+    the GPU, and after each clearing the next fit paid for its memory again with cudaMalloc and
+    cudaFree, and synchronized the device twice: about 5 ms of host time in a 45 ms fit at 70B width
+    (benchmarks/trainer_overhead.py). Memory a fit frees stays in PyTorch's cache for the next one,
+    as it does in any PyTorch program; `torch.cuda.empty_cache()` still returns it.
+    """
+
+    def setup(self, trainer: pl.Trainer) -> None:
+        self.set_nvidia_flags(trainer.local_rank)
+
+    def teardown(self) -> None:
+        pass
+
+
 class ProbeModule(pl.LightningModule):
     """Minimizes the L2-penalized logistic loss of a `LinearProbe`; logs train_loss and val_auroc.
 
@@ -171,7 +190,6 @@ class ProbeModule(pl.LightningModule):
     def __init__(
         self,
         probe: LinearProbe,
-        penalty_weights: torch.Tensor,
         *,
         regularization: list[float],
         n_train: int,
@@ -179,10 +197,14 @@ class ProbeModule(pl.LightningModule):
         learning_rate: float,
         max_iterations: int,
     ) -> None:
+        """The probe's coordinates start as they are (penalty weights 1) until `precondition`."""
         super().__init__()
         self.probe = probe
-        self.register_buffer("penalty_weights", penalty_weights.float())
+        self.register_buffer("penalty_weights", torch.ones(len(regularization), probe.input_dim))
         self.register_buffer("penalty_coef", torch.tensor(regularization).reshape(-1, 1) / (2.0 * n_train))
+        # reg / N per column in float64, for the preconditioner; derived, so not in checkpoints.
+        reg_over_n = torch.tensor(regularization, dtype=torch.float64).reshape(-1, 1) / n_train
+        self.register_buffer("reg_over_n", reg_over_n, persistent=False)
         self.optimizer_name = optimizer
         self.learning_rate = learning_rate
         self.max_iterations = max_iterations
@@ -194,6 +216,26 @@ class ProbeModule(pl.LightningModule):
         self.lbfgs_converged = False
         self.lbfgs_seconds = 0.0
         self.capture_seconds = 0.0  # capturing the CUDA graph of an evaluation
+
+    @torch.no_grad()
+    def precondition(self, mean: torch.Tensor, std: torch.Tensor, *, standardize: bool) -> None:
+        """Express each column of the probe in coordinates centered on the features' `mean` and
+        scaled by s, with s² = std² + 4·reg/N and penalty weights 1/s² on raw features, or s = std
+        and penalty weights 1 with standardize=true (the penalty of standardized features).
+
+        Computed where the module lives, in float64, without reading anything back to the host: on
+        a GPU the statistics' kernels may still be running, and nothing here waits for them.
+        """
+        device = self.penalty_weights.device
+        mean, std = mean.to(device, torch.float64), std.to(device, torch.float64)
+        if standardize:
+            scale = torch.where(std > 0, std, 1.0).expand_as(self.penalty_weights)
+            penalty_weights = torch.ones_like(scale)
+        else:
+            scale = (std**2 + 4.0 * self.reg_over_n).sqrt()
+            penalty_weights = scale**-2
+        self.probe.set_coordinates(mean, scale)
+        self.penalty_weights.copy_(penalty_weights)
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The penalized loss of the whole batch (a sum over the path's columns), as a float64 scalar.
@@ -405,15 +447,20 @@ class TorchProbeTrainer(ProbeTrainer):
             shuffle_reads=self.config.shuffle_reads,
             prefetch_batches=self.config.prefetch_batches,
         )
-        # Full batch: the statistics come from the resident copy, where it lives (one read of the data).
         start = time.perf_counter()
-        resident = datamodule.resident_train() if lbfgs else None
+        resident = datamodule.hold_whole() if lbfgs else None
         loaded = time.perf_counter()
+        # The module and the data are on the device before the statistics are queued: a copy from
+        # pageable host memory would wait for them. On a GPU nothing then waits for the statistics
+        # until L-BFGS reads its first evaluation, so they run while the Trainer sets up.
+        module = self._initial_module(train, optimizer, regularizations).to(target)
         if resident is None:
-            moments = feature_moments(train)
-        else:  # raw features only need each feature's scale, for the preconditioner: a sample gives it
-            moments = tensor_moments(resident, sample_rows=None if self.config.standardize else PRECONDITIONER_ROWS)
-        module = self._module(train, optimizer, regularizations, moments)
+            mean, std = (torch.from_numpy(m) for m in feature_moments(train))
+        else:  # full batch: from the resident copy, where it lives (one read of the data)
+            # Raw features only need each feature's scale, for the preconditioner: a sample gives it.
+            mean, std = device_moments(resident, sample_rows=None if self.config.standardize else PRECONDITIONER_ROWS)
+        module.precondition(mean, std, standardize=self.config.standardize)
+        # Host time: on a GPU the statistics themselves finish during the Trainer's set-up.
         stages = {"load_seconds": loaded - start, "statistics_seconds": time.perf_counter() - loaded}
         with tempfile.TemporaryDirectory(prefix="probe_lab-") as scratch:
             out_dir = self.run_dir or Path(scratch)
@@ -433,7 +480,7 @@ class TorchProbeTrainer(ProbeTrainer):
             trainer_precision = "32" if lbfgs and precision == "16-mixed" else precision
             with quiet_lightning(), callback_entry_points_scanned_once():
                 trainer = pl.Trainer(
-                    accelerator="gpu" if device == "cuda" else "cpu",
+                    accelerator=CachingCUDAAccelerator() if device == "cuda" else "cpu",
                     devices=devices,
                     precision=trainer_precision,  # type: ignore[arg-type]
                     max_epochs=1 if lbfgs else self.config.max_iterations,
@@ -483,28 +530,27 @@ class TorchProbeTrainer(ProbeTrainer):
         regularizations: list[float],
         moments: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> ProbeModule:
-        """The module for this data: one column per regularization value, each in its own
-        preconditioned coordinates (s² = σ² + 4·reg/N), all starting at the best constant predictor.
-        moments: the training split's per-feature (mean, std), computed here when not given."""
+        """The module for this data, on the CPU: one column per regularization value, each in its
+        own preconditioned coordinates (`ProbeModule.precondition`), all starting at the best
+        constant predictor. moments: the training split's per-feature (mean, std), computed here
+        when not given."""
         mean, std = moments if moments is not None else feature_moments(train)
-        n_train = len(train)
-        reg = np.asarray(regularizations, dtype=np.float64)[:, None]  # (K, 1)
-        if self.config.standardize:
-            scale = np.broadcast_to(np.where(std > 0, std, 1.0), (len(reg), len(std)))
-            penalty_weights = np.ones_like(scale)
-        else:
-            scale = np.sqrt(std**2 + 4.0 * reg / n_train)
-            penalty_weights = 1.0 / scale**2
+        module = self._initial_module(train, optimizer, regularizations)
+        module.precondition(torch.as_tensor(mean), torch.as_tensor(std), standardize=self.config.standardize)
+        return module
+
+    def _initial_module(
+        self, train: ActivationDataset, optimizer: OptimizerName, regularizations: list[float]
+    ) -> ProbeModule:
+        """The module before `precondition`: parameters at the best constant predictor."""
         probe = LinearProbe(self.input_dim, outputs=len(regularizations))
-        probe.set_coordinates(torch.tensor(mean, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32))
         positives = float(np.mean(train.labels))
-        with torch.no_grad():  # start at the best constant predictor
+        with torch.no_grad():
             probe.linear.bias.fill_(math.log(positives / (1.0 - positives)))
         return ProbeModule(
             probe,
-            torch.from_numpy(np.ascontiguousarray(penalty_weights)),
             regularization=list(regularizations),
-            n_train=n_train,
+            n_train=len(train),
             optimizer=optimizer,
             learning_rate=self.config.learning_rate,
             max_iterations=self.config.max_iterations,

@@ -69,8 +69,11 @@ class ProbeDataModule(pl.LightningDataModule):
         self._resident: dict[str, _WholeSplit] = {}
         self._streams: dict[str, StreamedBatches] = {}
 
-    def resident_train(self) -> torch.Tensor:
-        """The training split held whole on the device (full-batch mode): read once, then reused."""
+    def hold_whole(self) -> torch.Tensor:
+        """Full-batch mode: read the training split whole onto the device (and, on a GPU, the
+        validation split beside it) once, to be reused; returns the training activations."""
+        if self.device.type != "cpu":
+            self._whole("val", self.val)
         return self._whole("train", self.train).x
 
     def train_dataloader(self) -> DataLoader:

@@ -218,7 +218,7 @@ class ActivationDataset(Dataset):
         if device.type == "cpu":
             return self.to_tensor()
         if isinstance(self.table, DeviceTable) and _same_device(self.table.device, device):
-            return self.read(np.arange(len(self)))
+            return self.table.read(self._rows, self.layer)  # all rows, in this dataset's order
         out = torch.empty((len(self), self.dim), dtype=self.storage_dtype, device=device)
         chunk_rows = max(1, LOAD_CHUNK_BYTES // (self.dim * self.storage_dtype.itemsize))
         chunks = [(start, min(start + chunk_rows, len(self))) for start in range(0, len(self), chunk_rows)]

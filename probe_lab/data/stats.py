@@ -37,8 +37,20 @@ def tensor_moments(
     sample_rows: int | None = None,
     work_dtype: torch.dtype | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """`device_moments` as float64 arrays on the host."""
+    mean, std = device_moments(x, block_rows, sample_rows, work_dtype)
+    return mean.cpu().numpy(), std.cpu().numpy()
+
+
+def device_moments(
+    x: torch.Tensor,
+    block_rows: int | None = None,
+    sample_rows: int | None = None,
+    work_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, population std) of each column of a resident (N, D) tensor, computed where it lives
-    (on the GPU for data held there), as float64 arrays.
+    (on the GPU for data held there), as float64 tensors beside it. Nothing is read back to the
+    host, so on a GPU this only queues the work.
 
     block_rows: rows per working copy (by default 512 MB of them on a GPU, 32 MB on the CPU).
     sample_rows: estimate from this many evenly spaced rows instead of all of them (for uses that
@@ -68,4 +80,4 @@ def tensor_moments(
         mean += delta * (k / total)
         m2 += block_var.double() * k + delta**2 * (count * k / total)
         count = total
-    return mean.cpu().numpy(), (m2 / max(count, 1)).sqrt().cpu().numpy()
+    return mean, (m2 / max(count, 1)).sqrt()
