@@ -14,6 +14,8 @@ import argparse
 
 import torch
 
+from probe_lab.linear_probe import blocked_gradient_product
+
 
 def timed(fn, repeats: int = 20) -> float:
     """Median seconds of fn() on the current CUDA stream."""
@@ -61,11 +63,24 @@ def main() -> None:
     w2 = torch.randn(args.dim, k2, device="cuda").to(dtype)
     g2 = torch.randn(k2, args.n, device="cuda").to(dtype)
     w_half, g_half = w2[:, 0].contiguous(), g2[0].contiguous()
+    w16 = torch.cat([w2, w2.new_zeros(args.dim, -k2 % 16)], dim=1)  # zero columns up to 16
+    g16 = torch.cat([g2, g2.new_zeros(-k2 % 16, args.n)])
     cases = {
         "logits: mm(X, W hi|lo), float32 out": lambda: torch.mm(x, w2, out_dtype=torch.float32),
+        "logits: mm(X, W hi|lo + zero columns to 16), float32 out": lambda: torch.mm(x, w16, out_dtype=torch.float32),
+        "logits: mm(Wᵀ hi|lo + zero rows to 16, Xᵀ)ᵀ, float32 out": lambda: (
+            torch.mm(w16.T, x.T, out_dtype=torch.float32).T
+        ),
         "logits: mv(X, w) half out (cuBLAS gemv reference)": lambda: torch.mv(x, w_half),
         "gradient: mm(G hi|lo, X), float32 out": lambda: torch.mm(g2, x, out_dtype=torch.float32),
+        "gradient: mm(G hi|lo + zero rows to 16, X), float32 out": lambda: torch.mm(g16, x, out_dtype=torch.float32),
+        "gradient: blocked_gradient_product(G hi|lo, X), float32 out (probe_lab)": lambda: blocked_gradient_product(
+            g2, x
+        ),
         "gradient: mm(Xᵀ, G hi|lo), float32 out": lambda: torch.mm(x.T, g2.T, out_dtype=torch.float32),
+        "gradient: mm(Xᵀ, G hi|lo + zero rows to 16)ᵀ, float32 out": lambda: torch.mm(
+            x.T, g16.T, out_dtype=torch.float32
+        ),
         "gradient: mv(Xᵀ, g) half out (cuBLAS gemv reference)": lambda: torch.mv(x.T, g_half),
     }
     for splits in (8, 16, 32, 64, 128):

@@ -28,6 +28,8 @@ from torch import nn
 # small enough that the float32 copy of a block stays in cache instead of doubling memory use.
 _BLOCK_ROWS = 16384
 _OUTPUT_COLUMNS = 16
+# Rows of X per gradient product on a GPU (`blocked_gradient_product`).
+_GRADIENT_BLOCK_ROWS = 1 << 16
 
 
 class _Float32Linear(torch.autograd.Function):
@@ -127,9 +129,28 @@ def _half_left(x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
 def _half_right(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """rows (K, N) float32 @ x (N, D) half → (K, D) float32, reading x once."""
     terms, scale = _split_terms(rows, x.dtype)
-    products = torch.mm(torch.cat(terms, dim=0), x, out_dtype=torch.float32)
+    products = blocked_gradient_product(torch.cat(terms, dim=0), x)
     k = rows.shape[0]
     return sum(products[i * k : (i + 1) * k] for i in range(len(terms))) / scale
+
+
+def blocked_gradient_product(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """rows (R, N) @ x (N, D), both half precision, → (R, D) float32: the sum of the products of
+    blocks of _GRADIENT_BLOCK_ROWS rows of x, each with a contiguous copy of its columns of `rows`.
+
+    For a few rows against long x, cuBLAS picks kernels whose speed swings with N: on an H200 one
+    product read 157,286 × 8192 float16 in 1.26× the copy time and 629,145 × 8192 in 3.75×, and
+    blocks that are strided views of `rows` were no faster; contiguous blocks of 65,536 rows took
+    1.11× and 1.18× (benchmarks/half_products.py).
+    """
+    total = None
+    for start in range(0, len(x), _GRADIENT_BLOCK_ROWS):
+        block = slice(start, start + _GRADIENT_BLOCK_ROWS)
+        product = torch.mm(rows[:, block].contiguous(), x[block], out_dtype=torch.float32)
+        total = product if total is None else total.add_(product)
+    if total is None:  # no rows
+        return torch.zeros((rows.shape[0], x.shape[1]), dtype=torch.float32, device=x.device)
+    return total
 
 
 def _affine(

@@ -231,3 +231,31 @@ def test_lightning_scans_callback_entry_points_once(monkeypatch) -> None:
         assert callback_connector._load_external_callbacks is loader
     assert scans == ["with_factories", "empty"]
     backend._has_entry_points.cache_clear()
+
+
+def test_callbacks_given_to_the_trainer_join_lightnings_own(splits) -> None:
+    """Callbacks passed to TorchProbeTrainer see the fit (one L-BFGS step, one validation) beside
+    probe_lab's own checkpointing."""
+    import lightning.pytorch as pl
+
+    class Recorder(pl.Callback):
+        def __init__(self) -> None:
+            self.hooks: list[str] = []
+
+        def on_fit_start(self, trainer, pl_module) -> None:
+            self.hooks.append("fit_start")
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.hooks.append("train_batch_end")
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            self.hooks.append("validation_end")
+            assert any(isinstance(callback, pl.callbacks.ModelCheckpoint) for callback in trainer.callbacks)
+
+        def on_fit_end(self, trainer, pl_module) -> None:
+            self.hooks.append("fit_end")
+
+    recorder = Recorder()
+    trainer = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(device="cpu"), callbacks=[recorder])
+    trainer.fit_datasets(splits.train, splits.val)
+    assert recorder.hooks == ["fit_start", "train_batch_end", "validation_end", "fit_end"]

@@ -117,13 +117,18 @@ def test_regularization_path_on_the_gpu_matches_the_cpu(splits) -> None:
         assert abs(on_cpu["val_auroc"] - on_gpu["val_auroc"]) <= 0.002
 
 
+@pytest.mark.parametrize("gradient_block_rows", [None, 7000])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_products_keep_float32_accuracy(dtype: torch.dtype) -> None:
+def test_half_precision_products_keep_float32_accuracy(dtype: torch.dtype, gradient_block_rows, monkeypatch) -> None:
     """Logits and gradients from half-precision activations on the GPU match float32 math on the same
     (rounded) values to float32's order of error, |x|·|w|·2⁻²⁰: the weights and the per-row
-    gradients are not rounded to half precision."""
+    gradients are not rounded to half precision. Also when the gradient is summed over blocks of
+    rows (as it is for long activations), the last one shorter than the others."""
+    from probe_lab import linear_probe
     from probe_lab.linear_probe import LinearProbe
 
+    if gradient_block_rows is not None:
+        monkeypatch.setattr(linear_probe, "_GRADIENT_BLOCK_ROWS", gradient_block_rows)
     bits = 20
     torch.manual_seed(0)
     x = (torch.randn(50000, 300, device="cuda") * torch.logspace(-2, 1.5, 300, device="cuda") + 3.0).to(dtype)

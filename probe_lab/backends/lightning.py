@@ -30,7 +30,7 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -395,6 +395,19 @@ class TorchProbeTrainer(ProbeTrainer):
 
     backend = "pytorch"
 
+    def __init__(
+        self,
+        input_dim: int,
+        config: ProbeTrainingConfig | None = None,
+        *,
+        run_dir: str | Path | None = None,
+        progress_bar: bool = False,
+        callbacks: Sequence[pl.Callback] = (),
+    ) -> None:
+        """callbacks: Lightning callbacks added to the Trainer's own (checkpointing, early stopping)."""
+        super().__init__(input_dim, config, run_dir=run_dir, progress_bar=progress_bar)
+        self.callbacks = list(callbacks)
+
     def _check_config(self) -> None:
         if self.config.penalty is not Penalty.l2:
             raise ProbeLabError("probe.penalty=l1 is supported by the sklearn backend only (use backend=sklearn)")
@@ -472,7 +485,7 @@ class TorchProbeTrainer(ProbeTrainer):
                 save_weights_only=True,
                 filename="best-{epoch}-{val_auroc:.4f}",
             )
-            callbacks: list[pl.Callback] = [checkpoint]
+            callbacks: list[pl.Callback] = [checkpoint, *self.callbacks]
             if self.config.early_stopping:
                 callbacks.append(
                     EarlyStopping(monitor="val_auroc", mode="max", patience=self.config.early_stopping_patience)
