@@ -138,10 +138,10 @@ def blocked_gradient_product(rows: torch.Tensor, x: torch.Tensor) -> torch.Tenso
     """rows (R, N) @ x (N, D), both half precision, → (R, D) float32: the sum of the products of
     blocks of _GRADIENT_BLOCK_ROWS rows of x, each with a contiguous copy of its columns of `rows`.
 
-    For a few rows against long x, cuBLAS picks kernels whose speed swings with N: on an H200 one
-    product read 157,286 × 8192 float16 in 1.26× the copy time and 629,145 × 8192 in 3.75×, and
-    blocks that are strided views of `rows` were no faster; contiguous blocks of 65,536 rows took
-    1.11× and 1.18× (benchmarks/half_products.py).
+    For a few rows against long x, cuBLAS's choice of kernel swings with N: on an H200 one product
+    read 629,145 × 8192 float16 at 0.27 of the copy bandwidth (9.1 ms), these blocks at 0.86
+    (2.8 ms); at 157,286 rows one product read at 0.78 (benchmarks/half_products.py). Blocks that
+    are strided views of `rows` were as slow as one product, hence the copies (K × 65,536 values).
     """
     total = None
     for start in range(0, len(x), _GRADIENT_BLOCK_ROWS):
