@@ -78,7 +78,7 @@ def main() -> None:
             g2, x
         ),
         "gradient: mm(Xᵀ, G hi|lo), float32 out": lambda: torch.mm(x.T, g2.T, out_dtype=torch.float32),
-        "gradient: mm(Xᵀ, G hi|lo + zero rows to 16)ᵀ, float32 out": lambda: torch.mm(
+        "gradient: mm(Xᵀ, G hi|lo + zero rows to 16), float32 out": lambda: torch.mm(
             x.T, g16.T, out_dtype=torch.float32
         ),
         "gradient: mv(Xᵀ, g) half out (cuBLAS gemv reference)": lambda: torch.mv(x.T, g_half),

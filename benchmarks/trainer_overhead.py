@@ -9,7 +9,9 @@ after one unmeasured fit (CUDA context, imports), and prints per fit, in millise
 fit time; its own stages before the Trainer starts (loading, statistics); the Trainer's phases as a
 callback sees them (set-up up to the training step, the step and the L-BFGS loop inside it, the
 validation pass, checkpointing and the end of the epoch, teardown); and what remains (the Trainer's
-construction and set-up before `on_fit_start`, the module, reading the weights back). With
+construction and set-up before `on_fit_start`, reading the weights back). "statistics" is host time
+and includes building the module; on a GPU the statistics' kernels finish during the Trainer's
+set-up. Full-batch L-BFGS only: the data must fit the device's memory budget. With
 `--profile K`, profiles one more fit and prints its K largest cumulative entries.
 
 The defaults (6000 × 256) show the Trainer's fixed cost on data too small to matter; `--n 262144
@@ -43,6 +45,7 @@ class PhaseTimer(pl.Callback):
         self.at[hook] = time.perf_counter()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.at.clear()
         self._mark("fit_start")
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
@@ -98,6 +101,8 @@ def main() -> None:
     for _ in range(args.repeats):
         trainer = fit()
         d, fit_seconds = trainer.fit_details, trainer.fit_seconds or 0.0
+        if d["optimizer"] != "lbfgs":
+            raise SystemExit(f"the fit used {d['optimizer']}, not full-batch L-BFGS: use less data")
         phases = [
             timer.between("fit_start", "train_batch_start"),
             timer.between("train_batch_start", "train_batch_end"),

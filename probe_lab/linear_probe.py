@@ -135,8 +135,9 @@ def _half_right(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def blocked_gradient_product(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """rows (R, N) @ x (N, D), both half precision, → (R, D) float32: the sum of the products of
-    blocks of _GRADIENT_BLOCK_ROWS rows of x, each with a contiguous copy of its columns of `rows`.
+    """rows (R, N) @ x (N, D), both of one half-precision dtype (the caller's guarantee), → (R, D)
+    float32: the sum of the products of blocks of _GRADIENT_BLOCK_ROWS rows of x, each with a
+    contiguous copy of its columns of `rows`.
 
     For a few rows against long x, cuBLAS's choice of kernel swings with N: on an H200 one product
     read 629,145 × 8192 float16 at 0.27 of the copy bandwidth (9.1 ms), these blocks at 0.86

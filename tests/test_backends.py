@@ -259,3 +259,26 @@ def test_callbacks_given_to_the_trainer_join_lightnings_own(splits) -> None:
     trainer = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(device="cpu"), callbacks=[recorder])
     trainer.fit_datasets(splits.train, splits.val)
     assert recorder.hooks == ["fit_start", "train_batch_end", "validation_end", "fit_end"]
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_preconditioner_follows_each_columns_regularization(splits, standardize) -> None:
+    """Raw features: scale² = std² + 4·reg/N and penalty weights 1/scale² for each column of a path;
+    standardized ones: scale = std (1 where a feature is constant) and penalty weights 1."""
+    path = [0.1, 10.0, 1000.0]
+    trainer = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(device="cpu", standardize=standardize))
+    module = trainer._initial_module(splits.train, trainer.optimizer_for(splits.train), path)
+    rng = np.random.default_rng(0)
+    mean, std = rng.normal(size=splits.train.dim), rng.uniform(0.1, 3.0, size=splits.train.dim)
+    std[:3] = 0.0
+    module.precondition(torch.from_numpy(mean), torch.from_numpy(std), standardize=standardize)
+    n = len(splits.train)
+    if standardize:
+        scale = np.broadcast_to(np.where(std > 0, std, 1.0), (len(path), len(std)))
+        penalty = np.ones_like(scale)
+    else:
+        scale = np.sqrt(std**2 + 4.0 * np.asarray(path)[:, None] / n)
+        penalty = 1.0 / scale**2
+    np.testing.assert_allclose(module.probe.scale.numpy(), scale, rtol=1e-6)
+    np.testing.assert_allclose(module.penalty_weights.numpy(), penalty, rtol=1e-6)
+    np.testing.assert_allclose(module.probe.center.numpy(), mean, rtol=1e-6)

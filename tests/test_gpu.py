@@ -218,3 +218,33 @@ def test_gpu_tensors_train_with_adamw_and_float64_is_held_as_float32(splits) -> 
     assert trainer.fit_details["optimizer"] == "adamw"
     assert auroc(splits.test.labels, trainer.decision_function(splits.test)) > 0.8
     assert ActivationDataset(x.double(), splits.train.labels).storage_dtype == torch.float32
+
+
+@pytest.mark.filterwarnings("ignore:Synchronization debug mode is a prototype feature")
+def test_fits_keep_the_cuda_cache_and_statistics_do_not_sync(splits, monkeypatch) -> None:
+    """Lightning's accelerator would empty the CUDA cache around every fit; probe_lab's does not.
+    The statistics and the preconditioner only queue work on the GPU: no host sync."""
+    from lightning.pytorch.accelerators import cuda as lightning_cuda
+
+    from probe_lab.backends.lightning import CachingCUDAAccelerator
+    from probe_lab.data.stats import device_moments
+
+    clears = []
+    monkeypatch.setattr(lightning_cuda, "_clear_cuda_memory", lambda: clears.append(1))
+    for _ in range(2):
+        assert _fit(splits, device="cuda").fit_details["converged"]
+    assert clears == []
+    assert issubclass(CachingCUDAAccelerator, lightning_cuda.CUDAAccelerator)  # Lightning's, otherwise
+
+    trainer = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(device="cuda", regularization=[1.0, 100.0]))
+    x = splits.train.to_device("cuda")
+    for standardize in (False, True):
+        module = trainer._initial_module(splits.train, trainer.optimizer_for(splits.train), [1.0, 100.0]).cuda()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            mean, std = device_moments(x, sample_rows=None if standardize else 1000)
+            module.precondition(mean, std, standardize=standardize)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.isfinite(module.probe.scale).all()

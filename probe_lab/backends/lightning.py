@@ -169,7 +169,9 @@ class CachingCUDAAccelerator(CUDAAccelerator):
     the GPU, and after each clearing the next fit paid for its memory again and synchronized the
     device twice: in a profiled fit at 70B width (2.6 GB of activations, H200), cudaMalloc and
     cudaFree took 5.3 ms of host time. Memory a fit frees stays in PyTorch's cache for the next one,
-    as it does in any PyTorch program; `torch.cuda.empty_cache()` still returns it.
+    as it does in any PyTorch program, and cuBLAS keeps its workspaces: `torch.cuda.empty_cache()`
+    returns the cache, `torch._C._cuda_clearCublasWorkspaces()` the workspaces (what Lightning did).
+    Overrides the parent's `setup` and `teardown` whole: `setup` keeps the rest of what it does.
     """
 
     def setup(self, trainer: pl.Trainer) -> None:
@@ -404,7 +406,8 @@ class TorchProbeTrainer(ProbeTrainer):
         progress_bar: bool = False,
         callbacks: Sequence[pl.Callback] = (),
     ) -> None:
-        """callbacks: Lightning callbacks added to the Trainer's own (checkpointing, early stopping)."""
+        """callbacks: Lightning callbacks added to the Trainer's own (checkpointing, early stopping);
+        the same objects serve every fit of this trainer, so stateful ones carry their state over."""
         super().__init__(input_dim, config, run_dir=run_dir, progress_bar=progress_bar)
         self.callbacks = list(callbacks)
 
@@ -473,7 +476,8 @@ class TorchProbeTrainer(ProbeTrainer):
             # Raw features only need each feature's scale, for the preconditioner: a sample gives it.
             mean, std = device_moments(resident, sample_rows=None if self.config.standardize else PRECONDITIONER_ROWS)
         module.precondition(mean, std, standardize=self.config.standardize)
-        # Host time: on a GPU the statistics themselves finish during the Trainer's set-up.
+        # Host time of the module, the statistics and the preconditioner: on a GPU the statistics
+        # themselves finish during the Trainer's set-up.
         stages = {"load_seconds": loaded - start, "statistics_seconds": time.perf_counter() - loaded}
         with tempfile.TemporaryDirectory(prefix="probe_lab-") as scratch:
             out_dir = self.run_dir or Path(scratch)
