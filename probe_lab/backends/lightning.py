@@ -203,10 +203,10 @@ class ProbeModule(pl.LightningModule):
         super().__init__()
         self.probe = probe
         self.register_buffer("penalty_weights", torch.ones(len(regularization), probe.input_dim))
-        self.register_buffer("penalty_coef", torch.tensor(regularization).reshape(-1, 1) / (2.0 * n_train))
         # reg / N per column in float64, for the preconditioner; derived, so not in checkpoints.
         reg_over_n = torch.tensor(regularization, dtype=torch.float64).reshape(-1, 1) / n_train
         self.register_buffer("reg_over_n", reg_over_n, persistent=False)
+        self.register_buffer("penalty_coef", (reg_over_n / 2.0).float())  # of the objective
         self.optimizer_name = optimizer
         self.learning_rate = learning_rate
         self.max_iterations = max_iterations

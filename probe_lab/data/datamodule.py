@@ -72,9 +72,14 @@ class ProbeDataModule(pl.LightningDataModule):
     def hold_whole(self) -> torch.Tensor:
         """Full-batch mode: read the training split whole onto the device (and, on a GPU, the
         validation split beside it) once, to be reused; returns the training activations."""
-        if self.device.type != "cpu":
+        if self._val_beside_train:
             self._whole("val", self.val)
         return self._whole("train", self.train).x
+
+    @property
+    def _val_beside_train(self) -> bool:
+        """Full batch on a GPU: the validation split is held whole there too."""
+        return self.full_batch and self.device.type != "cpu"
 
     def train_dataloader(self) -> DataLoader:
         if self.full_batch:
@@ -82,7 +87,7 @@ class ProbeDataModule(pl.LightningDataModule):
         return self._loader("train", self.train, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        if self.full_batch and self.device.type != "cpu":  # on a GPU, held beside the training split
+        if self._val_beside_train:
             return DataLoader(self._whole("val", self.val), batch_size=None)
         return self._loader("val", self.val, shuffle=False)
 
