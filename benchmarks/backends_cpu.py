@@ -27,13 +27,14 @@ from plain_lbfgs import minimize
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
-from probe_lab.backends.lightning import TorchProbeTrainer
+from probe_lab.backends.pytorch import TorchProbeTrainer
 from probe_lab.backends.sklearn import SklearnProbeTrainer
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.splits import Splits, split_dataset
 from probe_lab.data.synthetic import activation_like, seed_task
+from probe_lab.fit.module import prepared_module
 from probe_lab.metrics import auroc
-from probe_lab.settings import ProbeTrainingConfig
+from probe_lab.settings import OptimizerName, ProbeTrainingConfig
 
 
 def seed_trainer(splits: Splits, regularization: float = 100.0, patience: int = 5, max_epochs: int = 2000):
@@ -69,11 +70,11 @@ def seed_trainer(splits: Splits, regularization: float = 100.0, patience: int = 
 
 def lbfgs_evaluations(splits: Splits, preconditioned: bool, regularization: float = 100.0):
     """Plain full-batch L-BFGS on probe_lab's objective, with or without its coordinates."""
-    trainer = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(device="cpu", regularization=regularization))
-    module = trainer._module(splits.train, trainer.optimizer_for(splits.train), [trainer.config.regularization])
+    config = ProbeTrainingConfig(device="cpu", regularization=regularization)
+    module = prepared_module(splits.train, [regularization], config, OptimizerName.lbfgs)
     if not preconditioned:
         module.probe.set_coordinates(torch.zeros(splits.train.dim), torch.ones(splits.train.dim))
-        module.penalty_weights.fill_(1.0)
+        module.objective.penalty_weights.fill_(1.0)
     x = torch.from_numpy(splits.train.materialize())
     y = torch.from_numpy(splits.train.labels).float()
     seconds, evaluations = minimize(module, x, y)

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probe_lab.data.store import ActivationStore
 from probe_lab.data.synthetic import activation_like, activation_like_tensor
+from probe_lab.store import ActivationStore
 
 BLOCK_ROWS = 16384
 

@@ -43,13 +43,13 @@ from threadpoolctl import threadpool_info
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 
-from probe_lab.backends.lightning import TorchProbeTrainer
+from probe_lab.backends.pytorch import TorchProbeTrainer
 from probe_lab.backends.sklearn import SklearnProbeTrainer
 from probe_lab.data.dataset import ActivationDataset
-from probe_lab.data.stats import tensor_moments
 from probe_lab.data.synthetic import activation_like_tensor
+from probe_lab.fit.module import prepared_module
 from probe_lab.metrics import auroc
-from probe_lab.settings import ProbeTrainingConfig
+from probe_lab.settings import OptimizerName, ProbeTrainingConfig
 
 
 @dataclass
@@ -134,13 +134,12 @@ def backend_passes(trainer: TorchProbeTrainer) -> int:
 
 
 def plain_lbfgs(data: Data, args: argparse.Namespace) -> tuple[float, int, float]:
-    """The backend's objective, coordinates (statistics from every row) and optimizer, in a plain loop
+    """The backend's objective, coordinates (its statistics) and optimizer, in a plain loop
     with no Lightning and no CUDA graph."""
     train = data.datasets()[0]
-    trainer = TorchProbeTrainer(train.dim, ProbeTrainingConfig(device=args.device, regularization=args.regularization))
-    optimizer_name = trainer.optimizer_for(train)
+    config = ProbeTrainingConfig(device=args.device, regularization=args.regularization)
     x = data.train
-    module = trainer._module(train, optimizer_name, [args.regularization], tensor_moments(x)).to(x.device)
+    module = prepared_module(train, [args.regularization], config, OptimizerName.lbfgs, device=x.device, resident=x)
     y = torch.from_numpy(data.y_train).float().to(x.device)
     seconds, evaluations = minimize(module, x, y)
     weight = module.probe.raw_weight().to(x.device)

@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from probe_lab.linear_probe import blocked_gradient_product
+from probe_lab.fit.linear_probe import blocked_gradient_product
 
 
 def timed(fn, repeats: int = 20) -> float:

@@ -4,7 +4,7 @@ float64 blocks and a device-to-device copy.
     python benchmarks/moments.py [--n 157286] [--dim 8192] [--dtype float16]
 
 The pytorch backend centers and scales features with each one's mean and std, computed on the
-resident training split (`probe_lab.data.stats.tensor_moments`): from every row with
+resident training split (`probe_lab.data.stats.device_moments`): from every row with
 standardize=true, from 16384 sampled rows for raw features (where they only precondition). On
 activation-like data (outlier dimensions, non-zero mean) this times both, the same Welford blocks
 up-cast to float64 instead (`work_dtype`), and a copy of the data; it prints milliseconds, copies' worth
@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import functools
 
-import numpy as np
 import torch
 from half_products import timed
 
-from probe_lab.backends.lightning import PRECONDITIONER_ROWS
-from probe_lab.data.stats import tensor_moments
+from probe_lab.data.stats import device_moments
 from probe_lab.data.synthetic import activation_like_tensor
+from probe_lab.fit.objective import PRECONDITIONER_ROWS
 
 
 def main() -> None:
@@ -38,21 +37,21 @@ def main() -> None:
     del scratch
     rows = [
         ("device-to-device copy", copy),
-        ("float32 blocks, every row (standardize=true)", timed(lambda: tensor_moments(x))),
+        ("float32 blocks, every row (standardize=true)", timed(lambda: device_moments(x))),
         (
             f"float32 blocks, {PRECONDITIONER_ROWS} sampled rows (raw features)",
-            timed(lambda: tensor_moments(x, sample_rows=PRECONDITIONER_ROWS)),
+            timed(lambda: device_moments(x, sample_rows=PRECONDITIONER_ROWS)),
         ),
-        ("float64 blocks, every row", timed(lambda: tensor_moments(x, work_dtype=torch.float64))),
+        ("float64 blocks, every row", timed(lambda: device_moments(x, work_dtype=torch.float64))),
     ]
-    _, exact_std = tensor_moments(x, work_dtype=torch.float64)
-    _, std = tensor_moments(x)
+    _, exact_std = device_moments(x, work_dtype=torch.float64)
+    _, std = device_moments(x)
     print(f"{args.n} x {args.dim} {args.dtype} ({gigabytes:.2f} GB) on {torch.cuda.get_device_name()}")
     print("| statistics | ms | copies |")
     print("| --- | ---: | ---: |")
     for name, seconds in rows:
         print(f"| {name} | {seconds * 1e3:.2f} | {seconds / copy:.2f} |")
-    print(f"float32 blocks vs float64: largest relative std error {float(np.abs(std / exact_std - 1).max()):.1e}")
+    print(f"float32 blocks vs float64: largest relative std error {float((std / exact_std - 1).abs().max()):.1e}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from probe_lab.backends.lightning import ProbeModule
+from probe_lab.fit.module import ProbeModule
 
 
 def minimize(module: ProbeModule, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
@@ -20,7 +20,7 @@ def minimize(module: ProbeModule, x: torch.Tensor, y: torch.Tensor) -> tuple[flo
         nonlocal evaluations
         evaluations += 1
         optimizer.zero_grad()
-        loss = module.objective(x, y)
+        loss = module.loss(x, y)
         loss.backward()
         return loss
 

@@ -21,7 +21,7 @@ from datetime import date
 import numpy as np
 import torch
 
-from probe_lab.backends.lightning import TorchProbeTrainer
+from probe_lab.backends.pytorch import TorchProbeTrainer
 from probe_lab.backends.sklearn import SklearnProbeTrainer
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.splits import split_dataset

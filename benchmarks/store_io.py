@@ -63,11 +63,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from probe_lab.convert import convert
-from probe_lab.data.datamodule import ProbeDataModule
-from probe_lab.data.dataset import ActivationDataset, natural_sorted
+from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.sources import DataConfig
-from probe_lab.data.store import ActivationStore
+from probe_lab.data.tensor_files import natural_sorted
+from probe_lab.fit.datamodule import ProbeDataModule
 from probe_lab.settings import ProbeSettings
+from probe_lab.store import ActivationStore
 
 GB = 1e9
 MB = 1 << 20

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probe_lab.data.datamodule import ProbeDataModule
-from probe_lab.data.store import ActivationStore
+from probe_lab.fit.datamodule import ProbeDataModule
+from probe_lab.store import ActivationStore
 
 READ_BYTES = 32 << 20
 

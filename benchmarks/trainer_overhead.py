@@ -29,7 +29,7 @@ import time
 import lightning.pytorch as pl
 import torch
 
-from probe_lab.backends.lightning import TorchProbeTrainer
+from probe_lab.backends.pytorch import TorchProbeTrainer
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.synthetic import activation_like_tensor
 from probe_lab.settings import ProbeTrainingConfig

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "ActivationDataset": "probe_lab.data.dataset",
-    "ActivationStore": "probe_lab.data.store",
-    "LinearProbe": "probe_lab.linear_probe",
+    "ActivationStore": "probe_lab.store",
+    "LinearProbe": "probe_lab.fit.linear_probe",
     "Probe": "probe_lab.detector",
     "ProbeDetector": "probe_lab.detector",
     "ProbeLabError": "probe_lab.errors",
@@ -20,7 +20,7 @@ _EXPORTS = {
     "ProbeTrainingConfig": "probe_lab.settings",
     "ProbeWeights": "probe_lab.probe",
     "SklearnProbeTrainer": "probe_lab.backends.sklearn",
-    "TorchProbeTrainer": "probe_lab.backends.lightning",
+    "TorchProbeTrainer": "probe_lab.backends.pytorch",
     "create_probe_trainer": "probe_lab.api",
     "load_probe": "probe_lab.probe",
     "save_probe": "probe_lab.probe",
@@ -45,15 +45,15 @@ __all__ = [
 
 if TYPE_CHECKING:
     from probe_lab.api import ProbeTrainerFactory, create_probe_trainer
-    from probe_lab.backends.lightning import TorchProbeTrainer
+    from probe_lab.backends.pytorch import TorchProbeTrainer
     from probe_lab.backends.sklearn import SklearnProbeTrainer
     from probe_lab.data.dataset import ActivationDataset
-    from probe_lab.data.store import ActivationStore
     from probe_lab.detector import Probe, ProbeDetector
     from probe_lab.errors import ProbeLabError
-    from probe_lab.linear_probe import LinearProbe
+    from probe_lab.fit.linear_probe import LinearProbe
     from probe_lab.probe import ProbeWeights, load_probe, save_probe
     from probe_lab.settings import ProbeTrainingConfig
+    from probe_lab.store import ActivationStore
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,7 @@
 """`python -m probe_lab [overrides]`: compose the config with Hydra and train one probe.
 
 With `-m` (Hydra multirun) it trains one probe per combination of the swept values; a job that fails is
-recorded in its folder and the sweep goes on, and `probe_lab.sweep.SweepSummary` summarizes them all.
+recorded in its folder and the sweep goes on, and `probe_lab.report.sweep.callback.SweepSummary` summarizes them all.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from probe_lab.config import register_configs
 from probe_lab.errors import ProbeLabError
-from probe_lab.run import run
-from probe_lab.sweep import error_line, record_failure
+from probe_lab.report.sweep.job import error_line, record_failure, start_job
+from probe_lab.settings.schema import register_configs
 
 register_configs()
 
@@ -27,6 +26,8 @@ register_configs()
 @hydra.main(version_base=None, config_path="pkg://probe_lab.conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Returns the validation AUROC, for Hydra sweepers that optimize it (NaN for a failed job of a sweep)."""
+    from probe_lab.run import run  # torch, sklearn, matplotlib: only once a config has composed (not for --help)
+
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -43,12 +44,15 @@ def sweep_job(cfg: DictConfig, out_dir: Path) -> float:
     """One job of a multirun. A failure is printed and written to the job's error.txt instead of raised:
     an exception or sys.exit here would stop the sweep before the other jobs run and before its summary.
     """
+    from probe_lab.run import run
+
+    job_id = start_job(out_dir)
     try:
-        result = run(cfg, out_dir)
+        result = run(cfg, out_dir, job_id)
     except Exception as err:
         line = error_line(err)
         print(f"probe_lab: error: {line}", file=sys.stderr)
-        record_failure(out_dir, line, "" if isinstance(err, ProbeLabError) else traceback.format_exc())
+        record_failure(out_dir, line, "" if isinstance(err, ProbeLabError) else traceback.format_exc(), job_id)
         return math.nan
     return result.val_auroc
 

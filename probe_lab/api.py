@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from probe_lab.backends import BACKEND_NAMES, backend_class
+from probe_lab.backends import backend_class
 from probe_lab.backends.base import ProbeTrainer
 from probe_lab.errors import ProbeLabError
-from probe_lab.resolver import resolve_backend
 from probe_lab.settings import ProbeTrainingConfig
+from probe_lab.settings.backend import BACKEND_NAMES, resolve_backend
 
 
 class ProbeTrainerFactory:

@@ -10,9 +10,7 @@ interrupted conversion leaves nothing behind, and an existing store is replaced 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +18,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from probe_lab.data.dataset import natural_sorted
-from probe_lab.data.sources import TENSOR_SUFFIXES, read_labels
-from probe_lab.data.store import MANIFEST, ActivationStore, Manifest
-from probe_lab.data.tables import DTYPES, MappedFile, load_tensor_file, map_npy, nonfinite_rows
+from probe_lab.artifacts import staged_folder
+from probe_lab.data.sources import read_labels
+from probe_lab.data.tables import DTYPES, MappedFile, map_npy, nonfinite_rows
+from probe_lab.data.tensor_files import as_vector, list_tensor_files, load_tensor_file, sample_shape
 from probe_lab.errors import ProbeLabError
+from probe_lab.store import MANIFEST, ActivationStore, Manifest
 
 PROG = "probe_lab.convert"
 BLOCK_MB = 64
@@ -84,10 +83,8 @@ def convert(
     if len(labels) != source.rows:
         raise ProbeLabError(f"{labels_path}: {len(labels)} labels but {src} holds {source.rows} rows")
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = _sibling(dst, "partial")
     target = DTYPES[dtype]
-    try:
+    with staged_folder(dst) as staging:
         writer = ActivationStore.create(staging, source.dim, source.layers, dtype, shard_mb=shard_mb, overwrite=True)
         nonfinite = 0
         with writer, tqdm(total=source.rows, unit="rows", desc="convert", disable=not progress) as bar:
@@ -103,9 +100,6 @@ def convert(
                 writer.append(cast, labels[start : start + len(block)])
                 bar.update(len(block))
         manifest = Manifest.read(staging / MANIFEST)
-        _publish(staging, dst)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     if nonfinite:
         print(
             f"{PROG}: warning: {nonfinite} rows hold NaN or Inf "
@@ -155,15 +149,8 @@ def _open_source(src: Path) -> _Source:
 
 
 def _tensor_files(directory: Path) -> _Source:
-    paths = natural_sorted([p for p in directory.iterdir() if p.suffix in TENSOR_SUFFIXES])
-    if not paths:
-        raise ProbeLabError(f"{directory}: no {' or '.join(TENSOR_SUFFIXES)} tensor files")
-    first = load_tensor_file(paths[0])
-    shape = tuple(first.shape)
-    if len(shape) == 2 and shape[0] == 1:  # (1, D) is one vector, as data=pt_files reads it
-        shape = shape[1:]
-    if len(shape) not in (1, 2):
-        raise ProbeLabError(f"{paths[0]}: expected a tensor of shape (D,) or (L, D), got {shape}")
+    paths = list_tensor_files(directory, str(directory))
+    shape = sample_shape(load_tensor_file(paths[0]), paths[0])
     step = max(1, (BLOCK_MB << 20) // (int(np.prod(shape)) * 4))
 
     def blocks() -> Iterator[tuple[int, torch.Tensor]]:
@@ -173,8 +160,8 @@ def _tensor_files(directory: Path) -> _Source:
             block = torch.empty((len(chunk), *shape), dtype=torch.float32)
             for i, path in enumerate(chunk):
                 tensor = load_tensor_file(path)
-                if tensor.ndim == 2 and tensor.shape[0] == 1 and len(shape) == 1:
-                    tensor = tensor[0]
+                if len(shape) == 1:  # (1, D) is one vector, as data=pt_files reads it
+                    tensor = as_vector(tensor)
                 if tuple(tensor.shape) != shape:
                     raise ProbeLabError(f"{path}: has shape {tuple(tensor.shape)}, the first file has {shape}")
                 block[i] = tensor
@@ -191,24 +178,6 @@ def _check_destination(dst: Path, overwrite: bool) -> None:
             raise ProbeLabError(f"{dst}: already exists (pass --overwrite to replace it)")
         if not (dst / MANIFEST).is_file():
             raise ProbeLabError(f"{dst}: is not an activation store (no {MANIFEST}); refusing to overwrite it")
-
-
-def _publish(staging: Path, dst: Path) -> None:
-    """Move the finished store to DST; an old store there is set aside first and removed after."""
-    old = None
-    if dst.exists():
-        old = _sibling(dst, "old")
-        dst.replace(old / dst.name)
-    staging.replace(dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _sibling(dst: Path, role: str) -> Path:
-    """A new hidden folder next to DST (same file system, so moving it into place is a rename)."""
-    folder = dst.parent / f".{dst.name}.{role}-{uuid.uuid4().hex[:8]}"
-    folder.mkdir()
-    return folder
 
 
 def _size(nbytes: int) -> str:

@@ -8,8 +8,6 @@ safetensors header; loading never unpickles anything.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
+from probe_lab.artifacts import atomic_write_bytes
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.errors import ProbeLabError
 
@@ -74,22 +73,14 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def save_probe(path: str | Path, probe: ProbeWeights, metadata: dict[str, Any] | None = None) -> None:
-    """Write the probe atomically (a reader never sees half a file)."""
-    path = Path(path)
+    """Write the probe atomically (a reader never sees half a file), readable by all (0o644)."""
     tensors = {
         "weight": np.ascontiguousarray(probe.weight, dtype=np.float32),
         "bias": np.array([probe.bias], dtype=np.float32),
     }
     header = {"format_version": FORMAT_VERSION, "input_dim": probe.input_dim, **(metadata or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(header)})
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a probe is meant to be shared like the other artifacts
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    data = save(tensors, metadata={METADATA_KEY: json.dumps(header)})
+    atomic_write_bytes(Path(path), data, mode=0o644)  # a probe is meant to be shared like the other artifacts
 
 
 def load_probe(path: str | Path) -> tuple[ProbeWeights, dict[str, Any]]:

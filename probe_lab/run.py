@@ -7,7 +7,6 @@ Lightning logs and checkpoint — is staged and published together only when the
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -24,20 +22,22 @@ from probe_lab import metrics as metrics_lib
 from probe_lab.artifacts import staged_artifacts, write_json
 from probe_lab.backends import backend_class
 from probe_lab.backends.base import ProbeTrainer
-from probe_lab.config import RunConfig
-from probe_lab.data.sources import load_dataset
-from probe_lab.data.splits import Splits, split_dataset
+from probe_lab.data.sources import Source, open_source
+from probe_lab.data.splits import Splits, hold_splits, split_dataset
 from probe_lab.errors import ProbeLabError
-from probe_lab.parity import TEST_SCORES, BackendOutcome, compare, parity_lines, plot_parity
 from probe_lab.probe import FORMAT_VERSION, ProbeWeights, save_probe
-from probe_lab.report import plot_regularization_path, plot_roc, summary_lines
-from probe_lab.resolver import BackendChoice, resolve_backend, resolve_device, resolve_precision
+from probe_lab.report.parity import TEST_SCORES, BackendOutcome, compare
+from probe_lab.report.plots import plot_parity, plot_regularization_path, plot_roc
+from probe_lab.report.summary import parity_run_lines, print_block, run_summary_lines
+from probe_lab.report.sweep.job import JOB_ID_KEY
 from probe_lab.settings import ProbeTrainingConfig
+from probe_lab.settings.backend import BackendChoice, resolve_backend
+from probe_lab.settings.placement import Placement, decide_placement
+from probe_lab.settings.schema import RunConfig
 
 log = logging.getLogger(__name__)
 
 ARTIFACTS = ["probe.safetensors", "probe.json", "metrics.json", "roc.png", TEST_SCORES]
-LIGHTNING_ARTIFACTS = ["logs/metrics.csv", "checkpoints/"]
 
 
 @dataclass(frozen=True)
@@ -71,46 +71,69 @@ def to_settings(cfg: DictConfig, schema: type) -> Any:
     return settings
 
 
-def run(cfg: DictConfig, out_dir: Path) -> RunResult:
+def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None) -> RunResult:
+    """Train (or, with experiment=parity, compare) as `cfg` says, into `out_dir`. job_id: a multirun
+    job's id, recorded in metrics.json / parity.json so that the sweep summary knows them for its own."""
     settings: RunConfig = to_settings(cfg, RunConfig)
     if settings.data.test_split <= 0:
         raise ProbeLabError("data.test_split must be > 0 for a training run (test metrics need rows)")
-    device = resolve_device(settings.device.name.value)
-    config = ProbeTrainingConfig.from_settings(
-        settings.probe,
-        validation_split=settings.data.validation_split,
-        device=device,
-        precision=resolve_precision(settings.precision.name, device),
-        seed=settings.seed,
-        memory_budget_gb=settings.device.memory_budget_gb,
-        num_workers=settings.data.num_workers,
-        read_mb=settings.data.read_mb,
-        shuffle_reads=settings.data.shuffle_reads,
-        prefetch_batches=settings.data.prefetch_batches,
-    )
+    config = training_config(settings)
     resolved_config = OmegaConf.to_container(cfg, resolve=True)
-
     choice = resolve_backend(settings.backend.name.value, settings.model.size_b, settings.backend.threshold_b)
-    hold_on = None
-    if choice.name == "pytorch" and not settings.parity:
-        from probe_lab.backends.lightning import resident_device
 
-        hold_on = functools.partial(resident_device, config)
     start = time.perf_counter()
-    splits, dim, dropped = load_splits(settings, hold_on)
-    read_seconds = time.perf_counter() - start
-    data = DataFacts(settings.data.source.value, settings.data.layer, dim, dropped, settings.model.size_b)
+    source = open_source(settings.data, settings.seed, progress=settings.progress_bar)
+    sizes = source.split_bytes(settings.data.validation_split, settings.data.test_split)
+    # Parity loads the data as the pytorch backend would; sklearn reads it from wherever it is held.
+    placement = decide_placement(config, sizes, backend="pytorch" if settings.parity else choice.name)
+    splits, dropped = load_splits(settings, source, placement)
+    loaded = time.perf_counter()
+    if placement.splits_on_device:
+        splits = hold_splits(splits, placement.device)
+    timings = {"read_seconds": loaded - start, "load_seconds": time.perf_counter() - loaded}
+    data = DataFacts(settings.data.source.value, settings.data.layer, source.dim, dropped, settings.model.size_b)
 
+    def lightning_for(folder: Path) -> dict[str, Any]:
+        from probe_lab.lightning_config import lightning_parts  # imports Lightning: pytorch runs only
+
+        return {"lightning": lightning_parts(cfg, folder)}
+
+    fit = Fit(config, placement, settings.progress_bar, lightning_for, resolved_config, job_id)
     if settings.parity:
-        return run_parity(config, splits, data, read_seconds, out_dir, resolved_config, settings.progress_bar)
+        return run_parity(fit, splits, data, timings, out_dir)
     log.info("backend: %s (%s)", choice.name, choice.reason)
     with staged_artifacts(out_dir) as staging:
-        run_metrics, files = train_backend(
-            choice, config, splits, data, read_seconds, staging, resolved_config, settings.progress_bar
-        )
-    for line in summary_lines(choice.name, choice.reason, run_metrics, out_dir, files):
-        print(line)
+        run_metrics, files = train_backend(choice, fit, splits, data, timings, staging)
+    print_block(run_summary_lines(choice.name, choice.reason, run_metrics, out_dir, files))
     return RunResult(out_dir, run_metrics, float(run_metrics["val"]["auroc"]))
+
+
+def training_config(settings: RunConfig) -> ProbeTrainingConfig:
+    """The run's settings as the backends take them."""
+    precision = settings.precision.name
+    return ProbeTrainingConfig.from_settings(
+        settings.probe,
+        validation_split=settings.data.validation_split,
+        device=settings.device.name.value,
+        precision=None if precision == "auto" else precision,
+        seed=settings.seed,
+        memory_budget_gb=settings.device.memory_budget_gb,
+        streaming=settings.data.streaming(),
+    )
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What every backend's fit in this run shares: its config, its placement, whether to show
+    progress, how to build the pytorch backend's Lightning parts for a run folder, and the resolved
+    config that probe.json records."""
+
+    config: ProbeTrainingConfig
+    placement: Placement
+    progress_bar: bool
+    lightning_for: Callable[[Path], dict[str, Any]]
+    resolved_config: Any
+    job_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,22 +148,14 @@ class DataFacts:
 
 
 def train_backend(
-    choice: BackendChoice,
-    config: ProbeTrainingConfig,
-    splits: Splits,
-    data: DataFacts,
-    read_seconds: float,
-    folder: Path,
-    resolved_config: Any,
-    progress_bar: bool,
+    choice: BackendChoice, fit: Fit, splits: Splits, data: DataFacts, timings: dict[str, float], folder: Path
 ) -> tuple[dict[str, Any], list[str]]:
     """Fit one backend, evaluate it and write its files into `folder`; returns (metrics, file names)."""
-    timings: dict[str, float] = {"read_seconds": read_seconds}
-    trainer = backend_class(choice.name)(data.dim, config, run_dir=folder, progress_bar=progress_bar)
-    start = time.perf_counter()
-    splits = trainer.hold(splits)
-    timings["load_seconds"] = time.perf_counter() - start
-    trainer.fit_datasets(splits.train, splits.val)
+    timings = dict(timings)  # read and load; fit, evaluate and write are added here
+    parts = fit.lightning_for(folder) if choice.name == "pytorch" else {}
+    trainer = backend_class(choice.name)(data.dim, fit.config, run_dir=folder, progress_bar=fit.progress_bar, **parts)
+    placement = fit.placement if choice.name == "pytorch" else None  # sklearn decides its own (the host)
+    trainer.fit_datasets(splits.train, splits.val, placement)
     weights = trainer.weights
     if weights is None or trainer.fit_seconds is None:
         raise RuntimeError("the backend finished fit without a probe")
@@ -166,6 +181,7 @@ def train_backend(
         "fit_seconds": trainer.fit_seconds,
         "regularization": trainer.regularization,
         "fit": trainer.fit_details,
+        "placement": trainer.placement.to_dict() if trainer.placement is not None else None,
         "threshold": evaluation.threshold,
         "val": evaluation.val,
         "test": evaluation.test,
@@ -173,25 +189,19 @@ def train_backend(
     }
     if trainer.regularization_path:
         run_metrics["regularization_path"] = trainer.regularization_path
+    if fit.job_id is not None:
+        run_metrics[JOB_ID_KEY] = fit.job_id
     start = time.perf_counter()
-    write_artifacts(folder, trainer, evaluation, splits, run_metrics, resolved_config)
+    write_artifacts(folder, trainer, evaluation, splits, run_metrics, fit.resolved_config)
     timings["write_seconds"] = time.perf_counter() - start
     write_json(folder / "metrics.json", run_metrics)
 
     files = ARTIFACTS + (["regularization_path.png"] if trainer.regularization_path else [])
-    files += LIGHTNING_ARTIFACTS if choice.name == "pytorch" else []
+    files += sorted(f"{path.name}/" for path in folder.iterdir() if path.is_dir())  # logs, checkpoints
     return run_metrics, files
 
 
-def run_parity(
-    config: ProbeTrainingConfig,
-    splits: Splits,
-    data: DataFacts,
-    read_seconds: float,
-    out_dir: Path,
-    resolved_config: Any,
-    progress_bar: bool,
-) -> RunResult:
+def run_parity(fit: Fit, splits: Splits, data: DataFacts, timings: dict[str, float], out_dir: Path) -> RunResult:
     """Train both backends on the same splits, seed and regularization; each backend's run goes into
     its own subfolder, and parity.json / parity.png compare them."""
     with staged_artifacts(out_dir) as staging:
@@ -199,27 +209,22 @@ def run_parity(
         for name in ("sklearn", "pytorch"):
             choice = BackendChoice(name, "experiment=parity trains both backends")
             (staging / name).mkdir()
-            train_backend(choice, config, splits, data, read_seconds, staging / name, resolved_config, progress_bar)
+            train_backend(choice, fit, splits, data, timings, staging / name)
             outcomes.append(BackendOutcome.from_run_folder(staging / name))
         numbers = compare(*outcomes)
-        write_json(staging / "parity.json", numbers)
+        job = {JOB_ID_KEY: fit.job_id} if fit.job_id is not None else {}
+        write_json(staging / "parity.json", numbers | job)
         plot_parity(staging / "parity.png", *outcomes)
-    print(f"probe_lab: parity of the sklearn and pytorch backends, {len(splits.train)} train rows, {data.dim} dims")
-    for line in parity_lines(numbers):
-        print(line)
-    print(f"  outputs  {out_dir}: parity.json, parity.png, sklearn/, pytorch/")
+    print_block(parity_run_lines(numbers, len(splits.train), data.dim, out_dir))
     return RunResult(out_dir, {"parity": numbers}, max(outcome.val_auroc for outcome in outcomes))
 
 
-def load_splits(
-    settings: RunConfig, hold_on: Callable[[int], torch.device | None] | None = None
-) -> tuple[Splits, int, int]:
-    """The configured data, checked (width, finiteness) and split by index.
+def load_splits(settings: RunConfig, source: Source, placement: Placement) -> tuple[Splits, int]:
+    """The source read as `placement` says, checked (width, finiteness) and split by index.
 
-    hold_on: where the backend will hold data of a given size (see `load_dataset`).
-    Returns (splits, input width, rows dropped for holding NaN/Inf with data.drop_nonfinite=true).
+    Returns (splits, rows dropped for holding NaN/Inf with data.drop_nonfinite=true).
     """
-    dataset = load_dataset(settings.data, settings.seed, progress=settings.progress_bar, hold_on=hold_on)
+    dataset = source.read(onto=placement.device if placement.scan_onto_device else None)
     if settings.model.hidden_dim is not None and settings.model.hidden_dim != dataset.dim:
         raise ProbeLabError(f"model.hidden_dim={settings.model.hidden_dim} but {dataset.name} has {dataset.dim} dims")
     dropped = 0
@@ -229,13 +234,7 @@ def load_splits(
             log.warning("%s: dropped %d of %d rows holding NaN or Inf", dataset.name, dropped, dropped + len(dataset))
     dataset.check_finite()
     splits = split_dataset(dataset, settings.data.validation_split, settings.data.test_split, settings.seed)
-    if dataset.device.type != "cpu":  # each split gets a tensor of its own; the whole one is freed
-        held = [
-            part.on_device(dataset.device) if part is not None else None
-            for part in (splits.train, splits.val, splits.test)
-        ]
-        splits = Splits(*held)
-    return splits, dataset.dim, dropped
+    return splits, dropped
 
 
 def evaluate(weights: ProbeWeights, splits: Splits) -> Evaluation:

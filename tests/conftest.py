@@ -32,9 +32,16 @@ class CliResult:
         return json.loads((self.run_dir / "probe.json").read_text())
 
 
-def run_module(module: str, *overrides: str, run_dir: Path, cwd: Path | None = None, timeout: int = 300) -> CliResult:
-    """`python -m MODULE overrides... hydra.run.dir=run_dir` in a subprocess."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+def run_module(
+    module: str,
+    *overrides: str,
+    run_dir: Path,
+    cwd: Path | None = None,
+    timeout: int = 300,
+    env: dict[str, str] | None = None,
+) -> CliResult:
+    """`python -m MODULE overrides... hydra.run.dir=run_dir` in a subprocess (with `env` added)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
     command = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=cwd or run_dir.parent, env=env, timeout=timeout)
     return CliResult(done.returncode, done.stdout, done.stderr, run_dir)
@@ -45,9 +52,9 @@ def cli(tmp_path: Path):
     """cli(*overrides) runs `python -m probe_lab` with its run folder under tmp_path."""
     counter = iter(range(1000))
 
-    def _run(*overrides: str, module: str = "probe_lab") -> CliResult:
+    def _run(*overrides: str, module: str = "probe_lab", env: dict[str, str] | None = None) -> CliResult:
         quiet = ("progress_bar=false",) if module == "probe_lab" else ()
-        return run_module(module, *quiet, *overrides, run_dir=tmp_path / f"run{next(counter)}")
+        return run_module(module, *quiet, *overrides, run_dir=tmp_path / f"run{next(counter)}", env=env)
 
     return _run
 

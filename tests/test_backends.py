@@ -7,15 +7,16 @@ import pytest
 import torch
 from fitting import cosine, fit_on_cpu
 
-from probe_lab.backends.lightning import TorchProbeTrainer
+from probe_lab.backends.pytorch import TorchProbeTrainer
 from probe_lab.backends.sklearn import SklearnProbeTrainer
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.splits import split_dataset
 from probe_lab.data.synthetic import activation_like, seed_task
 from probe_lab.errors import ProbeLabError
-from probe_lab.linear_probe import LinearProbe
+from probe_lab.fit.linear_probe import LinearProbe
+from probe_lab.fit.module import prepared_module
 from probe_lab.metrics import auroc
-from probe_lab.settings import ProbeTrainingConfig
+from probe_lab.settings import OptimizerName, ProbeTrainingConfig
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,8 @@ def test_raw_features_precondition_from_a_row_sample_and_keep_the_optimum(splits
     """Raw features take their statistics (which only center and precondition) from a sample of
     rows and still land on sklearn's optimum; standardized ones, whose objective they define, use
     every row."""
-    from probe_lab.backends import lightning
     from probe_lab.data import stats
+    from probe_lab.fit import objective
 
     samples = []
 
@@ -52,8 +53,8 @@ def test_raw_features_precondition_from_a_row_sample_and_keep_the_optimum(splits
         samples.append(sample_rows)
         return stats.device_moments(x, block_rows, sample_rows)
 
-    monkeypatch.setattr(lightning, "PRECONDITIONER_ROWS", 100)
-    monkeypatch.setattr(lightning, "device_moments", recording_moments)
+    monkeypatch.setattr(objective, "PRECONDITIONER_ROWS", 100)
+    monkeypatch.setattr(objective, "device_moments", recording_moments)
     pt = fit_on_cpu(TorchProbeTrainer, splits, standardize=standardize)
     sk = fit_on_cpu(SklearnProbeTrainer, splits, standardize=standardize)
     assert samples == [None if standardize else 100]
@@ -63,19 +64,19 @@ def test_raw_features_precondition_from_a_row_sample_and_keep_the_optimum(splits
 def test_lightning_objective_is_stationary_at_sklearns_optimum(splits) -> None:
     """The gradient of the Lightning loss vanishes where sklearn stopped: the same objective."""
     sk = fit_on_cpu(SklearnProbeTrainer, splits)
-    pt = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(device="cpu"))
-    module = pt._module(splits.train, pt.optimizer_for(splits.train), [pt.config.regularization])
+    config = ProbeTrainingConfig(device="cpu")
+    module = prepared_module(splits.train, [config.regularization], config, OptimizerName.lbfgs)
     module.probe.load_raw(torch.from_numpy(sk.coef_), sk.intercept_)
     x = torch.from_numpy(splits.train.materialize())
     y = torch.from_numpy(splits.train.labels)
-    loss = module.objective(x, y)
+    loss = module.loss(x, y)
     grad_u, grad_c = torch.autograd.grad(loss, [module.probe.linear.weight, module.probe.linear.bias])
     # Chain rule back to raw weights: dJ/dw = s ⊙ dJ/du.
     grad_w = grad_u[0] * module.probe.scale
     assert grad_w.abs().max() < 1e-4 and grad_c.abs().max() < 1e-5
     # ...while AdamW-style decay (the seed's objective) is far from stationary there.
     decay = 1.0 / 100.0 * torch.from_numpy(sk.coef_)
-    assert (grad_w - module.penalty_coef * 2 * torch.from_numpy(sk.coef_) + decay).abs().max() > 1e-3
+    assert (grad_w - module.objective.penalty_coef * 2 * torch.from_numpy(sk.coef_) + decay).abs().max() > 1e-3
 
 
 def test_adamw_minibatches_solve_the_seed_task() -> None:
@@ -94,12 +95,6 @@ def test_bf16_storage_reaches_the_float32_optimum(splits) -> None:
     bf16 = fit_on_cpu(TorchProbeTrainer, splits, precision="bf16-mixed")
     assert bf16.fit_details["precision"] == "bf16-mixed"
     assert cosine(fp32.coef_, bf16.coef_) > 0.999
-
-
-def test_auto_optimizer_streams_when_the_split_is_too_large(splits) -> None:
-    small_budget = TorchProbeTrainer(256, ProbeTrainingConfig(device="cpu", memory_budget_gb=1e-6))
-    assert small_budget.optimizer_for(splits.train).value == "adamw"
-    assert TorchProbeTrainer(256, ProbeTrainingConfig(device="cpu")).optimizer_for(splits.train).value == "lbfgs"
 
 
 def test_l1_is_refused_by_the_lightning_backend() -> None:
@@ -204,35 +199,6 @@ def test_gradient_accumulation_takes_fewer_optimizer_steps(splits) -> None:
     assert steps[2] == 2 * 6
 
 
-def test_lightning_scans_callback_entry_points_once(monkeypatch) -> None:
-    """Trainers skip the per-construction scan of installed packages, yet still load factories, and
-    Lightning is left as it was outside the block."""
-    from lightning.pytorch.trainer.connectors import callback_connector
-
-    import probe_lab.backends.lightning as backend
-
-    scans: list[str] = []
-
-    def entry_points(group: str) -> list[object]:
-        scans.append(group)
-        return [object()] if group == "with_factories" else []
-
-    def loader(group: str) -> list[str]:
-        return [f"callback of {group}"]
-
-    monkeypatch.setattr(callback_connector, "_load_external_callbacks", loader)
-    monkeypatch.setattr(backend, "entry_points", entry_points)
-    backend._has_entry_points.cache_clear()
-    for _ in range(2):
-        with backend.callback_entry_points_scanned_once():
-            load = callback_connector._load_external_callbacks
-            assert load("with_factories") == ["callback of with_factories"]
-            assert load("empty") == []
-        assert callback_connector._load_external_callbacks is loader
-    assert scans == ["with_factories", "empty"]
-    backend._has_entry_points.cache_clear()
-
-
 def test_callbacks_given_to_the_trainer_join_lightnings_own(splits) -> None:
     """Callbacks passed to TorchProbeTrainer see the fit (one L-BFGS step, one validation) beside
     probe_lab's own checkpointing."""
@@ -262,23 +228,22 @@ def test_callbacks_given_to_the_trainer_join_lightnings_own(splits) -> None:
 
 
 @pytest.mark.parametrize("standardize", [False, True])
-def test_preconditioner_follows_each_columns_regularization(splits, standardize) -> None:
-    """Raw features: scale² = std² + 4·reg/N and penalty weights 1/scale² for each column of a path;
-    standardized ones: scale = std (1 where a feature is constant) and penalty weights 1."""
+def test_preconditioned_hessian_diagonal_is_the_same_in_every_coordinate(standardize: bool) -> None:
+    """What the preconditioner promises: at the start (every probability at the positive rate, here ½)
+    the objective's Hessian diagonal in the probe's coordinates is ¼ for raw features in every
+    coordinate and every column of a path, whatever each feature's scale (outliers 30x larger
+    included), and ¼ + reg/N for standardized ones."""
+    x, y = activation_like(400, 12, seed=3)
+    y = np.arange(400) % 2  # balanced: the start is p = 1/2 on every row
+    train = ActivationDataset(x.astype(np.float64).astype(np.float32), y)
     path = [0.1, 10.0, 1000.0]
-    trainer = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(device="cpu", standardize=standardize))
-    module = trainer._initial_module(splits.train, trainer.optimizer_for(splits.train), path)
-    rng = np.random.default_rng(0)
-    mean, std = rng.normal(size=splits.train.dim), rng.uniform(0.1, 3.0, size=splits.train.dim)
-    std[:3] = 0.0
-    module.precondition(torch.from_numpy(mean), torch.from_numpy(std), standardize=standardize)
-    n = len(splits.train)
-    if standardize:
-        scale = np.broadcast_to(np.where(std > 0, std, 1.0), (len(path), len(std)))
-        penalty = np.ones_like(scale)
-    else:
-        scale = np.sqrt(std**2 + 4.0 * np.asarray(path)[:, None] / n)
-        penalty = 1.0 / scale**2
-    np.testing.assert_allclose(module.probe.scale.numpy(), scale, rtol=1e-6)
-    np.testing.assert_allclose(module.penalty_weights.numpy(), penalty, rtol=1e-6)
-    np.testing.assert_allclose(module.probe.center.numpy(), mean, rtol=1e-6)
+    config = ProbeTrainingConfig(device="cpu", standardize=standardize)
+    module = prepared_module(train, path, config, OptimizerName.lbfgs)
+    u = module.probe.linear.weight
+    data, labels = torch.from_numpy(train.materialize()), torch.from_numpy(train.labels)
+    (gradient,) = torch.autograd.grad(module.loss(data, labels), u, create_graph=True)
+    diagonal = torch.stack(
+        [torch.autograd.grad(gradient[k, j], u, retain_graph=True)[0][k, j] for k in range(3) for j in range(12)]
+    ).reshape(3, 12)
+    expected = torch.full((3, 12), 0.25) + (torch.tensor(path)[:, None] / len(train) if standardize else 0.0)
+    torch.testing.assert_close(diagonal, expected, rtol=2e-4, atol=1e-6)

@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from probe_lab.data.dataset import ActivationDataset, natural_sorted
+from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.sources import DataConfig, DataSource, load_dataset
 from probe_lab.data.splits import split_dataset
 from probe_lab.data.stats import feature_moments
 from probe_lab.data.synthetic import activation_like, seed_task
+from probe_lab.data.tensor_files import natural_sorted
 from probe_lab.errors import ProbeLabError
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from fitting import cosine
 
-from probe_lab.backends.lightning import TorchProbeTrainer
+from probe_lab.backends.pytorch import TorchProbeTrainer
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.splits import split_dataset
 from probe_lab.data.synthetic import activation_like
@@ -72,7 +72,7 @@ def test_cuda_tensors_and_a_device_index_are_accepted(splits) -> None:
 @pytest.fixture(scope="module")
 def store_splits(tmp_path_factory, splits):
     """The same rows as `splits`, written to float16 and bfloat16 stores and split the same way."""
-    from probe_lab.data.store import ActivationStore
+    from probe_lab.store import ActivationStore
 
     x, y = activation_like(20000, 512, seed=0)
     out = {}
@@ -101,7 +101,7 @@ def test_streaming_from_a_store_to_the_gpu(store_splits) -> None:
     train = store_splits["bfloat16"]
     trainer = TorchProbeTrainer(
         512,
-        ProbeTrainingConfig(device="cuda", memory_budget_gb=1e-6, num_workers=2, learning_rate=0.01, batch_size=2048),
+        ProbeTrainingConfig(device="cuda", memory_budget_gb=1e-6, learning_rate=0.01, batch_size=2048),
     )
     trainer.fit_datasets(train.train, train.val)
     assert (trainer.fit_details["optimizer"], trainer.fit_details["activation_dtype"]) == ("adamw", "bfloat16")
@@ -124,8 +124,8 @@ def test_half_precision_products_keep_float32_accuracy(dtype: torch.dtype, gradi
     (rounded) values to float32's order of error, |x|·|w|·2⁻²⁰: the weights and the per-row
     gradients are not rounded to half precision. Also when the gradient is summed over blocks of
     rows (as it is for long activations), the last one shorter than the others."""
-    from probe_lab import linear_probe
-    from probe_lab.linear_probe import LinearProbe
+    from probe_lab.fit import linear_probe
+    from probe_lab.fit.linear_probe import LinearProbe
 
     if gradient_block_rows is not None:
         monkeypatch.setattr(linear_probe, "_GRADIENT_BLOCK_ROWS", gradient_block_rows)
@@ -175,7 +175,7 @@ def test_splits_of_a_store_load_onto_the_gpu_as_read_on_the_host(store_splits) -
 
 
 def test_a_store_run_holds_its_splits_on_the_gpu(cli, tmp_path) -> None:
-    from probe_lab.data.store import ActivationStore
+    from probe_lab.store import ActivationStore
 
     x, y = activation_like(6000, 256, seed=3)
     with ActivationStore.create(tmp_path / "store", 256, dtype="float16", shard_mb=1) as writer:
@@ -191,7 +191,7 @@ def test_a_store_run_holds_its_splits_on_the_gpu(cli, tmp_path) -> None:
 
 
 def test_a_store_scanned_onto_the_gpu_holds_what_the_host_reads(tmp_path) -> None:
-    from probe_lab.data.store import ActivationStore
+    from probe_lab.store import ActivationStore
 
     x, y = activation_like(5000, 128, seed=4)
     x[17, 3] = float("nan")
@@ -221,25 +221,25 @@ def test_gpu_tensors_train_with_adamw_and_float64_is_held_as_float32(splits) -> 
 
 
 @pytest.mark.filterwarnings("ignore:Synchronization debug mode is a prototype feature")
-def test_fits_keep_the_cuda_cache_and_statistics_do_not_sync(splits, monkeypatch) -> None:
-    """Lightning's accelerator would empty the CUDA cache around every fit; probe_lab's does not.
-    The statistics and the preconditioner only queue work on the GPU: no host sync."""
-    from lightning.pytorch.accelerators import cuda as lightning_cuda
-
-    from probe_lab.backends.lightning import CachingCUDAAccelerator
+def test_statistics_and_preconditioner_do_not_sync(splits) -> None:
+    """The statistics and the preconditioner only queue work on the GPU (no host sync), so they run
+    while the Trainer sets up; two fits in a row both converge."""
     from probe_lab.data.stats import device_moments
+    from probe_lab.fit.module import ProbeModule
+    from probe_lab.settings import OptimizerName
 
-    clears = []
-    monkeypatch.setattr(lightning_cuda, "_clear_cuda_memory", lambda: clears.append(1))
     for _ in range(2):
         assert _fit(splits, device="cuda").fit_details["converged"]
-    assert clears == []
-    assert issubclass(CachingCUDAAccelerator, lightning_cuda.CUDAAccelerator)  # Lightning's, otherwise
-
-    trainer = TorchProbeTrainer(splits.train.dim, ProbeTrainingConfig(device="cuda", regularization=[1.0, 100.0]))
     x = splits.train.to_device("cuda")
     for standardize in (False, True):
-        module = trainer._initial_module(splits.train, trainer.optimizer_for(splits.train), [1.0, 100.0]).cuda()
+        module = ProbeModule.at_best_constant(
+            splits.train.dim,
+            splits.train.labels,
+            [1.0, 100.0],
+            optimizer=OptimizerName.lbfgs,
+            learning_rate=1e-3,
+            max_iterations=10,
+        ).cuda()
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probe_lab.backends.lbfgsb import ScipyLBFGSB
+from probe_lab.fit.lbfgsb import ScipyLBFGSB
 
 
 def quadratic(weight: torch.Tensor, bias: torch.Tensor, scales: torch.Tensor, target: torch.Tensor):
@@ -74,28 +74,20 @@ def test_the_probe_objective_is_summed_in_float64() -> None:
     rows would round them to about 3e-8."""
     import torch.nn.functional as F
 
-    from probe_lab.backends.lightning import ProbeModule
-    from probe_lab.linear_probe import LinearProbe
-    from probe_lab.settings import OptimizerName
+    from probe_lab.fit.linear_probe import LinearProbe
+    from probe_lab.fit.objective import ProbeObjective
 
     torch.manual_seed(0)
     probe = LinearProbe(4)
     with torch.no_grad():
         probe.linear.weight.normal_()
     n = 200_000
-    module = ProbeModule(
-        probe,
-        regularization=[1.0],
-        n_train=n,
-        optimizer=OptimizerName.lbfgs,
-        learning_rate=1e-3,
-        max_iterations=10,
-    )
+    objective = ProbeObjective([1.0], n, 4)
     x, y = torch.randn(n, 4), torch.randint(0, 2, (n,))
-    loss = module.objective(x, y)
+    loss = objective(probe, x, y)
     with torch.no_grad():
         rows = F.binary_cross_entropy_with_logits(probe(x), y.float(), reduction="none")
-        penalty = float((module.penalty_coef * probe.linear.weight.double() ** 2).sum())
+        penalty = float((objective.penalty_coef * probe.linear.weight.double() ** 2).sum())
     assert loss.dtype == torch.float64
     assert abs(float(loss.detach()) - (float(rows.double().mean()) + penalty)) < 1e-12
     assert abs(float(rows.mean()) - float(rows.double().mean())) > 1e-11  # a float32 sum would differ

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probe_lab.linear_probe import LinearProbe
+from probe_lab.fit.linear_probe import LinearProbe
 
 
 def _probe_with_coordinates(dim: int = 6) -> tuple[LinearProbe, torch.Tensor]:
@@ -75,7 +75,7 @@ def test_float32_values_split_into_half_precision_terms(dtype: torch.dtype) -> N
     """The GPU path multiplies half-precision activations by a sum of half-precision terms: together
     they carry the float32 values to about 2^-22 of the largest, whatever their magnitude, and zeros
     stay zeros."""
-    from probe_lab.linear_probe import _split_terms
+    from probe_lab.fit.linear_probe import _split_terms
 
     torch.manual_seed(0)
     for magnitude in (1e-9, 1.0, 1e6):

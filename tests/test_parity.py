@@ -13,10 +13,44 @@ from test_sweep import run_sweep
 from probe_lab.data.sources import DataConfig, load_dataset
 from probe_lab.data.splits import split_dataset
 from probe_lab.data.synthetic import activation_like
+from probe_lab.errors import ProbeLabError
 from probe_lab.metrics import auroc
-from probe_lab.probe import load_probe
+from probe_lab.probe import ProbeWeights, load_probe
+from probe_lab.report.parity import BackendOutcome, compare
+from probe_lab.report.summary import parity_lines
 
 SMALL = ("data.n=400", "data.dim=16")  # the sizes run_sweep uses
+COMPARISON_KEYS = {"abs_delta_test_auroc", "weight_cosine", "test_score_pearson", "max_abs_delta_probability"}
+
+
+def outcome(backend: str, weight: list[float], test_proba: list[float], val: float, test: float) -> BackendOutcome:
+    probe = ProbeWeights(np.array(weight, dtype=np.float32), 0.0)
+    return BackendOutcome(backend, probe, np.array(test_proba), val, test, fit_seconds=len(backend) / 4)
+
+
+def test_compare_gives_each_backends_numbers_and_how_far_apart_they_are() -> None:
+    a = outcome("sklearn", [1.0, 0.0], [0.1, 0.5, 0.9], val=0.9, test=0.8)
+    b = outcome("pytorch", [1.0, 1.0], [0.15, 0.35, 0.55], val=0.85, test=0.75)  # 0.5 * a's + 0.1
+    numbers = compare(a, b)
+    assert numbers["sklearn"] == {"val_auroc": 0.9, "test_auroc": 0.8, "fit_seconds": 1.75}
+    assert numbers["pytorch"] == {"val_auroc": 0.85, "test_auroc": 0.75, "fit_seconds": 1.75}
+    assert set(numbers) == {"sklearn", "pytorch", *COMPARISON_KEYS}
+    assert numbers["abs_delta_test_auroc"] == pytest.approx(0.05)
+    assert numbers["weight_cosine"] == pytest.approx(2**-0.5)
+    assert numbers["test_score_pearson"] == pytest.approx(1.0)
+    assert numbers["max_abs_delta_probability"] == pytest.approx(0.35)
+    assert parity_lines(numbers) == [
+        "  sklearn  val AUROC 0.9000  test AUROC 0.8000  fit 1.750 s",
+        "  pytorch  val AUROC 0.8500  test AUROC 0.7500  fit 1.750 s",
+        "  parity   |Δ test AUROC| 0.0500  weight cosine 0.707107  test score Pearson 1.000000  max |Δ p| 0.3500",
+    ]
+
+
+def test_compare_refuses_probabilities_of_different_test_splits() -> None:
+    a = outcome("sklearn", [1.0], [0.1, 0.9], val=0.9, test=0.8)
+    b = outcome("pytorch", [1.0], [0.1, 0.5, 0.9], val=0.9, test=0.8)
+    with pytest.raises(ProbeLabError, match=r"^sklearn and pytorch were scored on different test splits$"):
+        compare(a, b)
 
 
 def test_parity_numbers_are_those_of_the_saved_probes(cli) -> None:
@@ -54,9 +88,10 @@ def test_a_backend_sweep_has_a_row_per_backend_and_the_parity_experiments_number
         assert float(row["val_auroc"]) == sweep.metrics(row["job"])["val"]["auroc"]
     (pair,) = json.loads((sweep.sweep_dir / "parity.json").read_text())
     assert pair["jobs"] == ["0", "1"]
+    assert set(pair) == {"overrides", "jobs", "sklearn", "pytorch", *COMPARISON_KEYS}
     experiment = cli("experiment=parity", "device=cpu", *SMALL)
     parity = json.loads((experiment.run_dir / "parity.json").read_text())
-    for key in ("abs_delta_test_auroc", "weight_cosine", "test_score_pearson", "max_abs_delta_probability"):
+    for key in COMPARISON_KEYS:
         assert pair[key] == pytest.approx(parity[key], abs=1e-6), key
     for backend in ("sklearn", "pytorch"):
         assert pair[backend]["test_auroc"] == pytest.approx(parity[backend]["test_auroc"], abs=1e-9)
@@ -90,5 +125,6 @@ def test_a_sweep_of_parity_experiments_reports_each_comparison(tmp_path: Path) -
     for row, pair in zip(rows, pairs, strict=True):
         own = json.loads((sweep.sweep_dir / row["job"] / "parity.json").read_text())
         assert pair["jobs"] == [row["job"]] and pair["weight_cosine"] == own["weight_cosine"]
+        assert set(pair) == {"overrides", "jobs", "sklearn", "pytorch", *COMPARISON_KEYS}  # not the job's id
         assert float(row["val_auroc"]) == max(own["sklearn"]["val_auroc"], own["pytorch"]["val_auroc"])
     assert "  parity   job 1 (probe.regularization=100):" in sweep.stdout

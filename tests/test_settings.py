@@ -9,7 +9,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from probe_lab.errors import ProbeLabError
-from probe_lab.settings import Penalty, ProbeTrainingConfig
+from probe_lab.settings import ProbeTrainingConfig
 
 
 def test_seed_guide_defaults() -> None:
@@ -79,9 +79,12 @@ def test_invalid_values_name_the_setting(kwargs: dict, message: str) -> None:
         ProbeTrainingConfig(**kwargs)
 
 
-def test_precision_follows_the_device() -> None:
-    assert ProbeTrainingConfig().resolved_precision("cuda") == "16-mixed"
-    assert ProbeTrainingConfig().resolved_precision("cpu") == "32"
-    assert ProbeTrainingConfig(use_mixed_precision=False).resolved_precision("cuda") == "32"
-    assert ProbeTrainingConfig(precision="bf16-mixed").resolved_precision("cpu") == "bf16-mixed"
-    assert ProbeTrainingConfig(penalty=Penalty.l1).penalty is Penalty.l1
+def test_streaming_settings_are_declared_once() -> None:
+    """The data group's streaming fields and the Python API's `streaming` are one declaration."""
+    from probe_lab.settings import StreamingSettings
+    from probe_lab.settings.data import StoreData
+
+    assert ProbeTrainingConfig().streaming == StreamingSettings() == StoreData(path="s").streaming()
+    assert StoreData(path="s", num_workers=7).streaming() == StreamingSettings(num_workers=7)
+    with pytest.raises(ProbeLabError, match=r"data\.read_mb"):
+        StreamingSettings(read_mb=0)

@@ -18,11 +18,11 @@ from test_bad_input import assert_rejected
 from torch.utils.data import DataLoader
 
 from probe_lab.convert import main as convert_main
-from probe_lab.data.datamodule import ProbeDataModule
-from probe_lab.data.store import MANIFEST, ActivationStore
 from probe_lab.data.streaming import StreamedBatches
 from probe_lab.data.synthetic import activation_like
 from probe_lab.errors import ProbeLabError
+from probe_lab.fit.datamodule import ProbeDataModule
+from probe_lab.store import MANIFEST, ActivationStore
 
 Cli = Callable[..., CliResult]
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}

@@ -17,7 +17,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from probe_lab.errors import ProbeLabError
-from probe_lab.sweep import JobRow, error_line, plot_against, read_job
+from probe_lab.report.plots import sweep_figure
+from probe_lab.report.sweep.job import JobRow, error_line, read_job, read_job_id, record_failure, start_job
 
 SMALL = ("progress_bar=false", "data.n=400", "data.dim=16")
 
@@ -86,29 +87,132 @@ def test_failed_job_is_listed_and_the_sweep_exits_non_zero(tmp_path: Path) -> No
     assert f"failed: {message}" in (result.sweep_dir / "summary.md").read_text()
 
 
-def test_plot_has_a_val_and_a_test_line_per_backend_on_a_log_axis() -> None:
-    rows = [
-        JobRow(str(i), [f"probe.regularization={c}", f"backend={b}"], "completed", b, 0.9, 0.8, 0.1)
-        for i, (c, b) in enumerate([(c, b) for c in ("0.01", "1", "100") for b in ("sklearn", "pytorch")])
-    ]
-    fig, ax = plt.subplots()
-    plot_against(ax, "probe.regularization", rows, {"pytorch": "C0", "sklearn": "C1"})
-    labels = [line.get_label() for line in ax.get_lines()]
-    assert labels == ["pytorch val", "pytorch test", "sklearn val", "sklearn test"]
-    assert all(list(line.get_xdata()) == [0.01, 1.0, 100.0] for line in ax.get_lines())
-    assert ax.get_xscale() == "log"
+def sweep_rows() -> list[JobRow]:
+    """Regularization (given out of order) x backend x layer, layer 1 the better; and a failed job."""
+    rows = []
+    for step, regularization in enumerate(("100", "0.01", "1")):
+        for backend in ("sklearn", "pytorch"):
+            for layer in (0, 1):
+                val = 0.6 + 0.1 * layer + 0.01 * step
+                overrides = [f"probe.regularization={regularization}", f"backend={backend}", f"data.layer={layer}"]
+                rows.append(JobRow(str(len(rows)), overrides, "completed", backend, val, val - 0.05, 0.1))
+    failed = ["probe.regularization=1000", "backend=sklearn", "data.layer=0"]
+    return [*rows, JobRow(str(len(rows)), failed, "failed", error="boom")]
+
+
+def test_sweep_plot_draws_per_backend_the_best_job_at_each_value_on_a_log_axis() -> None:
+    fig = sweep_figure(sweep_rows())
+    by_regularization, by_layer = fig.axes
+    assert (by_regularization.get_xlabel(), by_layer.get_xlabel()) == ("probe.regularization", "data.layer")
+    assert by_regularization.get_title() == "best over data.layer"
+    assert (by_regularization.get_xscale(), by_layer.get_xscale()) == ("log", "linear")
+    lines = by_regularization.get_lines()
+    assert [line.get_label() for line in lines] == ["pytorch val", "pytorch test", "sklearn val", "sklearn test"]
+    assert all(list(line.get_xdata()) == [0.01, 1.0, 100.0] for line in lines)  # the failed job's 1000 is not
+    for line, aurocs in zip(lines, [[0.71, 0.72, 0.70], [0.66, 0.67, 0.65]] * 2, strict=True):
+        assert list(line.get_ydata()) == pytest.approx(aurocs)  # layer 1's, the better job at each value
+    assert [line.get_linestyle() for line in lines] == ["-", "--", "-", "--"]
     plt.close(fig)
 
 
-def test_outcome_files_older_than_the_job_are_ignored(tmp_path: Path) -> None:
-    job = tmp_path / "0"
+def test_sweep_plot_without_a_numeric_key_shows_each_job() -> None:
+    backends = ("sklearn", "pytorch")
+    rows = [JobRow(str(i), [f"backend={b}"], "completed", b, 0.9, 0.8, 0.1) for i, b in enumerate(backends)]
+    fig = sweep_figure(rows)
+    (ax,) = fig.axes
+    assert ax.get_title() == "AUROC per job"
+    assert [(line.get_label(), list(line.get_xdata())) for line in ax.get_lines()] == [
+        ("pytorch val", ["1"]),
+        ("pytorch test", ["1"]),
+        ("sklearn val", ["0"]),
+        ("sklearn test", ["0"]),
+    ]
+    plt.close(fig)
+
+
+METRICS = {"backend": "sklearn", "val": {"auroc": 0.9}, "test": {"auroc": 0.8}, "fit_seconds": 0.5}
+COMPLETED_ROW = JobRow("0", ["probe.regularization=1"], "completed", "sklearn", 0.9, 0.8, 0.5)
+NOT_FINISHED = ("failed", "did not finish (no metrics.json or error.txt)")
+
+
+def job_folder(sweep_dir: Path, *overrides: str) -> Path:
+    """Job 0 of a sweep as Hydra leaves it before the job runs: only its saved overrides."""
+    job = sweep_dir / "0"
     (job / ".hydra").mkdir(parents=True)
-    (job / "metrics.json").write_text(json.dumps({"backend": "sklearn", "val": {}, "test": {}}))
-    (job / ".hydra" / "overrides.yaml").write_text("- probe.regularization=1\n")
-    os.utime(job / "metrics.json", (1, 1))  # left by an earlier sweep into the same folder
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
+    return job
+
+
+def write_metrics(job: Path, job_id: str | None) -> None:
+    metrics = METRICS if job_id is None else {**METRICS, "job_id": job_id}
+    (job / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_an_earlier_sweeps_outcome_in_the_same_folder_is_not_this_jobs(tmp_path: Path) -> None:
+    job = job_folder(tmp_path, "probe.regularization=1")
+    earlier = start_job(job)
+    write_metrics(job, earlier)
+    assert read_job(job, tmp_path, ".hydra") == COMPLETED_ROW
+    now = start_job(job)  # a new sweep into the same folder starts job 0 again, say on another machine
+    assert now != earlier and read_job_id(job) == now
     row = read_job(job, tmp_path, ".hydra")
-    assert (row.job, row.overrides, row.status) == ("0", ["probe.regularization=1"], "failed")
-    assert row.error.startswith("did not finish")
+    assert (row.status, row.error) == NOT_FINISHED  # ...which was stopped before it wrote anything
+    write_metrics(job, now)
+    assert read_job(job, tmp_path, ".hydra") == COMPLETED_ROW
+    assert sorted(path.name for path in job.iterdir()) == [".hydra", "job_id", "metrics.json"]  # no temporary left
+
+
+def test_a_folder_without_a_job_id_did_not_finish(tmp_path: Path) -> None:
+    job = job_folder(tmp_path, "probe.regularization=1")
+    write_metrics(job, None)
+    row = read_job(job, tmp_path, ".hydra")
+    assert (row.job, row.overrides, row.status, row.error) == ("0", ["probe.regularization=1"], *NOT_FINISHED)
+    record_failure(job, "some error", "", "0" * 32)
+    row = read_job(job, tmp_path, ".hydra")
+    assert (row.status, row.error) == NOT_FINISHED
+
+
+def test_a_failure_counts_only_while_it_carries_the_job_id(tmp_path: Path) -> None:
+    job = job_folder(tmp_path, "probe.regularization=1")
+    record_failure(job, "data.x: file not found", "Traceback (most recent call last):\n  ...\n", start_job(job))
+    text = (job / "error.txt").read_text()
+    assert text.splitlines()[0] == "data.x: file not found" and "\nTraceback (most recent call last):\n" in text
+    row = read_job(job, tmp_path, ".hydra")
+    assert (row.status, row.error) == ("failed", "data.x: file not found")
+    write_metrics(job, start_job(job))  # the job ran again and completed; its earlier error.txt stays
+    assert read_job(job, tmp_path, ".hydra") == COMPLETED_ROW
+
+
+def test_a_parity_jobs_comparison_is_its_outcome_without_its_job_id(tmp_path: Path) -> None:
+    job = job_folder(tmp_path, "experiment=parity")
+    numbers = {
+        "sklearn": {"val_auroc": 0.9, "test_auroc": 0.8, "fit_seconds": 1.0},
+        "pytorch": {"val_auroc": 0.95, "test_auroc": 0.7, "fit_seconds": 2.0},
+        "abs_delta_test_auroc": 0.1,
+        "weight_cosine": 0.99,
+        "test_score_pearson": 0.98,
+        "max_abs_delta_probability": 0.2,
+    }
+    (job / "parity.json").write_text(json.dumps({**numbers, "job_id": start_job(job)}))
+    row = read_job(job, tmp_path, ".hydra")
+    assert (row.status, row.backend, row.val_auroc, row.test_auroc) == ("completed", "sklearn+pytorch", 0.95, 0.7)
+    assert (row.fit_seconds, row.parity) == (3.0, numbers)
+
+
+def test_an_unreadable_outcome_file_is_a_failure_that_names_it(tmp_path: Path) -> None:
+    job = job_folder(tmp_path, "probe.regularization=1")
+    job_id = start_job(job)
+    (job / "metrics.json").write_text(json.dumps({"backend": "sklearn", "job_id": job_id}))
+    assert read_job(job, tmp_path, ".hydra").error == "unreadable metrics.json: KeyError: 'val'"
+    (job / "metrics.json").write_text(json.dumps({**METRICS, "job_id": job_id})[:-10])  # cut short
+    row = read_job(job, tmp_path, ".hydra")
+    assert row.status == "failed" and row.error.startswith("unreadable metrics.json: JSONDecodeError: ")
+
+
+def test_error_line_is_our_message_or_the_exceptions_type_and_first_line() -> None:
+    assert error_line(ProbeLabError("bad setting\nmore")) == "bad setting"
+    assert error_line(RuntimeError("boom\nsecond line")) == "RuntimeError: boom"
+    assert error_line(KeyError()) == "KeyError"
 
 
 def test_unexpected_exception_in_a_sweep_job_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,10 +222,13 @@ def test_unexpected_exception_in_a_sweep_job_is_recorded(tmp_path: Path, monkeyp
         raise RuntimeError("boom\nsecond line")
 
     monkeypatch.setattr(cli, "run", boom)
-    assert math.isnan(cli.sweep_job(None, tmp_path))  # type: ignore[arg-type]
-    text = (tmp_path / "error.txt").read_text()
+    job = job_folder(tmp_path, "probe.regularization=1")
+    write_metrics(job, start_job(job))  # an earlier sweep's job 0 completed
+    assert math.isnan(cli.sweep_job(None, job))  # type: ignore[arg-type]
+    text = (job / "error.txt").read_text()
     assert text.splitlines()[0] == "RuntimeError: boom" and "Traceback" in text
-    assert error_line(ProbeLabError("bad setting")) == "bad setting"
+    row = read_job(job, tmp_path, ".hydra")
+    assert (row.status, row.error) == ("failed", "RuntimeError: boom")
 
 
 def test_joblib_launcher_runs_a_two_job_sweep(tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from probe_lab.settings.backend import BACKEND_NAMES
+
 if TYPE_CHECKING:
     from probe_lab.backends.base import ProbeTrainer
-
-BACKEND_NAMES = ("sklearn", "pytorch")
 
 
 def backend_class(name: str) -> type[ProbeTrainer]:
@@ -20,7 +20,7 @@ def backend_class(name: str) -> type[ProbeTrainer]:
 
         return SklearnProbeTrainer
     if name == "pytorch":
-        from probe_lab.backends.lightning import TorchProbeTrainer
+        from probe_lab.backends.pytorch import TorchProbeTrainer
 
         return TorchProbeTrainer
     raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}")

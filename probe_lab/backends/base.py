@@ -1,8 +1,9 @@
 """`ProbeTrainer`: the interface both backends share (the seed guide's trainer API).
 
-A backend implements `_fit(train, val, regularizations) -> [FitResult]` (one probe per value of the
-regularization path; the best on validation is kept); everything else — accepting arrays, tensors or
-file lists, holding out a validation split, scoring, prediction, checkpoints — lives here once.
+A backend implements `_fit(train, val, regularizations, placement) -> [FitResult]` (one probe per value
+of the regularization path; the best on validation is kept); everything else — accepting arrays,
+tensors or file lists, holding out a validation split, deciding the placement when the caller did not,
+scoring, prediction, checkpoints — lives here once.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import torch
 
 from probe_lab import metrics
 from probe_lab.data.dataset import ActivationDataset
-from probe_lab.data.splits import Splits, split_dataset
+from probe_lab.data.splits import split_dataset
 from probe_lab.errors import ProbeLabError
 from probe_lab.probe import ProbeWeights, decision_functions, load_probe, save_probe
 from probe_lab.settings import ProbeTrainingConfig
+from probe_lab.settings.placement import Placement, SplitBytes, decide_placement
 
 Activations = np.ndarray | torch.Tensor | Sequence[str | Path] | ActivationDataset
 
@@ -62,6 +64,7 @@ class ProbeTrainer(ABC):
         # validation AUROC as [{"regularization", "val_auroc"}].
         self.regularization: float | None = None
         self.regularization_path: list[dict[str, float]] | None = None
+        self.placement: Placement | None = None  # where the last fit ran
 
     # -- training -------------------------------------------------------------------------------
     def fit(
@@ -86,8 +89,14 @@ class ProbeTrainer(ABC):
         """The seed guide's awaitable spelling of `fit` (training itself is synchronous)."""
         return self.fit(X_train, y_train, X_val, y_val)
 
-    def fit_datasets(self, train: ActivationDataset, val: ActivationDataset) -> float:
-        """Train on prepared datasets (labels checked, both classes present); returns val AUROC."""
+    def fit_datasets(
+        self, train: ActivationDataset, val: ActivationDataset, placement: Placement | None = None
+    ) -> float:
+        """Train on prepared datasets (labels checked, both classes present); returns val AUROC.
+
+        placement: where and how the fit runs, decided once per run by its caller; by default decided
+        here from this trainer's config and the sizes of `train` and `val`.
+        """
         for part in (train, val):
             if part.dim != self.input_dim:
                 raise ProbeLabError(
@@ -98,9 +107,13 @@ class ProbeTrainer(ABC):
             if len(np.unique(part.labels)) < 2:
                 raise ProbeLabError(f"{part.name}: only one class present; a probe needs both 0 and 1")
             part.check_finite()
+        if placement is None:
+            sizes = SplitBytes(train.nbytes(), val.nbytes())
+            placement = decide_placement(self.config, sizes, backend=self.backend)
+        self.placement = placement
         values = self.config.regularization_values
         start = time.perf_counter()
-        results = self._fit(train, val, values)
+        results = self._fit(train, val, values, placement)
         self.fit_seconds = time.perf_counter() - start
         scores = decision_functions([result.weights for result in results], val)
         aurocs = [metrics.auroc(val.labels, scores[:, k]) for k in range(len(results))]
@@ -116,16 +129,13 @@ class ProbeTrainer(ABC):
         self.val_auroc = aurocs[best]
         return self.val_auroc
 
-    def hold(self, splits: Splits) -> Splits:
-        """The splits where this backend reads them fastest; as they are, unless a backend moves them
-        (the pytorch backend loads them onto its GPU once)."""
-        return splits
-
     def _check_config(self) -> None:  # noqa: B027 (a hook: most backends accept every setting)
         """Refuse settings this backend cannot honour (one line naming the setting)."""
 
     @abstractmethod
-    def _fit(self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float]) -> list[FitResult]:
+    def _fit(
+        self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float], placement: Placement
+    ) -> list[FitResult]:
         """One probe per regularization value, in the same order (a path of one value is a plain fit)."""
 
     # -- using the probe ------------------------------------------------------------------------

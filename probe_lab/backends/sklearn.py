@@ -15,13 +15,16 @@ import logging
 import warnings
 
 import numpy as np
+import torch
 from scipy.linalg import LinAlgWarning
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from probe_lab.backends.base import FitResult, ProbeTrainer
 from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.stats import device_moments
 from probe_lab.probe import ProbeWeights
+from probe_lab.settings.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +32,15 @@ log = logging.getLogger(__name__)
 class SklearnProbeTrainer(ProbeTrainer):
     backend = "sklearn"
 
-    def _fit(self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float]) -> list[FitResult]:
+    def _fit(
+        self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float], placement: Placement
+    ) -> list[FitResult]:
+        """In host memory whatever `placement` says: scikit-learn fits numpy arrays."""
         params = self.config.with_regularization(regularizations[0]).to_sklearn_params(
             n_samples=len(train), n_features=train.dim
         )
         x = train.materialize()  # read once: statistics and every fit of the path use it
-        mean, std = x.mean(axis=0, dtype=np.float64), x.std(axis=0, dtype=np.float64)
+        mean, std = (moment.numpy() for moment in device_moments(torch.from_numpy(x)))
         # liblinear penalizes the intercept, so centring would change its optimum: leave its input raw.
         center = np.zeros_like(mean) if params["solver"] == "liblinear" else mean
         scale = np.where(std > 0, std, 1.0) if self.config.standardize else np.ones_like(std)

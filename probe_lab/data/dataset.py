@@ -12,34 +12,25 @@ through data larger than memory.
 from __future__ import annotations
 
 import copy
-import re
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from probe_lab.data.tables import (
-    ArrayTable,
-    DeviceTable,
-    MappedFile,
-    RowTable,
-    TensorFileTable,
-    load_tensor_file,
-    nonfinite_rows,
-)
+from probe_lab.data.h2d import copy_to_device
+from probe_lab.data.tables import ArrayTable, DeviceTable, MappedFile, RowTable, TensorFileTable, nonfinite_rows
 from probe_lab.errors import ProbeLabError
 
-__all__ = ["ActivationDataset", "check_labels", "load_tensor_file", "natural_sorted"]
+__all__ = ["ActivationDataset", "check_labels"]
 
 ArrayLike = np.ndarray | torch.Tensor
 # Blocks of rows read at once by the streaming passes (statistics, scoring, checks): large enough
 # for sequential reads, small enough that their float32/float64 working copies stay a few tens of MB.
 BLOCK_BYTES = 16 << 20
-# Host-to-device loads: reads of this size, `LOAD_THREADS` at a time, each into its own pinned buffer.
+# Host-to-device loads (probe_lab.data.h2d): reads of this size, `LOAD_THREADS` at a time, each into
+# its own pinned buffer.
 LOAD_CHUNK_BYTES = 32 << 20
 LOAD_THREADS = 4
 
@@ -51,6 +42,8 @@ class ActivationDataset(Dataset):
     per-sample tensor files of shape (D,) or (L, D), or a `RowTable`. A tensor on an accelerator stays
     there, in its dtype (float32, float16 or bfloat16). labels: (N,) of 0/1, or None
     (scoring only). `name` is how error messages refer to the data (a setting or a file).
+    `device` is accepted for the seed guide's signature and ignored: the rows stay where they are
+    (a DataLoader's user moves batches; `on_device` holds the data on a GPU).
     Items are (x float32 tensor (D,), y float32 scalar); `__getitems__` reads whole batches at once.
     """
 
@@ -63,8 +56,7 @@ class ActivationDataset(Dataset):
         name: str = "activations",
         device: str | None = None,
     ) -> None:
-        # `device` is accepted for the seed guide's signature; batches are moved by the DataLoader's user.
-        del device
+        del device  # the seed guide's argument; see the class docstring
         self.name = name
         self.layer = layer
         if isinstance(activations, RowTable):
@@ -97,11 +89,6 @@ class ActivationDataset(Dataset):
         return len(self._rows)
 
     @property
-    def is_lazy(self) -> bool:
-        """True when rows live in per-sample files rather than an array."""
-        return isinstance(self.table, TensorFileTable)
-
-    @property
     def device(self) -> torch.device:
         """Where the rows are held: a GPU for data loaded there (`on_device`), else the CPU."""
         return self.table.device if isinstance(self.table, DeviceTable) else torch.device("cpu")
@@ -114,10 +101,6 @@ class ActivationDataset(Dataset):
     def nbytes(self, dtype: torch.dtype | None = None) -> int:
         """Bytes of all rows held as one tensor of `dtype` (default: the storage dtype)."""
         return len(self) * self.dim * (dtype or self.storage_dtype).itemsize
-
-    @property
-    def nbytes_float32(self) -> int:
-        return self.nbytes(torch.float32)
 
     def subset(self, indices: np.ndarray) -> ActivationDataset:
         """A view of the given rows (indices into this dataset); no activations are copied."""
@@ -212,7 +195,8 @@ class ActivationDataset(Dataset):
 
         Rows already there are returned as they are (a view when the dataset is not a subset). From
         the host, chunks are read by LOAD_THREADS threads into pinned buffers, each copied to the
-        device asynchronously while the next reads go on, so no full-size host copy is ever made.
+        device asynchronously while the next reads go on (probe_lab.data.h2d), so no full-size host
+        copy is ever made.
         """
         device = torch.device(device)
         if device.type == "cpu":
@@ -221,29 +205,11 @@ class ActivationDataset(Dataset):
             return self.table.read(self._rows, self.layer)  # all rows, in this dataset's order
         out = torch.empty((len(self), self.dim), dtype=self.storage_dtype, device=device)
         chunk_rows = max(1, LOAD_CHUNK_BYTES // (self.dim * self.storage_dtype.itemsize))
-        chunks = [(start, min(start + chunk_rows, len(self))) for start in range(0, len(self), chunk_rows)]
-        slots = min(LOAD_THREADS, len(chunks))
-        buffers = [torch.empty((chunk_rows, self.dim), dtype=self.storage_dtype, pin_memory=True) for _ in range(slots)]
-        copied = [torch.cuda.Event() for _ in range(slots)]
 
-        def fill(slot: int, start: int, stop: int) -> tuple[int, int, int]:
-            copied[slot].synchronize()  # the buffer's previous chunk has reached the device
-            self.read_into(np.arange(start, stop), buffers[slot][: stop - start])
-            return slot, start, stop
+        def read(rows: torch.Tensor, start: int, stop: int) -> None:
+            self.read_into(np.arange(start, stop), rows)
 
-        def send(slot: int, start: int, stop: int) -> None:
-            out[start:stop].copy_(buffers[slot][: stop - start], non_blocking=True)
-            copied[slot].record()
-
-        with torch.cuda.device(device), ThreadPoolExecutor(max_workers=slots or 1) as pool:
-            reads: deque = deque()
-            for index, (start, stop) in enumerate(chunks):
-                if len(reads) == slots:  # send the oldest read before its buffer is read into again
-                    send(*reads.popleft().result())
-                reads.append(pool.submit(fill, index % slots, start, stop))
-            while reads:
-                send(*reads.popleft().result())
-            torch.cuda.current_stream().synchronize()  # the pinned buffers are freed on return
+        copy_to_device(out, read, chunk_rows=chunk_rows, slots=LOAD_THREADS, threads=LOAD_THREADS)
         return out
 
     def on_device(self, device: torch.device | str) -> ActivationDataset:
@@ -329,15 +295,6 @@ def check_labels(labels: np.ndarray, n_rows: int, name: str) -> np.ndarray:
         shown = ", ".join(str(v) for v in values[~np.isin(values, (0, 1))][:5])
         raise ProbeLabError(f"{name}: labels must be binary 0/1, found {shown}")
     return labels.astype(np.int64)
-
-
-def natural_sorted(paths: Sequence[Path]) -> list[Path]:
-    """sample_2 before sample_10."""
-
-    def key(path: Path) -> list[object]:
-        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-
-    return sorted(paths, key=key)
 
 
 def _same_device(held: torch.device, wanted: torch.device) -> bool:

@@ -1,130 +1,107 @@
-"""Where activations come from: `DataConfig` (the `data` config group's schema) → ActivationDataset.
+"""Where activations come from: a `data` setting (one schema per source) → `Source` → ActivationDataset.
 
 Sources: `synthetic` and `seed_task` are generated in-process; `npy` memory-maps an .npy file of
 shape N×D or N×L×D; `pt_files` reads a directory of per-sample tensor files lazily; `store` opens an
-activation store (probe_lab.data.store), scanning it once for checksums and non-finite rows.
+activation store (probe_lab.store), scanning it once for checksums and non-finite rows.
+
+Opening a source reads no activations (a store's manifest and shard headers, an .npy header); the
+run decides the placement from the opened source's size, then reads it where the placement says.
 """
 
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from probe_lab.data import synthetic
-from probe_lab.data.dataset import ActivationDataset, check_labels, natural_sorted
-from probe_lab.data.splits import check_split_fractions
-from probe_lab.data.store import ActivationStore
+from probe_lab.data.dataset import ActivationDataset, check_labels
 from probe_lab.data.tables import map_npy
+from probe_lab.data.tensor_files import list_tensor_files
 from probe_lab.errors import ProbeLabError
-
-TENSOR_SUFFIXES = (".pt", ".pth")
-
-
-class DataSource(StrEnum):
-    synthetic = "synthetic"
-    seed_task = "seed_task"
-    npy = "npy"
-    pt_files = "pt_files"
-    store = "store"
+from probe_lab.settings.data import (
+    DataSettings,
+    NpyData,
+    PtFilesData,
+    SeedTaskData,
+    StoreData,
+    SyntheticData,
+)
+from probe_lab.settings.placement import SplitBytes
+from probe_lab.store import ActivationStore
 
 
 @dataclass
-class DataConfig:
-    """Every source's settings in one schema; each source reads the fields it names."""
+class Source:
+    """Activations opened but not read whole: their size, and `read` to get the dataset.
 
-    source: DataSource = DataSource.synthetic
-    # synthetic: rows and width; seed_task: rows per class (n) and width (dim)
-    n: int = 4000
-    dim: int = 256
-    n_outliers: int = 4
-    outlier_scale: float = 30.0
-    signal: float = 3.0
-    # npy: activations (N×D or N×L×D) and labels; pt_files: a directory and a labels file
-    x: str | None = None
-    y: str | None = None
-    dir: str | None = None
-    labels: str | None = None
-    # store: the store's directory; verify: check each shard's checksum while scanning it
-    path: str | None = None
-    verify: bool = True
-    layer: int | None = None
-    validation_split: float = 0.2
-    test_split: float = 0.2
-    # Rows holding NaN or Inf fail the run with their count, unless dropped
-    drop_nonfinite: bool = False
-    # Streaming minibatches (optimizer=adamw): reader threads, MB per contiguous read, reads
-    # shuffled together, batches each worker prefetches
-    num_workers: int = 2
-    read_mb: float = 16.0
-    shuffle_reads: int = 4
-    prefetch_batches: int = 1
+    A store is read by its scan (checksums, NaN/Inf rows), which can copy a single-layer store onto a
+    GPU as it reads (`read(onto=...)`); every other source is a dataset already, read lazily.
+    """
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.source, DataSource):
-            self.source = DataSource(self.source)
-        generated = self.source in (DataSource.synthetic, DataSource.seed_task)
-        if generated:
-            for name in ("n", "dim"):
-                if getattr(self, name) < 1:
-                    raise ProbeLabError(f"data.{name} must be >= 1, got {getattr(self, name)}")
-            if self.n_outliers < 0 or self.outlier_scale <= 0:
-                raise ProbeLabError("data.n_outliers must be >= 0 and data.outlier_scale > 0")
-        check_split_fractions(self.validation_split, self.test_split)
-        if self.num_workers < 0:
-            raise ProbeLabError(f"data.num_workers must be >= 0, got {self.num_workers}")
-        for name in ("read_mb", "shuffle_reads", "prefetch_batches"):
-            if getattr(self, name) <= 0:
-                raise ProbeLabError(f"data.{name} must be positive, got {getattr(self, name)}")
-        used = {
-            DataSource.npy: {"x", "y", "layer"},
-            DataSource.pt_files: {"dir", "labels", "layer"},
-            DataSource.store: {"path", "layer"},
-        }
-        for name in ("x", "y", "dir", "labels", "path", "layer"):
-            if getattr(self, name) is not None and name not in used.get(self.source, set()):
-                raise ProbeLabError(f"data.{name} is not used by data={self.source.value}")
+    name: str
+    rows: int
+    dim: int
+    dtype: torch.dtype  # the stored dtype of the rows
+    dataset: ActivationDataset | None = None
+    store: ActivationStore | None = None
+    store_settings: StoreData | None = None
+    progress: bool = False
+
+    def split_bytes(self, validation_split: float, test_split: float) -> SplitBytes:
+        """The sizes of its splits, for the placement decision."""
+        copyable = self.store is not None and self.store.layers is None
+        row_bytes = self.dim * self.dtype.itemsize
+        return SplitBytes.of_rows(self.rows, row_bytes, validation_split, test_split, store=copyable)
+
+    def read(self, onto: torch.device | None = None) -> ActivationDataset:
+        """The dataset; a single-layer store scanned onto the GPU `onto` when given."""
+        if self.dataset is not None:
+            return self.dataset
+        assert self.store is not None and self.store_settings is not None
+        settings = self.store_settings
+        return self.store.dataset(settings.layer, verify=settings.verify, progress=self.progress, device=onto)
+
+
+def open_source(cfg: DataSettings, seed: int, *, require_labels: bool = True, progress: bool = False) -> Source:
+    """The activations (and labels) that `cfg` describes, validated but not yet read whole."""
+    if isinstance(cfg, StoreData):
+        if cfg.path is None:
+            raise ProbeLabError("data.path is required for data=store")
+        store = ActivationStore.open(cfg.path)
+        name = f"data.path ({store.path})"
+        return Source(name, store.rows, store.dim, store.dtype, store=store, store_settings=cfg, progress=progress)
+    dataset = _dataset(cfg, seed, require_labels)
+    return Source(dataset.name, len(dataset), dataset.dim, dataset.storage_dtype, dataset=dataset)
 
 
 def load_dataset(
-    cfg: DataConfig,
-    seed: int,
-    *,
-    require_labels: bool = True,
-    progress: bool = False,
-    hold_on: Callable[[int], torch.device | None] | None = None,
+    cfg: DataSettings, seed: int, *, require_labels: bool = True, progress: bool = False
 ) -> ActivationDataset:
-    """The activations (and labels) that `cfg` describes; files are validated, not yet read whole
-    (a store is read once, by its scan).
+    """The dataset `cfg` describes, read where it lives (a store by its scan, on the host)."""
+    return open_source(cfg, seed, require_labels=require_labels, progress=progress).read()
 
-    hold_on: given the data's size in bytes, the GPU that training will hold it on, if any; a store
-    is then copied there by its scan (one read in all)."""
-    if cfg.source is DataSource.synthetic:
+
+def _dataset(cfg: DataSettings, seed: int, require_labels: bool) -> ActivationDataset:
+    if isinstance(cfg, SyntheticData):
         x, y = synthetic.activation_like(
             cfg.n, cfg.dim, seed, n_outliers=cfg.n_outliers, outlier_scale=cfg.outlier_scale, signal=cfg.signal
         )
         return ActivationDataset(x, y, name="data=synthetic")
-    if cfg.source is DataSource.seed_task:
+    if isinstance(cfg, SeedTaskData):
         x, y = synthetic.seed_task(cfg.n, cfg.dim, seed)
         return ActivationDataset(x, y, name="data=seed_task")
-    if cfg.source is DataSource.npy:
+    if isinstance(cfg, NpyData):
         return _npy(cfg, require_labels)
-    if cfg.source is DataSource.store:
-        if cfg.path is None:
-            raise ProbeLabError("data.path is required for data=store")
-        store = ActivationStore.open(cfg.path)
-        # Twice the store: it is held whole on the device until its splits are copied out of it.
-        device = hold_on(2 * store.rows * store.dim * store.dtype.itemsize) if hold_on is not None else None
-        return store.dataset(cfg.layer, verify=cfg.verify, progress=progress, device=device)
-    return _pt_files(cfg, require_labels)
+    if isinstance(cfg, PtFilesData):
+        return _pt_files(cfg, require_labels)
+    raise ProbeLabError(f"data={cfg.source.value} has no reader")
 
 
-def _npy(cfg: DataConfig, require_labels: bool) -> ActivationDataset:
+def _npy(cfg: NpyData, require_labels: bool) -> ActivationDataset:
     x_path = _existing_file(cfg.x, "data.x")
     if zipfile.is_zipfile(x_path):
         raise ProbeLabError(f"data.x ({x_path}): expected one .npy array, got an .npz archive")
@@ -136,15 +113,11 @@ def _npy(cfg: DataConfig, require_labels: bool) -> ActivationDataset:
     return ActivationDataset(x, labels, layer=cfg.layer, name=f"data.x ({x_path})")
 
 
-def _pt_files(cfg: DataConfig, require_labels: bool) -> ActivationDataset:
+def _pt_files(cfg: PtFilesData, require_labels: bool) -> ActivationDataset:
     if cfg.dir is None:
         raise ProbeLabError("data.dir is required for data=pt_files")
     directory = Path(cfg.dir)
-    if not directory.is_dir():
-        raise ProbeLabError(f"data.dir ({directory}): directory not found")
-    paths = natural_sorted([p for p in directory.iterdir() if p.suffix in TENSOR_SUFFIXES])
-    if not paths:
-        raise ProbeLabError(f"data.dir ({directory}): no {' or '.join(TENSOR_SUFFIXES)} tensor files")
+    paths = list_tensor_files(directory, f"data.dir ({directory})")
     labels = read_labels(cfg.labels, "data.labels", require_labels)
     return ActivationDataset(paths, labels, layer=cfg.layer, name=f"data.dir ({directory})")
 

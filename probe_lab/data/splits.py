@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.model_selection import train_test_split
 
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.errors import ProbeLabError
+from probe_lab.settings.data import check_split_fractions
 
 
 @dataclass(frozen=True)
@@ -55,17 +57,14 @@ def split_dataset(dataset: ActivationDataset, validation_split: float, test_spli
     )
 
 
-def check_split_fractions(validation_split: float, test_split: float) -> None:
-    """validation in (0, 1), test in [0, 1), and something left to train on."""
-    if not 0.0 < validation_split < 1.0:
-        raise ProbeLabError(f"data.validation_split must be in (0, 1), got {validation_split}")
-    if not 0.0 <= test_split < 1.0 or validation_split + test_split >= 1.0:
-        raise ProbeLabError(
-            f"data.validation_split={validation_split} and data.test_split={test_split} leave no training data"
-        )
-
-
 def _require_both_classes(labels: np.ndarray, where: str) -> None:
     present = np.unique(labels)
     if len(present) < 2:
         raise ProbeLabError(f"{where}: only class {int(present[0])} present; a probe needs both 0 and 1")
+
+
+def hold_splits(splits: Splits, device: torch.device) -> Splits:
+    """Each split held on `device` as a tensor of its own, read once (splits of data already there are
+    copied out of it, so the whole can be freed): training, validation and scoring then stay there."""
+    test = splits.test.on_device(device) if splits.test is not None else None
+    return Splits(splits.train.on_device(device), splits.val.on_device(device), test)

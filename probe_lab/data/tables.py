@@ -3,9 +3,9 @@
 A table holds N rows of width D, optionally with a layer axis (N×L×D), in one storage dtype
 (float32, float16 or bfloat16), and reads any ascending set of rows in one call, in that dtype.
 `ArrayTable` wraps an in-memory array or a file region mapped into memory (`MappedFile`);
-`TensorFileTable` reads the seed's one-tensor-file-per-sample layout; `DeviceTable` holds rows already
-on an accelerator (a GPU), where reads stay. The activation store's
-sharded table (probe_lab.data.store) is a sequence of `ArrayTable`s.
+`TensorFileTable` reads the seed's one-tensor-file-per-sample layout (probe_lab.data.tensor_files);
+`DeviceTable` holds rows already on an accelerator (a GPU), where reads stay. The activation store's
+sharded table (probe_lab.store) is a sequence of `ArrayTable`s.
 
 Mapped files are read through `mmap` rather than `np.memmap` so that the pages a read touched can be
 dropped from this process (`madvise(MADV_DONTNEED)`) right after the copy: the page cache keeps
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probe_lab.data.tensor_files import load_tensor_file, sample_shape, sample_vector
 from probe_lab.errors import ProbeLabError
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -209,9 +210,9 @@ class TensorFileTable(RowTable):
     def __init__(self, paths: Sequence[Path]) -> None:
         self.paths = list(paths)
         self.n_rows = len(self.paths)
-        first = load_tensor_file(self.paths[0])
-        self.layers = int(first.shape[0]) if first.ndim == 2 and first.shape[0] > 1 else None
-        self.dim = int(first.shape[-1])
+        shape = sample_shape(load_tensor_file(self.paths[0]), self.paths[0])
+        self.layers = shape[0] if len(shape) == 2 else None
+        self.dim = shape[-1]
 
     def read(self, rows: np.ndarray, layer: int | None) -> torch.Tensor:
         out = torch.empty((len(rows), self.dim), dtype=torch.float32)
@@ -220,39 +221,10 @@ class TensorFileTable(RowTable):
         return out
 
     def _load(self, path: Path, layer: int | None) -> torch.Tensor:
-        tensor = load_tensor_file(path)
-        if tensor.ndim == 2 and tensor.shape[0] == 1 and layer is None:
-            tensor = tensor[0]
-        if tensor.ndim == 2:
-            if layer is None:
-                raise ProbeLabError(f"{path}: holds {tensor.shape[0]} layers of activations; set data.layer")
-            if not -tensor.shape[0] <= layer < tensor.shape[0]:
-                raise ProbeLabError(f"{path}: data.layer={layer} is out of range for {tensor.shape[0]} layers")
-            tensor = tensor[layer]
-        if tensor.ndim != 1:
-            raise ProbeLabError(f"{path}: expected a tensor of shape (D,) or (L, D), got {tuple(tensor.shape)}")
-        if tensor.shape[0] != self.dim:
-            raise ProbeLabError(f"{path}: has {tensor.shape[0]} values, the other samples have {self.dim}")
-        return tensor.float()
-
-
-def load_tensor_file(path: Path) -> torch.Tensor:
-    """One plain tensor from a file, refusing anything that would need unpickling of objects."""
-    if not path.is_file():
-        raise ProbeLabError(f"{path}: file not found")
-    try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    # Arbitrary bytes make torch's restricted unpickler fail in many ways (KeyError, IndexError, ...);
-    # for an untrusted file each of them means the same thing.
-    except Exception as err:
-        text = str(err).strip()
-        first_line = text.splitlines()[0] if text else type(err).__name__
-        raise ProbeLabError(f"{path}: not a plain tensor file ({first_line[:160]})") from None
-    if not isinstance(value, torch.Tensor):
-        raise ProbeLabError(f"{path}: holds a {type(value).__name__}, expected a tensor")
-    if not value.is_floating_point():
-        raise ProbeLabError(f"{path}: holds a {value.dtype} tensor, expected floating-point activations")
-    return value
+        vector = sample_vector(load_tensor_file(path), path, layer)
+        if vector.shape[0] != self.dim:
+            raise ProbeLabError(f"{path}: has {vector.shape[0]} values, the other samples have {self.dim}")
+        return vector.float()
 
 
 def map_npy(path: Path) -> MappedFile | np.ndarray:

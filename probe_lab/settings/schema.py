@@ -1,22 +1,26 @@
-"""Structured configs for the Hydra app, registered in Hydra's ConfigStore.
+"""The Hydra app's typed schemas, registered in Hydra's ConfigStore.
 
-Every config group's YAML under conf/ is merged onto these dataclasses, so a wrong type or an
-unknown enum value fails at composition, naming the key, before any work starts. Cross-field rules
-(positive regularization, splits that leave every part non-empty) are checked when the config is
-turned into these objects (`OmegaConf.to_object`, which runs each `__post_init__`).
+What probe_lab owns (`backend`, `device`, `precision`, `model`, `probe`, `data/<source>`) is typed:
+every option's YAML under conf/ is merged onto these dataclasses, so a wrong type or an unknown enum
+value fails at composition, naming the key, before any work starts; cross-field rules run when the
+config becomes these objects (`OmegaConf.to_object`, which runs each `__post_init__`). What Lightning
+owns (`trainer`, `callbacks`, `logger`) is left as Hydra nodes with a `_target_`, built by
+`probe_lab.lightning_parts` with `hydra.utils`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from probe_lab.data.sources import DataConfig
 from probe_lab.errors import ProbeLabError
-from probe_lab.settings import PRECISIONS, ProbeSettings
+from probe_lab.settings.data import SCHEMAS, DataSettings
+from probe_lab.settings.probe import ProbeSettings
+from probe_lab.settings.training import PRECISIONS
 
 
 class BackendName(StrEnum):
@@ -84,12 +88,17 @@ class ModelConfig:
 
 @dataclass
 class RunConfig:
+    """trainer / callbacks / logger: Lightning's pieces as Hydra nodes (`probe_lab.lightning_parts`)."""
+
     backend: BackendConfig = field(default_factory=BackendConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataSettings = field(default_factory=DataSettings)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    logger: dict[str, Any] = field(default_factory=dict)
     seed: int = 42
     progress_bar: bool = True
     parity: bool = False  # experiment=parity: train both backends on the same data and compare them
@@ -104,11 +113,15 @@ class PredictConfig:
     """`python -m probe_lab.predict probe=<run folder or .safetensors> data=...`."""
 
     probe_path: str = MISSING  # given on the command line as probe=PATH
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataSettings = field(default_factory=DataSettings)
     seed: int = 42
 
 
 def register_configs() -> None:
+    """The app schemas, and one schema per data source (`data/<source>_schema`, which each
+    conf/data/<source>.yaml names first in its defaults)."""
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     store.store(name="predict_schema", node=PredictConfig)
+    for source, schema in SCHEMAS.items():
+        store.store(group="data", name=f"{source.value}_schema", node=schema)

@@ -6,10 +6,9 @@ the curvature history and the line search live on the host in float64: each eval
 parameters to the device and the loss and gradient back in one transfer each.
 
 Why not torch.optim.LBFGS: it keeps its history and line search on the device as hundreds of tiny
-kernels per iteration, and its strong-Wolfe search reads device scalars one at a time. On a 2.6 GB
-probe problem on an H200 that host-side work took twice the GPU work of an evaluation
-(benchmarks/gpu_scale.py); scipy's takes a fraction of a millisecond. It also runs the same
-algorithm and line search as sklearn, whose optimum the pytorch backend has to reach.
+kernels per iteration, and its strong-Wolfe search reads device scalars one at a time, so on a GPU
+its host-side work outweighs the evaluations (benchmarks/gpu_scale.py compares them). scipy's also
+runs the same algorithm and line search as sklearn, whose optimum the pytorch backend has to reach.
 """
 
 from __future__ import annotations
@@ -179,10 +178,9 @@ def _numpy_and_scipy_blas() -> Any:
 
 def _one_blas_thread() -> Any:
     """numpy's and scipy's BLAS on one thread while L-BFGS-B runs (torch's own threads keep their
-    number). Waking OpenBLAS threads for vectors of a few thousand entries costs more than the
-    operations, and on a small CPU the threads then spin on the cores that the objective's torch
-    products need: a regularization-path fit on 2 cores took 0.9–1.3 s with them and 0.37 s without;
-    on a 16-core GPU machine L-BFGS-B's time per evaluation fell from 0.84–1.07 ms to 0.66–0.73 ms."""
+    number): waking OpenBLAS threads for vectors of a few thousand entries costs more than the
+    operations, and on a small CPU those threads spin on the cores the objective's torch products need
+    (benchmarks/regularization_path.py shows the difference)."""
     return _numpy_and_scipy_blas().limit(limits=1)
 
 

@@ -12,10 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt
 import numpy as np
 
 from probe_lab.errors import ProbeLabError
@@ -76,34 +72,6 @@ def compare(a: BackendOutcome, b: BackendOutcome) -> dict[str, Any]:
     }
 
 
-def parity_lines(numbers: dict[str, Any]) -> list[str]:
-    """The comparison in a few terminal lines."""
-    backends = [key for key, value in numbers.items() if isinstance(value, dict)]
-    lines = [
-        f"  {name:<8} val AUROC {numbers[name]['val_auroc']:.4f}  test AUROC {numbers[name]['test_auroc']:.4f}  "
-        f"fit {numbers[name]['fit_seconds']:.3f} s"
-        for name in backends
-    ]
-    lines.append(
-        f"  parity   |Δ test AUROC| {numbers['abs_delta_test_auroc']:.4f}  weight cosine "
-        f"{numbers['weight_cosine']:.6f}  test score Pearson {numbers['test_score_pearson']:.6f}  "
-        f"max |Δ p| {numbers['max_abs_delta_probability']:.4f}"
-    )
-    return lines
-
-
-def plot_parity(path: Path, a: BackendOutcome, b: BackendOutcome) -> None:
-    """Test probabilities of one backend against the other; agreement lies on the diagonal."""
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    ax.scatter(a.test_proba, b.test_proba, s=6, alpha=0.5)
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set(
-        xlabel=f"{a.backend} test probability",
-        ylabel=f"{b.backend} test probability",
-        title=f"parity: max |Δ p| {np.max(np.abs(a.test_proba - b.test_proba)):.4f}",
-        xlim=(0, 1),
-        ylim=(0, 1),
-    )
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def compared_backends(numbers: dict[str, Any]) -> list[str]:
+    """The backends a comparison from `compare` holds numbers for, in its order (its other keys are numbers)."""
+    return [key for key, value in numbers.items() if isinstance(value, dict)]

@@ -139,10 +139,10 @@ def blocked_gradient_product(rows: torch.Tensor, x: torch.Tensor) -> torch.Tenso
     float32: the sum of the products of blocks of _GRADIENT_BLOCK_ROWS rows of x, each with a
     contiguous copy of its columns of `rows`.
 
-    For a few rows against long x, cuBLAS's choice of kernel swings with N: on an H200 one product
-    read 629,145 × 8192 float16 at 0.27 of the copy bandwidth (9.1 ms), these blocks at 0.86
-    (2.8 ms); at 157,286 rows one product read at 0.78 (benchmarks/half_products.py). Blocks that
-    are strided views of `rows` were as slow as one product, hence the copies (K × 65,536 values).
+    For a few rows against long x, cuBLAS's kernel for one long product reads x far below the copy
+    bandwidth at some N; blocks of contiguous rows keep it near the bandwidth at every N, and the
+    columns of `rows` are copied per block because strided views were as slow as one product
+    (benchmarks/half_products.py measures the variants).
     """
     total = None
     for start in range(0, len(x), _GRADIENT_BLOCK_ROWS):

@@ -1,0 +1,145 @@
+"""The pytorch backend: `TorchProbeTrainer`, a Lightning fit of `ProbeModule` on the fit's `Placement`.
+
+The objective, the coordinates it is optimized in and the L-BFGS driver live in `probe_lab.fit`; this
+module only puts them together for one fit: the DataModule holds the splits where the placement says,
+the statistics are taken where the training split lives, and a Lightning Trainer (`fit.trainer`) runs
+the module.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from probe_lab.backends.base import FitResult, ProbeTrainer
+from probe_lab.data.dataset import ActivationDataset
+from probe_lab.errors import ProbeLabError
+from probe_lab.fit.datamodule import ProbeDataModule
+from probe_lab.fit.module import ProbeModule, prepared_module
+from probe_lab.fit.trainer import LightningParts, build_trainer, quiet_lightning
+from probe_lab.probe import ProbeWeights
+from probe_lab.settings import Penalty, ProbeTrainingConfig
+from probe_lab.settings.placement import Placement
+
+log = logging.getLogger(__name__)
+
+
+class TorchProbeTrainer(ProbeTrainer):
+    """Trains the probe with Lightning on the configured device (CUDA when asked for and present).
+
+    run_dir: where Lightning's logs (logs/) and the best checkpoint (checkpoints/) go; without one
+    they live in a temporary folder for the duration of `fit`. callbacks: Lightning callbacks added to
+    the Trainer's own; the same objects serve every fit of this trainer, so stateful ones carry their
+    state over. lightning: the Trainer class, its flags, callbacks and loggers as composed by a user
+    (see `probe_lab.fit.trainer.LightningParts`); by default probe_lab's own.
+    """
+
+    backend = "pytorch"
+
+    def __init__(
+        self,
+        input_dim: int,
+        config: ProbeTrainingConfig | None = None,
+        *,
+        run_dir: str | Path | None = None,
+        progress_bar: bool = False,
+        callbacks: Sequence[pl.Callback] = (),
+        lightning: LightningParts | None = None,
+    ) -> None:
+        super().__init__(input_dim, config, run_dir=run_dir, progress_bar=progress_bar)
+        self.callbacks = list(callbacks)
+        self.lightning = lightning or LightningParts()
+
+    def _check_config(self) -> None:
+        if self.config.penalty is not Penalty.l2:
+            raise ProbeLabError("probe.penalty=l1 is supported by the sklearn backend only (use backend=sklearn)")
+
+    def _fit(
+        self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float], placement: Placement
+    ) -> list[FitResult]:
+        if not placement.full_batch and len(regularizations) > 1:
+            log.warning(
+                "with AdamW the %d values of the regularization path train and stop together (EarlyStopping "
+                "follows the best value); full-batch L-BFGS brings each value to its own optimum",
+                len(regularizations),
+            )
+        datamodule = ProbeDataModule(
+            train,
+            val,
+            placement,
+            batch_size=self.config.batch_size,
+            seed=self.config.seed,
+            streaming=self.config.streaming,
+        )
+        start = time.perf_counter()
+        resident = datamodule.hold_whole() if placement.full_batch else None
+        loaded = time.perf_counter()
+        # The module and the data are on the device before the statistics are queued (a copy from
+        # pageable host memory would wait for them); on a GPU nothing then waits for the statistics
+        # until L-BFGS reads its first evaluation, so they run while the Trainer sets up.
+        module = prepared_module(
+            train, regularizations, self.config, placement.optimizer, device=placement.device, resident=resident
+        )
+        stages = {"load_seconds": loaded - start, "statistics_seconds": time.perf_counter() - loaded}
+        with tempfile.TemporaryDirectory(prefix="probe_lab-") as scratch:
+            out_dir = self.run_dir or Path(scratch)
+            with quiet_lightning():
+                trainer = build_trainer(
+                    self.lightning,
+                    placement,
+                    self.config,
+                    out_dir,
+                    logs_dir=self.run_dir,
+                    progress_bar=self.progress_bar,
+                    extra_callbacks=self.callbacks,
+                )
+                trainer.fit(module, datamodule=datamodule)
+            if not placement.full_batch:  # a full-batch fit's one checkpoint holds the module's own state
+                _load_best_checkpoint(trainer, module)
+            epochs, steps = trainer.current_epoch, trainer.global_step
+        details = self._details(module, placement, epochs, steps, datamodule.dtype) | stages
+        probe = module.probe
+        weights, biases = probe.raw_weight().reshape(len(regularizations), -1), probe.raw_biases()
+        return [FitResult(ProbeWeights(w.numpy(), float(b)), details) for w, b in zip(weights, biases, strict=True)]
+
+    def _details(
+        self, module: ProbeModule, placement: Placement, epochs: int, steps: int, dtype: torch.dtype
+    ) -> dict[str, Any]:
+        """What metrics.json's `fit` records of this fit."""
+        details: dict[str, Any] = {
+            "optimizer": placement.optimizer.value,
+            "device": placement.accelerator,
+            "precision": placement.precision,
+            "trainer_precision": placement.trainer_precision,
+            "activation_dtype": str(dtype).removeprefix("torch."),
+            "epochs": epochs,
+            "optimizer_steps": steps,
+        }
+        if placement.full_batch:
+            details |= {
+                "iterations": module.lbfgs_iterations,
+                "evaluations": module.lbfgs_evaluations,
+                "converged": module.lbfgs_converged,
+                "optimize_seconds": module.lbfgs_seconds,
+                "capture_seconds": module.capture_seconds,
+            }
+            if not module.lbfgs_converged:
+                log.warning("L-BFGS did not converge in probe.max_iterations=%d iterations", self.config.max_iterations)
+        return details
+
+
+def _load_best_checkpoint(trainer: pl.Trainer, module: ProbeModule) -> None:
+    """The weights of the best val_auroc checkpoint, when a ModelCheckpoint monitoring it kept one."""
+    for checkpoint in trainer.checkpoint_callbacks:
+        path = getattr(checkpoint, "best_model_path", "")
+        if getattr(checkpoint, "monitor", None) == "val_auroc" and path:
+            state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+            module.load_state_dict(state)
+            return

@@ -1,0 +1,172 @@
+"""`ProbeModule`: the LightningModule that minimizes `ProbeObjective` for a `LinearProbe`.
+
+`optimizer=lbfgs` runs full-batch L-BFGS (scipy's L-BFGS-B, sklearn's optimizer) to convergence in
+one optimizer step of one epoch: its line search needs the exact objective and gradient, so there are
+no minibatches. `optimizer=adamw` trains on streamed minibatches with Lightning's automatic
+optimization (gradient accumulation, EarlyStopping and checkpointing as configured). It logs
+`train_loss` and `val_auroc` (with a regularization path, the best column's).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
+
+from probe_lab.data.dataset import ActivationDataset
+from probe_lab.fit.evaluation import Evaluation
+from probe_lab.fit.lbfgsb import ScipyLBFGSB
+from probe_lab.fit.linear_probe import LinearProbe
+from probe_lab.fit.objective import ProbeObjective, preconditioner_statistics
+from probe_lab.settings import OptimizerName, ProbeTrainingConfig
+
+log = logging.getLogger(__name__)
+
+# L-BFGS stops when the largest gradient entry or the change in the objective falls below these.
+LBFGS_TOLERANCE_GRAD = 1e-5
+LBFGS_TOLERANCE_CHANGE = 1e-10
+LBFGS_HISTORY = 20
+
+
+class ProbeModule(pl.LightningModule):
+    """A probe of K columns (one per regularization value) and its objective, summed over the columns
+    so that one pass over the data serves the whole path."""
+
+    def __init__(
+        self,
+        probe: LinearProbe,
+        objective: ProbeObjective,
+        *,
+        optimizer: OptimizerName,
+        learning_rate: float,
+        max_iterations: int,
+    ) -> None:
+        super().__init__()
+        self.probe = probe
+        self.objective = objective
+        self.optimizer_name = optimizer
+        self.learning_rate = learning_rate
+        self.max_iterations = max_iterations
+        self.automatic_optimization = optimizer is not OptimizerName.lbfgs
+        paths = probe.outputs
+        self.val_auroc = BinaryAUROC() if paths == 1 else MultilabelAUROC(num_labels=paths, average="none")
+        self.lbfgs_iterations = 0
+        self.lbfgs_evaluations = 0
+        self.lbfgs_converged = False
+        self.lbfgs_seconds = 0.0
+        self.capture_seconds = 0.0  # capturing the CUDA graph of an evaluation
+
+    @classmethod
+    def at_best_constant(
+        cls,
+        input_dim: int,
+        labels: np.ndarray,
+        regularizations: list[float],
+        *,
+        optimizer: OptimizerName,
+        learning_rate: float,
+        max_iterations: int,
+    ) -> ProbeModule:
+        """A module whose K columns start at the best constant predictor of `labels` (the training
+        split's), in plain coordinates until `precondition`."""
+        probe = LinearProbe(input_dim, outputs=len(regularizations))
+        positives = float(np.mean(labels))
+        with torch.no_grad():
+            probe.linear.bias.fill_(math.log(positives / (1.0 - positives)))
+        objective = ProbeObjective(list(regularizations), len(labels), input_dim)
+        return cls(probe, objective, optimizer=optimizer, learning_rate=learning_rate, max_iterations=max_iterations)
+
+    def precondition(self, mean: torch.Tensor, std: torch.Tensor, *, standardize: bool) -> None:
+        """The probe in the objective's conditioned coordinates for these feature statistics."""
+        self.objective.precondition(self.probe, mean, std, standardize=standardize)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The objective of the batch, a float64 scalar."""
+        return self.objective(self.probe, x, y)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.automatic_optimization:  # AdamW: one minibatch
+            loss = self.loss(x, y)
+            self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+            return loss
+        return self._lbfgs_step(x, y)
+
+    def _lbfgs_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Full-batch L-BFGS to convergence in one manual optimizer step. L-BFGS-B calls the closure once
+        per evaluation, each ending in a host sync, so the closure does only the evaluation (on a GPU
+        one CUDA-graph replay): Lightning counts the one step, and checkpointing follows it."""
+        optimizer = self.optimizers()
+        lbfgs = optimizer.optimizer
+        start = time.perf_counter()
+        evaluate = Evaluation(self, lambda: self.loss(x, y), x.device)
+        loss = optimizer.step(closure=evaluate)  # the objective where L-BFGS stopped
+        self.lbfgs_seconds = time.perf_counter() - start
+        self.capture_seconds = evaluate.capture_seconds
+        result = lbfgs.result
+        self.lbfgs_iterations, self.lbfgs_evaluations = int(result.nit), int(result.nfev)
+        self.lbfgs_converged = lbfgs.converged
+        if result.status != 0:
+            (log.info if self.lbfgs_converged else log.warning)("L-BFGS-B stopped: %s", result.message)
+        self.log("train_loss", float(loss), on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
+        self.log("lbfgs_iterations", float(self.lbfgs_iterations), on_step=True, on_epoch=False)
+        if self.lbfgs_converged:
+            self.trainer.should_stop = True
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.probe(x)
+        if logits.ndim == 2:
+            self.val_auroc.update(logits, y.long()[:, None].expand_as(logits))
+            return
+        self.val_auroc.update(logits, y.long())
+        self.log("val_auroc", self.val_auroc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+
+    def on_validation_epoch_end(self) -> None:
+        if isinstance(self.val_auroc, MultilabelAUROC):
+            self.log("val_auroc", self.val_auroc.compute().max(), prog_bar=True)
+            self.val_auroc.reset()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer_name is OptimizerName.lbfgs:
+            return ScipyLBFGSB(
+                self.parameters(),
+                max_iter=self.max_iterations,
+                history_size=LBFGS_HISTORY,
+                tolerance_grad=LBFGS_TOLERANCE_GRAD,
+                tolerance_change=LBFGS_TOLERANCE_CHANGE,
+            )
+        # weight_decay=0: the penalty is in the objective; AdamW's decay would be another objective.
+        return torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=0.0)
+
+
+def prepared_module(
+    train: ActivationDataset,
+    regularizations: list[float],
+    config: ProbeTrainingConfig,
+    optimizer: OptimizerName,
+    *,
+    device: torch.device | str = "cpu",
+    resident: torch.Tensor | None = None,
+) -> ProbeModule:
+    """The module a fit on `train` starts from: one column per regularization value at the best
+    constant predictor, on `device`, in the coordinates preconditioned by the training split's
+    statistics — taken from `resident` (the split held whole on `device`) when given, which on a GPU
+    only queues them."""
+    module = ProbeModule.at_best_constant(
+        train.dim,
+        train.labels,
+        regularizations,
+        optimizer=optimizer,
+        learning_rate=config.learning_rate,
+        max_iterations=config.max_iterations,
+    ).to(device)
+    mean, std = preconditioner_statistics(train, resident, standardize=config.standardize)
+    module.precondition(mean, std, standardize=config.standardize)
+    return module

@@ -1,0 +1,94 @@
+"""The objective every backend minimizes, and the coordinates the pytorch backend minimizes it in.
+
+sklearn's L2 logistic regression is ½‖w‖² + C·Σᵢ ℓ(yᵢ, w·xᵢ + b), C = 1/regularization, with the
+bias unpenalized and ℓ the binary cross-entropy of the logit. Dividing by C·N leaves its minimizer
+where it is and gives
+
+    J(w, b) = (1/N) Σᵢ ℓ(yᵢ, w·xᵢ + b) + (regularization / 2N) · ‖w‖²
+
+which `ProbeObjective` computes: its minimizer is sklearn's. With `standardize=true` the penalty is
+on the weights of standardized features, (regularization / 2N)·‖w ⊙ σ‖² — sklearn on
+StandardScaler features, another penalty geometry; the exported probe still acts on raw activations.
+
+The probe is optimized in conditioned coordinates (`LinearProbe.set_coordinates`): u = w ⊙ s on
+x − μ, where J's penalty reads Σⱼ qⱼ uⱼ² with
+
+    raw features:   s² = σ² + 4·regularization/N,  q = 1/s²
+    standardized:   s = σ (1 for a constant feature), q = 1
+
+At the start (every probability at the positive rate π) the Hessian's diagonal in u is
+π(1−π)·σ²/s² + (regularization/N)/s², which for raw features is π(1−π) ≤ ¼ for balanced labels in
+every coordinate whatever its scale: a diagonal (Jacobi) preconditioner, so L-BFGS converges in tens
+of evaluations on activations with outlier dimensions. A change of coordinates moves no minimizer.
+K regularization values are K independent objectives summed over the columns of one (D, K) probe.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.stats import device_moments, feature_moments
+from probe_lab.fit.linear_probe import LinearProbe
+
+# Rows sampled for the statistics of raw features, which only center and precondition (a few percent
+# of error there moves no optimum); standardize=true uses every row, as its statistics define J.
+PRECONDITIONER_ROWS = 16384
+
+
+class ProbeObjective(nn.Module):
+    """J of a `LinearProbe` with one column per regularization value, over `n_train` rows.
+
+    Buffers: `penalty_weights` (K, D), the q of each column (1 until `precondition`), and
+    `penalty_coef` (K, 1), regularization / 2N.
+    """
+
+    def __init__(self, regularization: list[float], n_train: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("penalty_weights", torch.ones(len(regularization), dim))
+        # reg / N per column in float64, for the preconditioner; derived, so not in checkpoints.
+        reg_over_n = torch.tensor(regularization, dtype=torch.float64).reshape(-1, 1) / n_train
+        self.register_buffer("reg_over_n", reg_over_n, persistent=False)
+        self.register_buffer("penalty_coef", (reg_over_n / 2.0).float())
+
+    @torch.no_grad()
+    def precondition(self, probe: LinearProbe, mean: torch.Tensor, std: torch.Tensor, *, standardize: bool) -> None:
+        """Put `probe` in the coordinates of the module docstring for features of this `mean` and `std`
+        (D,), and set q to match. Computed in float64 where this module lives, without reading anything
+        back to the host: on a GPU the statistics' kernels may still be running."""
+        device = self.penalty_weights.device
+        mean, std = mean.to(device, torch.float64), std.to(device, torch.float64)
+        if standardize:
+            scale = torch.where(std > 0, std, 1.0).expand_as(self.penalty_weights)
+            penalty_weights = torch.ones_like(scale)
+        else:
+            scale = (std**2 + 4.0 * self.reg_over_n).sqrt()
+            penalty_weights = scale**-2
+        probe.set_coordinates(mean, scale)
+        self.penalty_weights.copy_(penalty_weights)
+
+    def forward(self, probe: LinearProbe, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """J of the batch (x, y), summed over the columns, as a float64 scalar.
+
+        Each row's loss is float32; their sum is float64, so the objective's rounding stays far below
+        the decreases L-BFGS's line search has to see near the optimum.
+        """
+        logits = probe(x)
+        targets = y.float()[:, None].expand_as(logits) if logits.ndim == 2 else y.float()
+        row_losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        data_loss = row_losses.sum(0, dtype=torch.float64) / len(row_losses)  # per column on a path
+        u = probe.linear.weight
+        return data_loss.sum() + (self.penalty_coef * self.penalty_weights * u * u).sum(dtype=torch.float64)
+
+
+def preconditioner_statistics(
+    train: ActivationDataset, resident: torch.Tensor | None, *, standardize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature (mean, std) of the training split, float64: from the resident copy where it lives
+    when there is one (raw features from PRECONDITIONER_ROWS evenly spaced rows), else in one
+    streaming pass over the split."""
+    if resident is None:
+        return feature_moments(train)
+    return device_moments(resident, sample_rows=None if standardize else PRECONDITIONER_ROWS)

@@ -1,0 +1,143 @@
+"""The Lightning Trainer of one fit: the user's Trainer flags, callbacks and loggers (`LightningParts`),
+with what probe_lab itself decides put on top.
+
+probe_lab decides the accelerator, devices and precision (from the fit's `Placement`), and the
+callbacks' and loggers' places in the run folder; it chooses defaults for the epochs (one full-batch
+L-BFGS epoch, or `probe.max_iterations` AdamW epochs), gradient accumulation, the validation sanity
+check and the model summary, which a user's Trainer flag overrides. Its own fixed pieces:
+- a `ModelCheckpoint` without a `dirpath` saves into `checkpoints/` of the run folder;
+- `EarlyStopping` callbacks are dropped with `early_stopping=False`, progress bars with
+  `progress_bar=False` (and Lightning's own bar is then off too);
+- without any logger given, a `CSVLogger` writes `logs/metrics.csv` into the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from probe_lab.errors import ProbeLabError
+from probe_lab.settings import ProbeTrainingConfig
+from probe_lab.settings.placement import Placement
+
+# Trainer arguments the placement and probe_lab's own pieces set; a Trainer flag cannot override them.
+DECIDED_ELSEWHERE = {
+    "accelerator": "device=",
+    "devices": "device=cuda:<index>",
+    "precision": "precision=",
+    "callbacks": "the callbacks group",
+    "logger": "the logger group",
+    "enable_progress_bar": "progress_bar=",
+}
+
+
+@dataclass
+class LightningParts:
+    """Lightning's pieces of a fit as a user composes them: Hydra's trainer / callbacks / logger
+    groups (`probe_lab.lightning_config`), or the Python API.
+
+    trainer_class: the Trainer to build (`trainer._target_`).
+    trainer_options: Trainer flags the user set; they win over probe_lab's defaults.
+    callbacks: the callbacks; None for probe_lab's defaults (`default_callbacks`).
+    loggers: the loggers; None for a CSVLogger into the run folder (none without a run folder).
+    """
+
+    trainer_class: type[pl.Trainer] = pl.Trainer
+    trainer_options: dict[str, Any] = field(default_factory=dict)
+    callbacks: list[pl.Callback] | None = None
+    loggers: list[Logger] | None = None
+
+    def __post_init__(self) -> None:
+        for name in self.trainer_options:
+            if name in DECIDED_ELSEWHERE:
+                raise ProbeLabError(f"trainer.{name} is decided by {DECIDED_ELSEWHERE[name]}, not a Trainer flag")
+
+
+def default_callbacks(config: ProbeTrainingConfig) -> list[pl.Callback]:
+    """ModelCheckpoint of the best val_auroc and EarlyStopping on it (what `callbacks=default` composes)."""
+    return [
+        ModelCheckpoint(
+            monitor="val_auroc",
+            mode="max",
+            save_top_k=1,
+            save_weights_only=True,
+            filename="best-{epoch}-{val_auroc:.4f}",
+        ),
+        EarlyStopping(monitor="val_auroc", mode="max", patience=config.early_stopping_patience),
+    ]
+
+
+def build_trainer(
+    parts: LightningParts,
+    placement: Placement,
+    config: ProbeTrainingConfig,
+    out_dir: Path,
+    *,
+    logs_dir: Path | None,
+    progress_bar: bool,
+    extra_callbacks: Sequence[pl.Callback] = (),
+) -> pl.Trainer:
+    """The Trainer of one fit. out_dir: its root and checkpoints' folder; logs_dir: where the default
+    CSV logs go (None: no default logger)."""
+    callbacks = [*(parts.callbacks if parts.callbacks is not None else default_callbacks(config)), *extra_callbacks]
+    callbacks = [
+        callback
+        for callback in callbacks
+        if not (isinstance(callback, EarlyStopping) and not config.early_stopping)
+        and not (isinstance(callback, ProgressBar) and not progress_bar)
+    ]
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+            callback.dirpath = str(out_dir / "checkpoints")
+    if parts.loggers is not None:
+        loggers: list[Logger] | bool = parts.loggers or False
+    else:
+        loggers = [CSVLogger(logs_dir, name="logs", version="")] if logs_dir is not None else False
+    full_batch = placement.full_batch
+    chosen: dict[str, Any] = {
+        "max_epochs": 1 if full_batch else config.max_iterations,
+        "accumulate_grad_batches": 1 if full_batch else config.gradient_accumulation_steps,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 1,
+        "default_root_dir": str(out_dir),
+    }
+    return parts.trainer_class(
+        **(chosen | parts.trainer_options),
+        accelerator=placement.accelerator,
+        devices=placement.lightning_devices,
+        precision=placement.trainer_precision,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=progress_bar,
+    )
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Keep Lightning's start-up banner (accelerator lines, tips) and warnings that do not apply to a
+    probe's fit out of the run's output."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+            # Full-batch training reads one resident batch, so worker processes would have nothing to do.
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            # device=cpu on a GPU machine is a choice, not an oversight.
+            warnings.filterwarnings("ignore", message=r".*GPU available but not used.*")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

@@ -1,0 +1,158 @@
+"""The `data` config group's schemas, one per source, and the streaming settings.
+
+Every source shares `DataSettings` (splits, the NaN/Inf policy and how minibatches stream); each
+source's schema adds the fields it reads, so a field of another source is an unknown key at
+composition. `StreamingSettings` is declared once: the data group carries its fields flat
+(`data.num_workers`, ...), and the Python API's `ProbeTrainingConfig.streaming` holds them as one value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+
+from probe_lab.errors import ProbeLabError
+from probe_lab.settings.checks import require_positive
+
+
+class DataSource(StrEnum):
+    synthetic = "synthetic"
+    seed_task = "seed_task"
+    npy = "npy"
+    pt_files = "pt_files"
+    store = "store"
+
+
+@dataclass
+class StreamingSettings:
+    """How minibatches stream from host memory or disk (optimizer=adamw).
+
+    num_workers: reader threads; read_mb: MB per contiguous read; shuffle_reads: reads shuffled
+    together; prefetch_batches: batches each reader thread keeps ready.
+    """
+
+    num_workers: int = 2
+    read_mb: float = 16.0
+    shuffle_reads: int = 4
+    prefetch_batches: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ProbeLabError(f"data.num_workers must be a non-negative integer, got {self.num_workers!r}")
+        require_positive(self.read_mb, "data.read_mb")
+        for name in ("shuffle_reads", "prefetch_batches"):
+            require_positive(getattr(self, name), f"data.{name}", integer=True)
+
+    def streaming(self) -> StreamingSettings:
+        """These settings on their own (a data schema's streaming fields, without the rest)."""
+        return StreamingSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(StreamingSettings)})
+
+
+@dataclass
+class DataSettings(StreamingSettings):
+    """What every source shares: the splits (stratified, seeded), the NaN/Inf policy, streaming."""
+
+    source: DataSource = DataSource.synthetic
+    validation_split: float = 0.2
+    test_split: float = 0.2
+    drop_nonfinite: bool = False  # rows holding NaN/Inf fail the run with their count unless dropped
+
+    @property
+    def layer(self) -> int | None:
+        """The layer of N×L×D activations; sources without a layer axis have none."""
+        return None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.source, DataSource):
+            self.source = DataSource(self.source)
+        check_split_fractions(self.validation_split, self.test_split)
+
+
+@dataclass
+class SyntheticData(DataSettings):
+    """Activation-like rows generated in-process: `n` rows of width `dim`."""
+
+    source: DataSource = DataSource.synthetic
+    n: int = 4000
+    dim: int = 256
+    n_outliers: int = 4
+    outlier_scale: float = 30.0
+    signal: float = 3.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("n", "dim"):
+            if getattr(self, name) < 1:
+                raise ProbeLabError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_outliers < 0 or self.outlier_scale <= 0:
+            raise ProbeLabError("data.n_outliers must be >= 0 and data.outlier_scale > 0")
+
+
+@dataclass
+class SeedTaskData(DataSettings):
+    """The seed guide's GPU-test task: `n` rows per class of width `dim`."""
+
+    source: DataSource = DataSource.seed_task
+    n: int = 2000
+    dim: int = 4096
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("n", "dim"):
+            if getattr(self, name) < 1:
+                raise ProbeLabError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class LayeredData(DataSettings):
+    """Sources whose activations may hold a layer axis (N×L×D): `layer` picks one."""
+
+    layer: int | None = None  # type: ignore[assignment]  # a field here, a property on the base
+
+
+@dataclass
+class NpyData(LayeredData):
+    """`x`: an .npy file of activations (N×D or N×L×D), memory-mapped; `y`: .npy or text 0/1 labels."""
+
+    source: DataSource = DataSource.npy
+    x: str | None = None
+    y: str | None = None
+
+
+@dataclass
+class PtFilesData(LayeredData):
+    """`dir`: one tensor file per sample; `labels`: a .npy or text file of 0/1 lines."""
+
+    source: DataSource = DataSource.pt_files
+    dir: str | None = None
+    labels: str | None = None
+
+
+@dataclass
+class StoreData(LayeredData):
+    """`path`: an activation store; `verify`: check each shard's checksum while scanning it once."""
+
+    source: DataSource = DataSource.store
+    path: str | None = None
+    verify: bool = True
+
+
+SCHEMAS: dict[DataSource, type[DataSettings]] = {
+    DataSource.synthetic: SyntheticData,
+    DataSource.seed_task: SeedTaskData,
+    DataSource.npy: NpyData,
+    DataSource.pt_files: PtFilesData,
+    DataSource.store: StoreData,
+}
+
+
+def check_split_fractions(validation_split: float, test_split: float) -> None:
+    """validation in (0, 1), test in [0, 1), and something left to train on."""
+    if not 0.0 < validation_split < 1.0:
+        raise ProbeLabError(f"data.validation_split must be in (0, 1), got {validation_split}")
+    if not 0.0 <= test_split < 1.0 or validation_split + test_split >= 1.0:
+        raise ProbeLabError(
+            f"data.validation_split={validation_split} and data.test_split={test_split} leave no training data"
+        )

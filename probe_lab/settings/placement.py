@@ -1,0 +1,185 @@
+"""The one placement decision of a fit: device, Lightning precision, memory budget, and where the
+training split lives.
+
+`decide_placement` is called once per run (by `probe_lab.run`, before any data is read) or once per
+fit (by the Python API, from the datasets it was given); everything downstream — loading the data,
+the store's scan, the DataModule, the optimizer, the Lightning Trainer — follows the `Placement` it
+returns and never decides again.
+
+The rules, with B the memory budget (`device.memory_budget_gb`, else half the GPU's memory on CUDA,
+half of MemAvailable on the CPU) and sizes in the data's stored dtype:
+- the training split is *resident* (read whole onto the training device once; full-batch L-BFGS)
+  when `probe.optimizer=lbfgs`, or with `auto` when it fits B — on a GPU together with the validation
+  split, which full-batch training holds beside it; otherwise it is *streamed* (AdamW minibatches);
+- on a GPU with a resident training split, every split (train, validation, test) is loaded onto the
+  GPU once when they fit B together, so training, validation and scoring never touch the host;
+- a single-layer store is then copied onto the GPU by the scan that verifies it (one read of the
+  store) when twice the store fits B: the whole store is held until its splits are copied out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import torch
+
+from probe_lab.errors import ProbeLabError
+from probe_lab.settings.probe import OptimizerName
+from probe_lab.settings.training import ProbeTrainingConfig
+
+log = logging.getLogger(__name__)
+
+
+class DataHome(StrEnum):
+    resident = "resident"  # read whole onto the training device once; full-batch L-BFGS
+    streamed = "streamed"  # minibatches streamed from host memory or disk; AdamW
+
+
+@dataclass(frozen=True)
+class SplitBytes:
+    """Sizes the placement is decided from, in the stored dtype. store: a single-layer store's whole
+    size, when its scan could copy it onto a GPU (None for other data)."""
+
+    train: int
+    val: int
+    test: int = 0
+    store: int | None = None
+
+    @classmethod
+    def of_rows(
+        cls, rows: int, row_bytes: int, validation_split: float, test_split: float, *, store: bool = False
+    ) -> SplitBytes:
+        """The sizes of `rows` rows split as `probe_lab.data.splits.split_dataset` splits them."""
+        n_val, n_test = round(rows * validation_split), round(rows * test_split)
+        n_train = rows - n_val - n_test
+        return cls(n_train * row_bytes, n_val * row_bytes, n_test * row_bytes, rows * row_bytes if store else None)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how one fit runs. See the module docstring for the rules that produce it."""
+
+    device: torch.device  # the training device: the CPU or one GPU
+    precision: str  # Lightning's precision for the run ("32", "16-mixed", "bf16-mixed")
+    budget_bytes: int
+    train_home: DataHome
+    splits_on_device: bool  # every split loaded onto the GPU once
+    scan_onto_device: bool  # a store's scan copies it onto the GPU as it reads
+
+    @property
+    def full_batch(self) -> bool:
+        """Full-batch L-BFGS on a resident training split (else AdamW on streamed minibatches)."""
+        return self.train_home is DataHome.resident
+
+    @property
+    def optimizer(self) -> OptimizerName:
+        return OptimizerName.lbfgs if self.full_batch else OptimizerName.adamw
+
+    @property
+    def val_beside_train(self) -> bool:
+        """Full batch on a GPU: the validation split is held whole there too."""
+        return self.full_batch and self.device.type == "cuda"
+
+    @property
+    def trainer_precision(self) -> str:
+        """The Trainer's precision. Lightning's float16 AMP cannot serve a full-batch optimizer that calls
+        its own closure (its gradient scaler would step without the closure and scale the loss the line
+        search reads); the probe accumulates in float32 whatever the stored dtype, so a full-batch fit
+        with 16-mixed keeps float16 data while its Trainer runs in 32-bit."""
+        return "32" if self.full_batch and self.precision == "16-mixed" else self.precision
+
+    @property
+    def accelerator(self) -> str:
+        return "cuda" if self.device.type == "cuda" else "cpu"
+
+    @property
+    def lightning_devices(self) -> list[int] | int:
+        """Lightning's `devices`: the one GPU by index, or 1 (the CPU)."""
+        return [self.device.index or 0] if self.device.type == "cuda" else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """What metrics.json records of the placement."""
+        return {
+            "device": str(self.device),
+            "precision": self.precision,
+            "train": self.train_home.value,
+            "splits_on_device": self.splits_on_device,
+            "scan_onto_device": self.scan_onto_device,
+            "memory_budget_gb": self.budget_bytes / 1e9,
+        }
+
+
+def decide_placement(config: ProbeTrainingConfig, sizes: SplitBytes, *, backend: str = "pytorch") -> Placement:
+    """The placement of a fit with `config` on data of these sizes (see the module docstring).
+
+    The sklearn backend fits in host memory: its placement is the CPU, 32-bit, resident, whatever
+    `config.device` asks for.
+    """
+    if backend == "sklearn":
+        cpu = torch.device("cpu")
+        return Placement(cpu, "32", memory_budget(config.memory_budget_gb, cpu), DataHome.resident, False, False)
+    device = training_device(config.device)
+    precision = resolve_precision(config, device)
+    budget = memory_budget(config.memory_budget_gb, device)
+    on_gpu = device.type == "cuda"
+    if config.optimizer is OptimizerName.auto:
+        held = sizes.train + (sizes.val if on_gpu else 0)
+        home = DataHome.resident if held <= budget else DataHome.streamed
+    else:
+        home = DataHome.resident if config.optimizer is OptimizerName.lbfgs else DataHome.streamed
+    splits_on_device = on_gpu and home is DataHome.resident and sizes.train + sizes.val + sizes.test <= budget
+    scan = splits_on_device and sizes.store is not None and 2 * sizes.store <= budget
+    return Placement(device, precision, budget, home, splits_on_device, scan)
+
+
+def training_device(requested: str) -> torch.device:
+    """ "cpu", "cuda" / "auto" (the first GPU when CUDA is present, else the CPU) or "cuda:K".
+    Asking for CUDA on a machine without it warns once and gives the CPU."""
+    kind, _, index = requested.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ProbeLabError(f"device must be auto, cpu, cuda or cuda:<index>, got {requested!r}")
+    available = torch.cuda.is_available()
+    if kind == "cuda" and not available:
+        log.warning("device=cuda requested but no CUDA device is available; using the CPU")
+    if kind == "cpu" or not available:
+        return torch.device("cpu")
+    return torch.device("cuda", int(index) if index else 0)
+
+
+def resolve_precision(config: ProbeTrainingConfig, device: torch.device) -> str:
+    """`config.precision` when given, else 16-mixed on CUDA with `use_mixed_precision` and 32 otherwise;
+    16-mixed needs CUDA, so on the CPU it warns and gives 32."""
+    requested = config.precision
+    if requested is None:
+        requested = "16-mixed" if config.use_mixed_precision and device.type == "cuda" else "32"
+    if requested == "16-mixed" and device.type != "cuda":
+        log.warning("precision=16-mixed needs CUDA; using 32 on the CPU (bf16-mixed works on CPUs)")
+        return "32"
+    return requested
+
+
+def memory_budget(configured_gb: float | None, device: torch.device) -> int:
+    """Bytes of activations the device may hold: the configured GB, or half the device's memory
+    (total GPU memory on CUDA, available RAM on the CPU)."""
+    if configured_gb is not None:
+        return int(configured_gb * 1e9)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device.index or 0).total_memory // 2
+    return available_ram() // 2
+
+
+def available_ram() -> int:
+    """Bytes of RAM available to a new allocation: MemAvailable (free memory plus the page cache the
+    kernel can drop), so the answer does not swing with what happens to be cached."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -1,0 +1,186 @@
+"""`StoreWriter`: a new store written batch by batch, shard by shard, its manifest last."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from probe_lab.artifacts import atomic_write_bytes
+from probe_lab.data.dataset import check_labels
+from probe_lab.data.tables import DTYPE_NAMES, DTYPES
+from probe_lab.errors import ProbeLabError
+from probe_lab.store.manifest import (
+    FORMAT_VERSION,
+    LABELS,
+    MANIFEST,
+    SAFETENSORS_DTYPES,
+    TENSOR_NAME,
+    Manifest,
+    ShardInfo,
+    is_store_file,
+    shard_name,
+)
+
+# Room kept at the front of a shard for its safetensors header, written once the shard's row count
+# is known; the header is padded with spaces (the format allows it) so the data start 8-byte aligned.
+HEADER_BYTES = 256
+DEFAULT_SHARD_MB = 256
+
+
+class StoreWriter:
+    """Appends batches to a new store; `close()` writes the labels and then the manifest.
+
+    Use as a context manager: leaving the block by an exception writes no manifest, so the
+    unfinished store is never read as complete.
+    """
+
+    def __init__(
+        self, path: Path, dim: int, layers: int | None, dtype: str, *, shard_mb: float, overwrite: bool
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ProbeLabError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if dim < 1 or (layers is not None and layers < 1) or shard_mb <= 0:
+            raise ProbeLabError(f"{path}: dim, layers and shard_mb must be positive")
+        prepare_directory(path, overwrite)
+        self.path, self.dim, self.layers, self.dtype = path, dim, layers, DTYPES[dtype]
+        self.row_shape = (dim,) if layers is None else (layers, dim)
+        row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        self.shard_rows = max(1, int(shard_mb * 2**20) // row_bytes)
+        self._shards: list[ShardInfo] = []
+        self._labels: list[np.ndarray] = []
+        self._file: Any = None
+        self._current_name = ""
+        self._hash: Any = None
+        self._rows_in_shard = 0
+        self.rows = 0
+        self.closed = False
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, kind: type | None, *rest: Any) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop writing and delete what this writer wrote: an unfinished store leaves nothing behind."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        for name in [shard.file for shard in self._shards] + [self._current_name, LABELS]:
+            if name:
+                (self.path / name).unlink(missing_ok=True)
+        self.closed = True
+
+    def append(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor | list[int]) -> None:
+        """Append rows: x (k, D) or (k, L, D) floats (cast to the store's dtype), y (k,) 0/1 labels."""
+        if self.closed:
+            raise ProbeLabError(f"{self.path}: the store is closed")
+        batch = torch.as_tensor(x).detach().cpu()
+        if not batch.is_floating_point():
+            raise ProbeLabError(f"{self.path}: activations must be floating point, got {batch.dtype}")
+        if tuple(batch.shape[1:]) != self.row_shape:
+            raise ProbeLabError(
+                f"{self.path}: appended rows have shape {tuple(batch.shape[1:])}, the store holds {self.row_shape}"
+            )
+        labels = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y)
+        labels = check_labels(labels, len(batch), str(self.path)).astype(np.int8)
+        raw = batch.to(self.dtype).contiguous()
+        raw = raw.view(torch.int16) if self.dtype == torch.bfloat16 else raw
+        values = raw.numpy()
+        start = 0
+        while start < len(values):
+            if self._file is None:
+                self._open_shard()
+            take = min(len(values) - start, self.shard_rows - self._rows_in_shard)
+            chunk = memoryview(np.ascontiguousarray(values[start : start + take])).cast("B")
+            self._file.write(chunk)
+            self._hash.update(chunk)
+            self._rows_in_shard += take
+            start += take
+            if self._rows_in_shard == self.shard_rows:
+                self._finish_shard()
+        self._labels.append(labels)
+        self.rows += len(values)
+
+    def close(self) -> Manifest:
+        """Finish the last shard, write labels.npy, then manifest.json (atomically, last)."""
+        if self.closed:
+            raise ProbeLabError(f"{self.path}: the store is already closed")
+        if self.rows == 0:
+            raise ProbeLabError(f"{self.path}: no rows were appended")
+        if self._file is not None:
+            self._finish_shard()
+        with open(self.path / LABELS, "wb") as file:
+            np.save(file, np.concatenate(self._labels))
+            file.flush()
+            os.fsync(file.fileno())
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            dim=self.dim,
+            layers=self.layers,
+            dtype=DTYPE_NAMES[self.dtype],
+            rows=self.rows,
+            labels=LABELS,
+            labels_sha256=hashlib.sha256((self.path / LABELS).read_bytes()).hexdigest(),
+            shards=tuple(self._shards),
+        )
+        atomic_write_bytes(self.path / MANIFEST, manifest.to_json().encode())
+        self.closed = True
+        return manifest
+
+    def _open_shard(self) -> None:
+        name = shard_name(len(self._shards))
+        self._current_name = name
+        self._file = open(self.path / name, "wb")  # noqa: SIM115 (closed in _finish_shard)
+        self._file.write(b"\0" * (8 + HEADER_BYTES))
+        self._hash = hashlib.sha256()
+        self._rows_in_shard = 0
+
+    def _finish_shard(self) -> None:
+        rows = self._rows_in_shard
+        nbytes = rows * int(np.prod(self.row_shape)) * self.dtype.itemsize
+        header = {
+            TENSOR_NAME: {
+                "dtype": SAFETENSORS_DTYPES[self.dtype],
+                "shape": [rows, *self.row_shape],
+                "data_offsets": [0, nbytes],
+            }
+        }
+        text = json.dumps(header, separators=(",", ":")).encode()
+        self._file.seek(0)
+        self._file.write(struct.pack("<Q", HEADER_BYTES) + text.ljust(HEADER_BYTES, b" "))
+        self._file.flush()
+        os.fsync(self._file.fileno())  # on disk before any manifest can list it
+        self._file.close()
+        self._shards.append(ShardInfo(self._current_name, rows, self._hash.hexdigest()))
+        self._file = None
+        self._current_name = ""
+
+
+def prepare_directory(path: Path, overwrite: bool) -> None:
+    """Make `path` an empty directory for a new store; an old store there is deleted only with
+    `overwrite`, and never a directory holding files a store writer does not make."""
+    if path.exists() and not path.is_dir():
+        raise ProbeLabError(f"{path}: exists and is not a directory")
+    existing = list(path.iterdir()) if path.is_dir() else []
+    if existing:
+        if not overwrite:
+            raise ProbeLabError(f"{path}: already exists and is not empty (overwrite=True replaces a store)")
+        foreign = [p.name for p in existing if not is_store_file(p.name)]
+        if foreign:
+            raise ProbeLabError(f"{path}: holds {foreign[0]!r}, which is not part of a store; refusing to overwrite")
+        # The manifest goes first: from here on the old store no longer reads as complete.
+        (path / MANIFEST).unlink(missing_ok=True)
+        for item in existing:
+            item.unlink(missing_ok=True)
+    path.mkdir(parents=True, exist_ok=True)

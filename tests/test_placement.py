@@ -1,0 +1,166 @@
+"""The one placement decision: device, precision, budget and where the training split lives — and
+every consumer following it (the run's loading, the store's scan, the DataModule, the optimizer)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.synthetic import activation_like
+from probe_lab.fit.datamodule import ProbeDataModule
+from probe_lab.settings import OptimizerName, ProbeTrainingConfig
+from probe_lab.settings import placement as placement_module
+from probe_lab.settings.backend import resolve_backend
+from probe_lab.settings.placement import DataHome, Placement, SplitBytes, decide_placement
+
+GB = 10**9
+
+
+def _cuda_present(monkeypatch: pytest.MonkeyPatch, total_memory: int = 80 * GB) -> None:
+    """Decide as on a machine with one GPU of `total_memory` bytes (nothing runs on it)."""
+
+    class Properties:
+        pass
+
+    properties = Properties()
+    properties.total_memory = total_memory  # type: ignore[attr-defined]
+    monkeypatch.setattr(placement_module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(placement_module.torch.cuda, "get_device_properties", lambda index: properties)
+
+
+@pytest.mark.parametrize(
+    ("size_b", "backend"), [(7, "sklearn"), (33.9, "sklearn"), (34, "pytorch"), (70, "pytorch"), (405, "pytorch")]
+)
+def test_auto_backend_picks_by_model_size(size_b: float, backend: str) -> None:
+    choice = resolve_backend("auto", size_b, 34.0)
+    assert choice.name == backend and f"model.size_b={size_b:g}" in choice.reason
+    assert resolve_backend("sklearn", 70, 34.0).name == "sklearn"
+    assert "explicitly" in resolve_backend("pytorch", 7, 34.0).reason
+
+
+def test_resident_on_the_cpu_when_the_training_split_fits() -> None:
+    config = ProbeTrainingConfig(device="cpu", memory_budget_gb=1.0)
+    placement = decide_placement(config, SplitBytes(train=GB // 2, val=GB, test=GB))
+    assert placement.train_home is DataHome.resident and placement.optimizer is OptimizerName.lbfgs
+    assert placement.device == torch.device("cpu") and placement.precision == "32"
+    # on the CPU nothing is copied anywhere: validation and test are read where they are
+    assert not placement.splits_on_device and not placement.scan_onto_device and not placement.val_beside_train
+
+
+def test_streamed_when_the_training_split_exceeds_the_budget() -> None:
+    config = ProbeTrainingConfig(device="cpu", memory_budget_gb=1.0)
+    placement = decide_placement(config, SplitBytes(train=2 * GB, val=1))
+    assert placement.train_home is DataHome.streamed and placement.optimizer is OptimizerName.adamw
+    assert placement.trainer_precision == "32"
+
+
+def test_an_explicit_optimizer_decides_the_home_whatever_the_size() -> None:
+    big, small = SplitBytes(train=10**15, val=1), SplitBytes(train=1, val=1)
+    assert decide_placement(ProbeTrainingConfig(device="cpu", optimizer="lbfgs"), big).full_batch
+    assert not decide_placement(ProbeTrainingConfig(device="cpu", optimizer="adamw"), small).full_batch
+
+
+def test_gpu_resident_splits_and_store_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    _cuda_present(monkeypatch, total_memory=80 * GB)  # budget: half, 40 GB
+    config = ProbeTrainingConfig(device="cuda")
+    store = SplitBytes.of_rows(10_000_000, 2 * 1000, 0.2, 0.2, store=True)  # a 20 GB float16 store
+    placement = decide_placement(config, store)
+    assert placement.device == torch.device("cuda", 0) and placement.lightning_devices == [0]
+    assert placement.full_batch and placement.splits_on_device and placement.val_beside_train
+    assert placement.scan_onto_device  # twice the store fits 40 GB
+    # full batch with 16-mixed: float16 data, a 32-bit Trainer (AMP's scaler cannot serve L-BFGS)
+    assert placement.precision == "16-mixed" and placement.trainer_precision == "32"
+    larger = SplitBytes.of_rows(12_000_000, 2 * 1000, 0.2, 0.2, store=True)  # 24 GB: splits fit, 2x does not
+    placement = decide_placement(config, larger)
+    assert placement.splits_on_device and not placement.scan_onto_device
+    multi_layer = SplitBytes.of_rows(10_000_000, 2 * 1000, 0.2, 0.2, store=False)
+    assert not decide_placement(config, multi_layer).scan_onto_device
+
+
+def test_gpu_counts_the_validation_split_held_beside_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    _cuda_present(monkeypatch)
+    config = ProbeTrainingConfig(device="cuda:1", memory_budget_gb=1.0)
+    placement = decide_placement(config, SplitBytes(train=6 * GB // 10, val=6 * GB // 10))
+    assert placement.train_home is DataHome.streamed and not placement.splits_on_device
+    assert placement.device == torch.device("cuda", 1) and placement.lightning_devices == [1]
+    assert placement.trainer_precision == "16-mixed"  # AdamW keeps Lightning's AMP
+
+
+def test_split_bytes_match_the_splits() -> None:
+    from probe_lab.data.splits import split_dataset
+
+    x, y = activation_like(1003, 8, seed=0)
+    splits = split_dataset(ActivationDataset(x, y), 0.2, 0.15, seed=0)
+    sizes = SplitBytes.of_rows(1003, 8 * 4, 0.2, 0.15)
+    assert (sizes.train, sizes.val, sizes.test) == (splits.train.nbytes(), splits.val.nbytes(), splits.test.nbytes())
+
+
+def test_cuda_without_gpu_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    monkeypatch.setattr(placement_module.torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        placement = decide_placement(ProbeTrainingConfig(device="cuda"), SplitBytes(train=1, val=1))
+    assert placement.device == torch.device("cpu")
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    # the seed's use_mixed_precision means 16-mixed on CUDA only; bf16-mixed works on CPUs
+    assert placement.precision == "32"
+    assert decide_placement(ProbeTrainingConfig(device="cpu", precision="bf16-mixed"), SplitBytes(1, 1)).precision == (
+        "bf16-mixed"
+    )
+
+
+def test_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    _cuda_present(monkeypatch)
+    sizes = SplitBytes(train=1, val=1)
+    assert decide_placement(ProbeTrainingConfig(), sizes).precision == "16-mixed"
+    assert decide_placement(ProbeTrainingConfig(use_mixed_precision=False), sizes).precision == "32"
+    with caplog.at_level(logging.WARNING):
+        assert decide_placement(ProbeTrainingConfig(device="cpu", precision="16-mixed"), sizes).precision == "32"
+    assert "16-mixed needs CUDA" in caplog.text
+
+
+def test_sklearn_is_placed_on_the_host_whatever_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    _cuda_present(monkeypatch)
+    placement = decide_placement(ProbeTrainingConfig(device="cuda"), SplitBytes(1, 1), backend="sklearn")
+    assert placement.device == torch.device("cpu") and placement.precision == "32" and not placement.splits_on_device
+
+
+def _datamodule(placement: Placement) -> ProbeDataModule:
+    x, y = activation_like(300, 8, seed=1)
+    data = ActivationDataset(x, y)
+    return ProbeDataModule(data.subset(np.arange(200)), data.subset(np.arange(200, 300)), placement, batch_size=64)
+
+
+def test_datamodule_serves_a_resident_split_as_one_batch() -> None:
+    placement = decide_placement(ProbeTrainingConfig(device="cpu"), SplitBytes(1, 1))
+    module = _datamodule(placement)
+    ((x, y),) = list(module.train_dataloader())
+    assert y.shape == (200,)
+    assert x.shape == (200, 8) and module.hold_whole().shape == (200, 8)
+    assert sum(len(batch[1]) for batch in module.val_dataloader()) == 100
+
+
+def test_datamodule_streams_a_streamed_split_in_minibatches() -> None:
+    placement = decide_placement(ProbeTrainingConfig(device="cpu", memory_budget_gb=1e-9), SplitBytes(10**6, 1))
+    module = _datamodule(placement)
+    sizes = [len(y) for _, y in module.train_dataloader()]
+    assert sum(sizes) == 200 and max(sizes) == 64
+    with pytest.raises(ValueError, match="streams"):
+        module.hold_whole()
+
+
+@pytest.mark.parametrize(("budget_gb", "optimizer"), [(None, "lbfgs"), (1e-6, "adamw")])
+def test_the_trainer_follows_the_placement(budget_gb: float | None, optimizer: str) -> None:
+    """A fit without a given placement decides one from its datasets; the fit runs as it says."""
+    from probe_lab.backends.pytorch import TorchProbeTrainer
+
+    x, y = activation_like(600, 16, seed=2)
+    data = ActivationDataset(x, y)
+    config = ProbeTrainingConfig(device="cpu", memory_budget_gb=budget_gb, max_iterations=3, batch_size=128)
+    trainer = TorchProbeTrainer(16, config)
+    trainer.fit_datasets(data.subset(np.arange(400)), data.subset(np.arange(400, 600)))
+    assert trainer.placement is not None and trainer.placement.optimizer.value == optimizer
+    assert trainer.fit_details["optimizer"] == optimizer
