@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import datetime as dt
 import gc
 import json
@@ -64,10 +65,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from probe_lab.convert import convert
 from probe_lab.data.dataset import ActivationDataset
-from probe_lab.data.sources import DataConfig
 from probe_lab.data.tensor_files import natural_sorted
 from probe_lab.fit.datamodule import ProbeDataModule
-from probe_lab.settings import ProbeSettings
+from probe_lab.settings import ProbeSettings, ProbeTrainingConfig, StreamingSettings
+from probe_lab.settings.placement import SplitBytes, decide_placement
 from probe_lab.store import ActivationStore
 
 GB = 1e9
@@ -172,17 +173,12 @@ def plain_read(paths: list[Path], buffer_bytes: int) -> tuple[int, float]:
 
 def stream_loader(dataset: ActivationDataset, num_workers: int | None = None) -> DataLoader:
     """The training DataLoader exactly as a run builds it, with the project's default settings."""
-    data, probe = DataConfig(), ProbeSettings()
-    settings: dict[str, Any] = {
-        "batch_size": probe.batch_size,
-        "full_batch": False,
-        "seed": 42,
-        "num_workers": data.num_workers if num_workers is None else num_workers,
-        "read_mb": data.read_mb,
-        "shuffle_reads": data.shuffle_reads,
-        "prefetch_batches": data.prefetch_batches,
-    }
-    return ProbeDataModule(dataset, dataset, **settings).train_dataloader()
+    streaming, probe = StreamingSettings(), ProbeSettings()
+    if num_workers is not None:
+        streaming = dataclasses.replace(streaming, num_workers=num_workers)
+    placement = decide_placement(ProbeTrainingConfig(device="cpu", optimizer="adamw"), SplitBytes(1, 1))
+    module = ProbeDataModule(dataset, dataset, placement, batch_size=probe.batch_size, seed=42, streaming=streaming)
+    return module.train_dataloader()
 
 
 def epoch(loader: DataLoader) -> tuple[int, int, float]:

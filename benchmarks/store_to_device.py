@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from probe_lab.fit.datamodule import ProbeDataModule
+from probe_lab.settings import ProbeTrainingConfig, StreamingSettings
+from probe_lab.settings.placement import SplitBytes, decide_placement
 from probe_lab.store import ActivationStore
 
 READ_BYTES = 32 << 20
@@ -62,7 +64,9 @@ def plain_read(files: list[Path]) -> float:
 def loader_epoch(store: ActivationStore, workers: int, device: str, pin: bool) -> float:
     """Seconds for one shuffled training epoch of the whole store, every batch on `device`."""
     dataset = store.dataset(verify=False)
-    module = ProbeDataModule(dataset, dataset, batch_size=8192, full_batch=False, num_workers=workers)
+    config = ProbeTrainingConfig(device=device, optimizer="adamw", streaming=StreamingSettings(num_workers=workers))
+    placement = decide_placement(config, SplitBytes(dataset.nbytes(), dataset.nbytes()))
+    module = ProbeDataModule(dataset, dataset, placement, batch_size=8192, streaming=config.streaming)
     loader = module.train_dataloader()
     pinned = pin and device.startswith("cuda")
     loader.dataset.pin_memory = pinned  # reader threads gather into pinned memory themselves

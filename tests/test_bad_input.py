@@ -194,6 +194,12 @@ def test_unknown_choice(cli: Cli, override: str, fragments: tuple[str, ...]) -> 
     assert_hydra_rejected(cli(override, "data.n=200"), *fragments)
 
 
+def test_a_setting_of_another_data_source_fails_composition(cli: Cli) -> None:
+    """Each data source has a schema of its own: another source's field is an unknown key."""
+    assert_hydra_rejected(cli("data.layer=7"), "data.layer", "SyntheticData")
+    assert_hydra_rejected(cli("data=seed_task", "data.x=a.npy"), "data.x", "SeedTaskData")
+
+
 # -- 8. regularization <= 0 -------------------------------------------------------------------------
 
 
@@ -292,7 +298,6 @@ def test_hidden_dim_mismatch(cli: Cli) -> None:
     ("override", "fragments"),
     [
         ("seed=-1", ("seed must be >= 0",)),
-        ("data.layer=7", ("data.layer is not used by data=synthetic",)),
         ("data.validation_split=1.5", ("data.validation_split must be in (0, 1)",)),
         ("data.test_split=0", ("data.test_split must be > 0",)),
         ("backend.threshold_b=-1", ("backend.threshold_b must be positive",)),

@@ -10,17 +10,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from probe_lab.data.dataset import ActivationDataset
-from probe_lab.data.sources import DataConfig, DataSource, load_dataset
+from probe_lab.data.sources import load_dataset
 from probe_lab.data.splits import split_dataset
 from probe_lab.data.stats import feature_moments
 from probe_lab.data.synthetic import activation_like, seed_task
 from probe_lab.data.tensor_files import natural_sorted
 from probe_lab.errors import ProbeLabError
+from probe_lab.settings.data import NpyData, PtFilesData
 
 
 def test_array_and_file_datasets_read_the_same_rows(pt_dir) -> None:
     directory, labels, x, y = pt_dir
-    from_files = load_dataset(DataConfig(source=DataSource.pt_files, dir=str(directory), labels=str(labels)), seed=0)
+    from_files = load_dataset(PtFilesData(dir=str(directory), labels=str(labels)), seed=0)
     from_array = ActivationDataset(x, y)
     rows = np.array([5, 0, 199, 17])
     np.testing.assert_array_equal(from_files.rows(rows), from_array.rows(rows))
@@ -37,14 +38,14 @@ def test_layer_is_picked_from_three_dimensional_arrays(tmp_path: Path) -> None:
     y = np.arange(50) % 2
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
-    config = DataConfig(source=DataSource.npy, x=str(tmp_path / "x.npy"), y=str(tmp_path / "y.npy"), layer=2)
+    config = NpyData(x=str(tmp_path / "x.npy"), y=str(tmp_path / "y.npy"), layer=2)
     dataset = load_dataset(config, seed=0)
     assert dataset.dim == 8
     np.testing.assert_array_equal(dataset.materialize(), x[:, 2, :])
     with pytest.raises(ProbeLabError, match=r"set data\.layer"):
-        load_dataset(DataConfig(source=DataSource.npy, x=config.x, y=config.y), seed=0)
+        load_dataset(NpyData(x=config.x, y=config.y), seed=0)
     with pytest.raises(ProbeLabError, match="out of range"):
-        load_dataset(DataConfig(source=DataSource.npy, x=config.x, y=config.y, layer=3), seed=0)
+        load_dataset(NpyData(x=config.x, y=config.y, layer=3), seed=0)
 
 
 def test_per_sample_files_are_read_in_natural_order(tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ def test_splits_are_stratified_disjoint_and_seeded() -> None:
 def test_moments_are_exact_for_features_with_a_large_mean() -> None:
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((20000, 3)) * [1e-3, 1.0, 30.0] + [1e4, -5.0, 0.0]).astype(np.float32)
-    mean, std = feature_moments(ActivationDataset(x, None))
+    mean, std = (m.numpy() for m in feature_moments(ActivationDataset(x, None)))
     np.testing.assert_allclose(mean, x.astype(np.float64).mean(0), rtol=1e-12)
     np.testing.assert_allclose(std, x.astype(np.float64).std(0), rtol=1e-9)
 
@@ -117,15 +118,15 @@ def test_device_table_reads_rows_layers_and_nonfinite_rows_where_it_lives() -> N
 
 
 def test_statistics_of_a_resident_tensor_match_the_streaming_pass() -> None:
-    from probe_lab.data.stats import tensor_moments
+    from probe_lab.data.stats import device_moments
 
     x, y = activation_like(5000, 32, seed=4, dtype=np.float16)
-    mean, std = feature_moments(ActivationDataset(x, y))
-    resident_mean, resident_std = tensor_moments(torch.from_numpy(x), block_rows=777)
+    mean, std = (m.numpy() for m in feature_moments(ActivationDataset(x, y)))
+    resident_mean, resident_std = (m.numpy() for m in device_moments(torch.from_numpy(x), block_rows=777))
     np.testing.assert_allclose(resident_mean, mean, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(resident_std, std, rtol=1e-5)
     rows = np.round(np.linspace(0, len(x) - 1, 1234)).astype(int)  # 1234 evenly spaced rows
-    sampled_mean, sampled_std = tensor_moments(torch.from_numpy(x), sample_rows=1234)
+    sampled_mean, sampled_std = (m.numpy() for m in device_moments(torch.from_numpy(x), sample_rows=1234))
     np.testing.assert_allclose(sampled_std, x[rows].astype(np.float64).std(0), rtol=1e-6)
     np.testing.assert_allclose(sampled_mean, x[rows].astype(np.float64).mean(0), rtol=1e-6, atol=1e-6)
 

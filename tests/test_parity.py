@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_sweep import run_sweep
+from test_sweep import SMALL, run_sweep
 
-from probe_lab.data.sources import DataConfig, load_dataset
+from probe_lab.data.sources import load_dataset
 from probe_lab.data.splits import split_dataset
 from probe_lab.data.synthetic import activation_like
 from probe_lab.errors import ProbeLabError
@@ -18,8 +18,8 @@ from probe_lab.metrics import auroc
 from probe_lab.probe import ProbeWeights, load_probe
 from probe_lab.report.parity import BackendOutcome, compare
 from probe_lab.report.summary import parity_lines
+from probe_lab.settings.data import SyntheticData
 
-SMALL = ("data.n=400", "data.dim=16")  # the sizes run_sweep uses
 COMPARISON_KEYS = {"abs_delta_test_auroc", "weight_cosine", "test_score_pearson", "max_abs_delta_probability"}
 
 
@@ -57,7 +57,7 @@ def test_parity_numbers_are_those_of_the_saved_probes(cli) -> None:
     result = cli("experiment=parity", *SMALL)
     assert result.returncode == 0, result.stderr
     parity = json.loads((result.run_dir / "parity.json").read_text())
-    splits = split_dataset(load_dataset(DataConfig(n=400, dim=16), seed=42), 0.2, 0.2, seed=42)
+    splits = split_dataset(load_dataset(SyntheticData(n=400, dim=16), seed=42), 0.2, 0.2, seed=42)
     weights, proba = {}, {}
     for backend in ("sklearn", "pytorch"):
         probe, _ = load_probe(result.run_dir / backend / "probe.safetensors")
@@ -105,7 +105,7 @@ def test_a_layer_sweep_compares_layers(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", np.stack([noise, x, noise[::-1]], axis=1))
     np.save(tmp_path / "y.npy", y)
     data = ("data=npy", f"data.x={tmp_path / 'x.npy'}", f"data.y={tmp_path / 'y.npy'}")
-    sweep = run_sweep(tmp_path, *data, "data.layer=0,1,2")
+    sweep = run_sweep(tmp_path, "data.layer=0,1,2", data=data)
     assert sweep.returncode == 0, sweep.stderr
     rows = sweep.rows()
     assert [row["overrides"].split()[-1] for row in rows] == ["data.layer=0", "data.layer=1", "data.layer=2"]

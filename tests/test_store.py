@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import CliResult
 from safetensors.torch import load_file
-from test_bad_input import assert_rejected
+from test_bad_input import assert_hydra_rejected, assert_rejected
 from torch.utils.data import DataLoader
 
 from probe_lab.convert import main as convert_main
@@ -22,6 +22,8 @@ from probe_lab.data.streaming import StreamedBatches
 from probe_lab.data.synthetic import activation_like
 from probe_lab.errors import ProbeLabError
 from probe_lab.fit.datamodule import ProbeDataModule
+from probe_lab.settings import ProbeTrainingConfig
+from probe_lab.settings.placement import Placement, SplitBytes, decide_placement
 from probe_lab.store import MANIFEST, ActivationStore
 
 Cli = Callable[..., CliResult]
@@ -332,19 +334,23 @@ def test_streaming_reads_every_training_row_once_per_epoch_in_a_seeded_order(sto
     assert torch.equal(first_run, second_run)
 
 
+def _placement(optimizer: str) -> Placement:
+    return decide_placement(ProbeTrainingConfig(device="cpu", optimizer=optimizer), SplitBytes(1, 1))
+
+
 def test_training_holds_the_split_in_its_stored_precision(tmp_path: Path) -> None:
     x, y = activation_like(300, 8, seed=1)
     for dtype in DTYPES:
         dataset = ActivationStore.open(write_store(tmp_path / dtype, torch.from_numpy(x), y, dtype)).dataset()
-        resident = ProbeDataModule(dataset, dataset, batch_size=64, full_batch=True)
+        resident = ProbeDataModule(dataset, dataset, _placement("lbfgs"), batch_size=64)
         batch_x, batch_y = next(iter(resident.train_dataloader()))
         assert batch_x.dtype == DTYPES[dtype] and batch_x.shape == (300, 8)
         assert torch.equal(batch_y, torch.from_numpy(y).float())
-        streamed = ProbeDataModule(dataset, dataset, batch_size=64, full_batch=False)
+        streamed = ProbeDataModule(dataset, dataset, _placement("adamw"), batch_size=64)
         assert {batch[0].dtype for batch in streamed.train_dataloader()} == {DTYPES[dtype]}
 
 
 def test_settings_of_other_sources_are_refused(cli: Cli, store) -> None:
     path, _, _ = store
     result = cli("data=store", f"data.path={path}", "data.x=oops.npy")
-    assert_rejected(result, "data.x is not used by data=store")
+    assert_hydra_rejected(result, "data.x", "StoreData")

@@ -20,7 +20,7 @@ from probe_lab.errors import ProbeLabError
 from probe_lab.report.plots import sweep_figure
 from probe_lab.report.sweep.job import JobRow, error_line, read_job, read_job_id, record_failure, start_job
 
-SMALL = ("progress_bar=false", "data.n=400", "data.dim=16")
+SMALL = ("data.n=400", "data.dim=16")  # synthetic data, small
 
 
 @dataclass
@@ -38,11 +38,13 @@ class SweepResult:
         return json.loads((self.sweep_dir / job / "metrics.json").read_text())
 
 
-def run_sweep(tmp_path: Path, *overrides: str) -> SweepResult:
-    """`python -m probe_lab -m SMALL overrides... hydra.sweep.dir=tmp_path/sweep` in a subprocess."""
+def run_sweep(tmp_path: Path, *overrides: str, data: tuple[str, ...] = SMALL) -> SweepResult:
+    """`python -m probe_lab -m progress_bar=false data... overrides... hydra.sweep.dir=tmp_path/sweep` in a
+    subprocess; `data` are the data overrides (SMALL synthetic data unless given)."""
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    command = [sys.executable, "-m", "probe_lab", "-m", *SMALL, *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    quiet = "progress_bar=false"
+    command = [sys.executable, "-m", "probe_lab", "-m", quiet, *data, *overrides, f"hydra.sweep.dir={sweep_dir}"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     return SweepResult(done.returncode, done.stdout, done.stderr, sweep_dir)
 
@@ -221,7 +223,7 @@ def test_unexpected_exception_in_a_sweep_job_is_recorded(tmp_path: Path, monkeyp
     def boom(*_: object) -> None:
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(cli, "run", boom)
+    monkeypatch.setattr("probe_lab.run.run", boom)  # sweep_job imports run when it is called
     job = job_folder(tmp_path, "probe.regularization=1")
     write_metrics(job, start_job(job))  # an earlier sweep's job 0 completed
     assert math.isnan(cli.sweep_job(None, job))  # type: ignore[arg-type]
