@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from probe_lab.errors import ProbeLabError
 from probe_lab.fit.datamodule import ProbeDataModule
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.placement import Placement, SplitBytes, decide_placement
-from probe_lab.store import MANIFEST, ActivationStore
+from probe_lab.store import LABELS, MANIFEST, ActivationStore
 
 Cli = Callable[..., CliResult]
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -127,6 +128,26 @@ def test_creating_over_a_store_needs_overwrite_and_never_deletes_foreign_files(t
     with pytest.raises(ProbeLabError, match=r"thesis\.tex"):
         ActivationStore.create(tmp_path / "notes", 4, overwrite=True)
     assert (tmp_path / "notes" / "thesis.tex").exists()
+
+
+def test_the_manifest_is_published_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = ActivationStore.create(tmp_path / "s", 4)
+    writer.append(torch.ones(2, 4), [0, 1])
+
+    def no_rename(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(OSError, match="No space left"):
+        writer.close()
+    assert not list((tmp_path / "s").glob(f"*{MANIFEST}*"))  # no manifest, and no half-written one
+    # A close killed while writing the manifest leaves its partial file: overwriting takes it too.
+    monkeypatch.undo()
+    write_store(tmp_path / "again", torch.randn(10, 4), np.arange(10) % 2)
+    (tmp_path / "again" / f".{MANIFEST}.partial-0badf00d").write_text("{")
+    with ActivationStore.create(tmp_path / "again", 4, overwrite=True) as rewrite:
+        rewrite.append(torch.ones(2, 4), [0, 1])
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == [LABELS, MANIFEST, "shard-00000.safetensors"]
 
 
 def test_appending_rows_of_the_wrong_shape_or_labels_is_refused(tmp_path: Path) -> None:

@@ -83,9 +83,7 @@ class SyntheticData(DataSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("n", "dim"):
-            if getattr(self, name) < 1:
-                raise ProbeLabError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        _require_size(self.n, self.dim)
         if self.n_outliers < 0 or self.outlier_scale <= 0:
             raise ProbeLabError("data.n_outliers must be >= 0 and data.outlier_scale > 0")
 
@@ -100,9 +98,7 @@ class SeedTaskData(DataSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("n", "dim"):
-            if getattr(self, name) < 1:
-                raise ProbeLabError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        _require_size(self.n, self.dim)
 
 
 @dataclass
@@ -146,6 +142,13 @@ SCHEMAS: dict[DataSource, type[DataSettings]] = {
     DataSource.pt_files: PtFilesData,
     DataSource.store: StoreData,
 }
+
+
+def _require_size(n: int, dim: int) -> None:
+    """Generated data: at least one row (or row per class) and one dimension."""
+    for name, value in (("n", n), ("dim", dim)):
+        if value < 1:
+            raise ProbeLabError(f"data.{name} must be >= 1, got {value}")
 
 
 def check_split_fractions(validation_split: float, test_split: float) -> None:
