@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from probe_lab.errors import ProbeLabError
 from probe_lab.report.sweep.job import error_line, record_failure, start_job
-from probe_lab.settings.schema import register_configs
+from probe_lab.settings.schema import RunConfig, register_configs, to_settings
 
 register_configs()
 
@@ -26,14 +26,15 @@ register_configs()
 @hydra.main(version_base=None, config_path="pkg://probe_lab.conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Returns the validation AUROC, for Hydra sweepers that optimize it (NaN for a failed job of a sweep)."""
-    from probe_lab.run import run  # torch, sklearn, matplotlib: only once a config has composed (not for --help)
-
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return sweep_job(cfg, out_dir)
     try:
-        result = run(cfg, out_dir)
+        settings = to_settings(cfg, RunConfig)  # checked before torch, sklearn and matplotlib are imported
+        from probe_lab.run import run
+
+        result = run(cfg, out_dir, settings=settings)
     except ProbeLabError as err:
         print(f"probe_lab: error: {err}", file=sys.stderr)
         sys.exit(2)

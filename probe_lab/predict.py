@@ -22,8 +22,7 @@ from probe_lab.artifacts import staged_artifacts, write_json
 from probe_lab.data.sources import load_dataset
 from probe_lab.errors import ProbeLabError
 from probe_lab.probe import load_probe, sigmoid
-from probe_lab.run import to_settings
-from probe_lab.settings.schema import PredictConfig, register_configs
+from probe_lab.settings.schema import PredictConfig, register_configs, to_settings
 
 register_configs()
 log = logging.getLogger(__name__)

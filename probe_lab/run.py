@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from probe_lab import metrics as metrics_lib
 from probe_lab.artifacts import staged_artifacts, write_json
@@ -33,7 +32,7 @@ from probe_lab.report.sweep.job import JOB_ID_KEY
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.backend import BackendChoice, resolve_backend
 from probe_lab.settings.placement import Placement, decide_placement
-from probe_lab.settings.schema import RunConfig
+from probe_lab.settings.schema import RunConfig, to_settings
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +57,11 @@ class Evaluation:
     test: dict[str, float]
 
 
-def to_settings(cfg: DictConfig, schema: type) -> Any:
-    """The composed config as its dataclass (running each `__post_init__` check), or a one-line error."""
-    try:
-        settings = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None)
-        message = str(err).strip().splitlines()[0]
-        raise ProbeLabError(f"invalid setting{f' {key}' if key else ''}: {message}") from None
-    if not isinstance(settings, schema):
-        raise ProbeLabError(f"the composed config is not a {schema.__name__}")
-    return settings
-
-
-def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None) -> RunResult:
+def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: RunConfig | None = None) -> RunResult:
     """Train (or, with experiment=parity, compare) as `cfg` says, into `out_dir`. job_id: a multirun
-    job's id, recorded in metrics.json / parity.json so that the sweep summary knows them for its own."""
-    settings: RunConfig = to_settings(cfg, RunConfig)
+    job's id, recorded in metrics.json / parity.json so that the sweep summary knows them for its own.
+    settings: `cfg` already checked as a RunConfig (`to_settings`), when the caller has it."""
+    settings = settings or to_settings(cfg, RunConfig)
     if settings.data.test_split <= 0:
         raise ProbeLabError("data.test_split must be > 0 for a training run (test metrics need rows)")
     config = training_config(settings)

@@ -15,7 +15,8 @@ from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from probe_lab.errors import ProbeLabError
 from probe_lab.settings.data import SCHEMAS, DataSettings
@@ -125,3 +126,16 @@ def register_configs() -> None:
     store.store(name="predict_schema", node=PredictConfig)
     for source, schema in SCHEMAS.items():
         store.store(group="data", name=f"{source.value}_schema", node=schema)
+
+
+def to_settings(cfg: DictConfig, schema: type) -> Any:
+    """The composed config as its dataclass (running each `__post_init__` check), or a one-line error."""
+    try:
+        settings = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        message = str(err).strip().splitlines()[0]
+        raise ProbeLabError(f"invalid setting{f' {key}' if key else ''}: {message}") from None
+    if not isinstance(settings, schema):
+        raise ProbeLabError(f"the composed config is not a {schema.__name__}")
+    return settings
