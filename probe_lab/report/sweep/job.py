@@ -10,7 +10,6 @@ outcome, whichever machines (and clocks) the jobs ran on.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from probe_lab.artifacts import atomic_write_bytes
 from probe_lab.errors import ProbeLabError
 
 JOB_ID_FILE = "job_id"  # in the job folder, beside Hydra's output subfolder (.hydra/)
@@ -62,7 +62,8 @@ def start_job(job_dir: Path) -> str:
     only if they carry this id. The file is replaced atomically: a reader sees the old id or the new one.
     """
     job_id = uuid.uuid4().hex
-    write_atomically(job_dir / JOB_ID_FILE, job_id + "\n")
+    job_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(job_dir / JOB_ID_FILE, (job_id + "\n").encode())
     return job_id
 
 
@@ -79,18 +80,8 @@ def record_failure(job_dir: Path, line: str, details: str, job_id: str) -> None:
     """Write error.txt into a job folder: the error line first, then any details (a traceback; "" for none),
     then the job's id (from `start_job`) on a line of its own."""
     body = f"\n{details.rstrip()}\n" if details else ""
-    write_atomically(job_dir / ERROR_FILE, f"{line}\n{body}\n{ERROR_JOB_ID_PREFIX}{job_id}\n")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write the text to a file beside `path`, then rename it over `path`: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        partial.write_text(text)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(job_dir / ERROR_FILE, f"{line}\n{body}\n{ERROR_JOB_ID_PREFIX}{job_id}\n".encode())
 
 
 def read_job(job_dir: Path, sweep_dir: Path, output_subdir: str) -> JobRow:
