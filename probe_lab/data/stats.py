@@ -22,7 +22,8 @@ _CPU_BLOCK_BYTES = 32 << 20
 
 def feature_moments(dataset: ActivationDataset) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) of each feature of `dataset` as float64 tensors (D,) where the rows live, reading
-    the rows once in blocks of 32 MB of float64."""
+    the rows once in blocks whose working copies are 32 MB of float64 on the host (512 MB of float32
+    on a GPU)."""
     work = torch.float32 if dataset.device.type == "cuda" else torch.float64
     step = max(1, _block_bytes(dataset.device) // (work.itemsize * dataset.dim))
     blocks = (dataset.read(np.arange(start, min(start + step, len(dataset)))) for start in range(0, len(dataset), step))
