@@ -2,6 +2,8 @@
 
 With `-m` (Hydra multirun) it trains one probe per combination of the swept values; a job that fails is
 recorded in its folder and the sweep goes on, and `probe_lab.report.sweep.callback.SweepSummary` summarizes them all.
+A single run that fails leaves its error line (and, for an unexpected exception, the traceback) in
+error.txt of its run folder, and how far it got in the run's log.
 """
 
 from __future__ import annotations
@@ -16,15 +18,24 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from probe_lab.cli_help import answer_help_or_version, training_help
 from probe_lab.errors import ProbeLabError
+from probe_lab.report.run_log import RUN_LOG
 from probe_lab.report.sweep.job import error_line, record_failure, start_job
 from probe_lab.settings.schema import RunConfig, register_configs, to_settings
 
 register_configs()
 
 
+def main() -> None:
+    """`python -m probe_lab` and the `probe-lab` console script: --help and --version answered here,
+    everything else composed and run by Hydra."""
+    if not answer_help_or_version(sys.argv[1:], "probe_lab", training_help):
+        hydra_main()
+
+
 @hydra.main(version_base=None, config_path="pkg://probe_lab.conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     """Returns the validation AUROC, for Hydra sweepers that optimize it (NaN for a failed job of a sweep)."""
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
@@ -36,8 +47,15 @@ def main(cfg: DictConfig) -> float:
 
         result = run(cfg, out_dir, settings=settings)
     except ProbeLabError as err:
-        print(f"probe_lab: error: {err}", file=sys.stderr)
+        line = error_line(err)
+        print(f"probe_lab: error: {line}", file=sys.stderr)
+        RUN_LOG.error(line)
+        record_failure(out_dir, line, "", None)
         sys.exit(2)
+    except Exception as err:  # a bug, not bad input: recorded with its traceback, then Hydra reports it
+        RUN_LOG.exception(error_line(err))
+        record_failure(out_dir, error_line(err), traceback.format_exc(), None)
+        raise
     return result.val_auroc
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from probe_lab.artifacts import staged_folder
 from probe_lab.data.sources import read_labels
 from probe_lab.data.tables import DTYPES, MappedFile, map_npy, nonfinite_rows
 from probe_lab.data.tensor_files import as_vector, list_tensor_files, load_tensor_file, sample_shape
 from probe_lab.errors import ProbeLabError
+from probe_lab.report.progress import progress_counter
 from probe_lab.store import MANIFEST, ActivationStore, Manifest
 
 PROG = "probe_lab.convert"
@@ -87,7 +87,7 @@ def convert(
     with staged_folder(dst) as staging:
         writer = ActivationStore.create(staging, source.dim, source.layers, dtype, shard_mb=shard_mb, overwrite=True)
         nonfinite = 0
-        with writer, tqdm(total=source.rows, unit="rows", desc="convert", disable=not progress) as bar:
+        with writer, progress_counter(source.rows, desc="convert", unit="rows", enabled=progress) as bar:
             for start, block in source.blocks():
                 cast = block.to(target)
                 overflowed = int((torch.isfinite(block) & ~torch.isfinite(cast)).sum())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+LOW_FPR = 0.01  # the false positive rate of recall_at_1pct_fpr
+
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
@@ -33,5 +35,5 @@ def evaluate(
         "accuracy": float(np.mean((probabilities >= threshold) == labels)),
     }
     if with_recall:
-        metrics["recall_at_1pct_fpr"] = recall_at_fpr(labels, probabilities, 0.01)
+        metrics["recall_at_1pct_fpr"] = recall_at_fpr(labels, probabilities, LOW_FPR)
     return metrics

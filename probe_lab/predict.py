@@ -2,24 +2,29 @@
 
 Writes scores.csv (row, logit, probability, prediction) and scores.npy (probabilities) into the
 run folder; with labels, metrics.json too. The threshold is the one the training run picked on its
-validation split (probe.json beside the probe), else 0.5.
+validation split (probe.json beside the probe), else 0.5. The layer scored is the one the probe was
+trained on unless data.layer names another and allow_other_layer=true (`scoring_layer`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from probe_lab import metrics as metrics_lib
 from probe_lab.artifacts import staged_artifacts, write_json
-from probe_lab.data.sources import load_dataset
+from probe_lab.cli_help import answer_help_or_version, predict_help
+from probe_lab.data.sources import layer_count, load_dataset
 from probe_lab.errors import ProbeLabError
 from probe_lab.probe import load_probe, sigmoid
 from probe_lab.settings.schema import PredictConfig, register_configs, to_settings
@@ -39,22 +44,82 @@ def probe_files(location: str) -> tuple[Path, Path | None]:
     return path, sidecar if sidecar.is_file() else None
 
 
-def _threshold_from(sidecar: Path, default: float) -> float:
-    try:
-        value = json.loads(sidecar.read_text()).get("threshold", default)
-        return float(value)
-    except (ValueError, AttributeError, TypeError) as err:
-        raise ProbeLabError(f"{sidecar}: not a probe_lab probe.json ({err})") from None
+@dataclass(frozen=True)
+class ProbeRecord:
+    """What a probe's files say about how to score with it: the decision threshold, and the layer it was
+    trained on (`known_layer` False for a probe saved without one, e.g. by the Python API)."""
+
+    threshold: float
+    layer: int | None
+    known_layer: bool
+
+    @classmethod
+    def read(cls, header: dict[str, Any], sidecar: Path | None) -> ProbeRecord:
+        """From the safetensors header, overridden by probe.json beside it where that has a value."""
+        record = dict(header)
+        if sidecar is not None:
+            try:
+                values = json.loads(sidecar.read_text())
+                if not isinstance(values, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as err:
+                raise ProbeLabError(f"{sidecar}: not a probe_lab probe.json ({err})") from None
+            record |= values
+        try:
+            threshold = float(record.get("threshold", 0.5))
+            layer = record.get("layer")
+            if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+                raise ValueError(f"layer must be an integer or null, got {layer!r}")
+        except (TypeError, ValueError) as err:
+            raise ProbeLabError(f"{sidecar or 'probe metadata'}: not a probe_lab probe.json ({err})") from None
+        return cls(threshold, layer, "layer" in record)
+
+
+def scoring_layer(record: ProbeRecord, requested: int | None, layers: int | None, allow_other: bool) -> int | None:
+    """The layer of the data to score: data.layer when given, else the probe's own.
+
+    layers: how many the data's rows hold (None: N×D rows, which are scored as they are). Scoring a
+    layer other than the probe's, or picking a layer for a probe trained on N×D rows, needs
+    `allow_other_layer=true`: a probe of one layer scores another with no error, only wrong numbers.
+    """
+    if layers is None:
+        return requested  # N×D: a layer given is refused by the dataset, naming the file
+    if requested is None:
+        if record.layer is None:
+            trained = "on N×D activations" if record.known_layer else "without a recorded layer"
+            raise ProbeLabError(
+                f"the probe was trained {trained} and the data holds {layers} layers: set data.layer "
+                "(with allow_other_layer=true if the probe was trained on N×D rows)"
+            )
+        return record.layer
+    if not record.known_layer or allow_other:
+        return requested
+    if record.layer is None:
+        raise ProbeLabError(
+            f"data.layer={requested}: the probe was trained on N×D activations, not on a layer; "
+            "set allow_other_layer=true to score this layer with it anyway"
+        )
+    if requested % layers != record.layer % layers:
+        raise ProbeLabError(
+            f"data.layer={requested}: the probe was trained on layer {record.layer}; leave data.layer unset "
+            "to score that layer, or set allow_other_layer=true to score another one"
+        )
+    return requested
 
 
 def predict(cfg: DictConfig, out_dir: Path) -> dict:
+    if OmegaConf.is_missing(cfg, "probe_path"):
+        raise ProbeLabError("probe=PATH is required: a training run's folder or its probe.safetensors")
     settings: PredictConfig = to_settings(cfg, PredictConfig)
     probe_path, sidecar = probe_files(settings.probe_path)
     weights, header = load_probe(probe_path)
-    threshold = float(header.get("threshold", 0.5))
-    if sidecar is not None:
-        threshold = _threshold_from(sidecar, threshold)
-    dataset = load_dataset(settings.data, settings.seed, require_labels=False)
+    record = ProbeRecord.read(header, sidecar)
+    threshold = record.threshold
+    data = settings.data
+    layer = scoring_layer(record, data.layer, layer_count(data), settings.allow_other_layer)
+    if layer != data.layer:
+        data = dataclasses.replace(data, layer=layer)
+    dataset = load_dataset(data, settings.seed, require_labels=False)
     if dataset.dim != weights.input_dim:
         raise ProbeLabError(
             f"{dataset.name}: activations have {dataset.dim} dims, "
@@ -64,7 +129,7 @@ def predict(cfg: DictConfig, out_dir: Path) -> dict:
     logits = weights.decision_function(dataset)
     probabilities = sigmoid(logits)
     predictions = (probabilities >= threshold).astype(np.int64)
-    result: dict = {"probe": str(probe_path), "n": len(dataset), "threshold": threshold}
+    result: dict = {"probe": str(probe_path), "n": len(dataset), "layer": layer, "threshold": threshold}
     with staged_artifacts(out_dir) as staging:
         np.save(staging / "scores.npy", probabilities)
         rows = np.column_stack([np.arange(len(logits)), logits, probabilities, predictions])
@@ -84,6 +149,10 @@ def predict(cfg: DictConfig, out_dir: Path) -> dict:
                 log.warning("%s: labels hold one class only; AUROC and AP are undefined", dataset.name)
             write_json(staging / "metrics.json", result)
     print(f"probe_lab.predict: scored {len(dataset)} rows with {probe_path}")
+    if layer is not None:
+        print(f"  layer    {layer}" + ("" if layer == record.layer else f" (the probe was trained on {record.layer})"))
+    elif record.layer is not None:
+        print(f"  layer    N×D rows, scored as layer {record.layer}'s (the probe's)")
     if "metrics" in result:
         shown = "  ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
         print(f"  {shown}  (threshold {threshold:.4f})")
@@ -104,7 +173,8 @@ def main() -> None:
     # Both apps share conf/, where `probe` is the training app's config group: Hydra would read
     # `probe=PATH` as choosing an option of that group. Here it names a file, kept as `probe_path`.
     sys.argv = [f"probe_path={arg[len('probe=') :]}" if arg.startswith("probe=") else arg for arg in sys.argv]
-    _hydra_main()
+    if not answer_help_or_version(sys.argv[1:], "probe_lab.predict", predict_help):
+        _hydra_main()
 
 
 if __name__ == "__main__":

@@ -27,12 +27,13 @@ from probe_lab.errors import ProbeLabError
 from probe_lab.probe import FORMAT_VERSION, ProbeWeights, save_probe
 from probe_lab.report.parity import TEST_SCORES, BackendOutcome, compare
 from probe_lab.report.plots import plot_parity, plot_regularization_path, plot_roc
-from probe_lab.report.summary import parity_run_lines, print_block, run_summary_lines
+from probe_lab.report.run_log import RUN_LOG, print_summary
+from probe_lab.report.summary import parity_run_lines, run_summary_lines
 from probe_lab.report.sweep.job import JOB_ID_KEY
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.backend import BackendChoice, resolve_backend
 from probe_lab.settings.placement import Placement, decide_placement
-from probe_lab.settings.schema import RunConfig, to_settings
+from probe_lab.settings.schema import ModelConfig, RunConfig, to_settings
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +69,35 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
     resolved_config = OmegaConf.to_container(cfg, resolve=True)
     choice = resolve_backend(settings.backend.name.value, settings.model.size_b, settings.backend.threshold_b)
 
+    RUN_LOG.info("backend  %s", "sklearn and pytorch (experiment=parity)" if settings.parity else choice.name)
     start = time.perf_counter()
     source = open_source(settings.data, settings.seed, progress=settings.progress_bar)
+    check_width(settings.model, source)
+    layer = "" if settings.data.layer is None else f", layer {settings.data.layer}"
+    RUN_LOG.info(
+        "data     %s: %d rows, %d dims, %s%s",
+        source.name,
+        source.rows,
+        source.dim,
+        str(source.dtype).removeprefix("torch."),
+        layer,
+    )
     sizes = source.split_bytes(settings.data.validation_split, settings.data.test_split)
     # Parity loads the data as the pytorch backend would; sklearn reads it from wherever it is held.
     placement = decide_placement(config, sizes, backend="pytorch" if settings.parity else choice.name)
+    RUN_LOG.info("placement %s", placement.describe())
     splits, dropped = load_splits(settings, source, placement)
     loaded = time.perf_counter()
     if placement.splits_on_device:
         splits = hold_splits(splits, placement.device)
     timings = {"read_seconds": loaded - start, "load_seconds": time.perf_counter() - loaded}
+    RUN_LOG.info(
+        "read     %d train / %d val / %d test rows in %.2f s",
+        len(splits.train),
+        len(splits.val),
+        len(splits.test) if splits.test is not None else 0,
+        timings["read_seconds"] + timings["load_seconds"],
+    )
     data = DataFacts(settings.data.source.value, settings.data.layer, source.dim, dropped, settings.model.size_b)
 
     def lightning_for(folder: Path) -> dict[str, Any]:
@@ -88,10 +108,9 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
     fit = Fit(config, placement, settings.progress_bar, lightning_for, resolved_config, job_id)
     if settings.parity:
         return run_parity(fit, splits, data, timings, out_dir)
-    log.info("backend: %s (%s)", choice.name, choice.reason)
     with staged_artifacts(out_dir) as staging:
         run_metrics, files = train_backend(choice, fit, splits, data, timings, staging)
-    print_block(run_summary_lines(choice.name, choice.reason, run_metrics, out_dir, files))
+    print_summary(run_summary_lines(choice.name, choice.reason, run_metrics, out_dir, files))
     return RunResult(out_dir, run_metrics, float(run_metrics["val"]["auroc"]))
 
 
@@ -142,7 +161,11 @@ def train_backend(
     parts = fit.lightning_for(folder) if choice.name == "pytorch" else {}
     trainer = backend_class(choice.name)(data.dim, fit.config, run_dir=folder, progress_bar=fit.progress_bar, **parts)
     placement = fit.placement if choice.name == "pytorch" else None  # sklearn decides its own (the host)
+    RUN_LOG.info("fit      %s backend (%s)", choice.name, choice.reason)
     trainer.fit_datasets(splits.train, splits.val, placement)
+    RUN_LOG.info(
+        "fit      done in %.3f s; val AUROC %.4f", trainer.fit_seconds or 0.0, trainer.val_auroc or float("nan")
+    )
     weights = trainer.weights
     if weights is None or trainer.fit_seconds is None:
         raise RuntimeError("the backend finished fit without a probe")
@@ -202,8 +225,17 @@ def run_parity(fit: Fit, splits: Splits, data: DataFacts, timings: dict[str, flo
         job = {JOB_ID_KEY: fit.job_id} if fit.job_id is not None else {}
         write_json(staging / "parity.json", numbers | job)
         plot_parity(staging / "parity.png", *outcomes)
-    print_block(parity_run_lines(numbers, len(splits.train), data.dim, out_dir))
+    print_summary(parity_run_lines(numbers, len(splits.train), data.dim, out_dir))
     return RunResult(out_dir, {"parity": numbers}, max(outcome.val_auroc for outcome in outcomes))
+
+
+def check_width(model: ModelConfig, source: Source) -> None:
+    """The data's width against the model's, before anything is read."""
+    if model.hidden_dim is not None and model.hidden_dim != source.dim:
+        raise ProbeLabError(
+            f"model.hidden_dim={model.hidden_dim} (model={model.name}) but {source.name} has {source.dim} dims: "
+            "choose the model these activations come from, or set model.hidden_dim=null to take the width from the data"
+        )
 
 
 def load_splits(settings: RunConfig, source: Source, placement: Placement) -> tuple[Splits, int]:
@@ -212,8 +244,6 @@ def load_splits(settings: RunConfig, source: Source, placement: Placement) -> tu
     Returns (splits, rows dropped for holding NaN/Inf with data.drop_nonfinite=true).
     """
     dataset = source.read(onto=placement.device if placement.scan_onto_device else None)
-    if settings.model.hidden_dim is not None and settings.model.hidden_dim != dataset.dim:
-        raise ProbeLabError(f"model.hidden_dim={settings.model.hidden_dim} but {dataset.name} has {dataset.dim} dims")
     dropped = 0
     if settings.data.drop_nonfinite:
         dataset, dropped = dataset.drop_nonfinite()
@@ -253,7 +283,7 @@ def write_artifacts(
     save_probe(
         staging / "probe.safetensors",
         trainer.weights,
-        {"backend": trainer.backend, "threshold": evaluation.threshold},
+        {"backend": trainer.backend, "threshold": evaluation.threshold, "layer": run_metrics["layer"]},
     )
     write_json(
         staging / "probe.json",
@@ -273,7 +303,9 @@ def write_artifacts(
             "validation": (splits.val.labels, evaluation.val_proba, evaluation.val["auroc"]),
             "test": (splits.test.labels, evaluation.test_proba, evaluation.test["auroc"]),
         },
-        title=f"{trainer.backend} probe, {splits.train.name}",
+        title=f"{trainer.backend} probe, {splits.train.name}"
+        + (f", layer {run_metrics['layer']}" if run_metrics["layer"] is not None else ""),
+        threshold=evaluation.threshold,
     )
     if "regularization_path" in run_metrics:
         plot_regularization_path(

@@ -52,7 +52,8 @@ def test_backend_resolution_is_recorded(cli, overrides: tuple[str, ...], backend
     assert result.returncode == 0, result.stderr
     metrics = result.metrics()
     assert (metrics["backend"], metrics["backend_reason"]) == (backend, reason)
-    assert f"backend: {backend} ({reason})" in result.stderr + result.stdout
+    assert result.stdout.startswith(f"probe_lab: {backend} backend ({reason})")
+    assert f"fit      {backend} backend ({reason})" in (result.run_dir / "probe_lab.log").read_text()
 
 
 def test_pytorch_run_keeps_lightning_logs_and_checkpoint(cli) -> None:

@@ -108,9 +108,10 @@ def test_sweep_plot_draws_per_backend_the_best_job_at_each_value_on_a_log_axis()
     assert (by_regularization.get_xlabel(), by_layer.get_xlabel()) == ("probe.regularization", "data.layer")
     assert by_regularization.get_title() == "best over data.layer"
     assert (by_regularization.get_xscale(), by_layer.get_xscale()) == ("log", "linear")
-    lines = by_regularization.get_lines()
+    *lines, failed = by_regularization.get_lines()
     assert [line.get_label() for line in lines] == ["pytorch val", "pytorch test", "sklearn val", "sklearn test"]
-    assert all(list(line.get_xdata()) == [0.01, 1.0, 100.0] for line in lines)  # the failed job's 1000 is not
+    assert (failed.get_label(), list(failed.get_xdata())) == ("failed (1)", [1000.0])  # marked, not an AUROC
+    assert all(list(line.get_xdata()) == [0.01, 1.0, 100.0] for line in lines)
     for line, aurocs in zip(lines, [[0.71, 0.72, 0.70], [0.66, 0.67, 0.65]] * 2, strict=True):
         assert list(line.get_ydata()) == pytest.approx(aurocs)  # layer 1's, the better job at each value
     assert [line.get_linestyle() for line in lines] == ["-", "--", "-", "--"]

@@ -8,6 +8,7 @@ scoring, prediction, checkpoints — lives here once.
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -24,7 +25,10 @@ from probe_lab.data.splits import split_dataset
 from probe_lab.errors import ProbeLabError
 from probe_lab.probe import ProbeWeights, decision_functions, load_probe, save_probe
 from probe_lab.settings import ProbeTrainingConfig
+from probe_lab.settings.ignored import ignored_settings
 from probe_lab.settings.placement import Placement, SplitBytes, decide_placement
+
+log = logging.getLogger(__name__)
 
 Activations = np.ndarray | torch.Tensor | Sequence[str | Path] | ActivationDataset
 
@@ -111,6 +115,9 @@ class ProbeTrainer(ABC):
             sizes = SplitBytes(train.nbytes(), val.nbytes())
             placement = decide_placement(self.config, sizes, backend=self.backend)
         self.placement = placement
+        ignored = ignored_settings(self.config, self.backend, placement)
+        if ignored:
+            log.warning(ignored)
         values = self.config.regularization_values
         start = time.perf_counter()
         results = self._fit(train, val, values, placement)

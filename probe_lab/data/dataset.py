@@ -266,11 +266,11 @@ class ActivationDataset(Dataset):
             return  # each file says how many layers it holds; checked as it is read
         layers = self.table.layers
         if layers is None:
-            if self.layer not in (None, 0, -1):
+            if self.layer is not None:
                 raise ProbeLabError(
-                    f"{self.name}: data.layer={self.layer} given but the activations have no layer axis"
+                    f"{self.name}: data.layer={self.layer} given but the activations are N×D, without a layer "
+                    "axis; leave data.layer unset"
                 )
-            self.layer = None
         elif self.layer is None:
             raise ProbeLabError(f"{self.name}: activations hold {layers} layers; set data.layer")
         elif not -layers <= self.layer < layers:

@@ -19,8 +19,8 @@ import torch
 
 from probe_lab.data import synthetic
 from probe_lab.data.dataset import ActivationDataset, check_labels
-from probe_lab.data.tables import map_npy
-from probe_lab.data.tensor_files import list_tensor_files
+from probe_lab.data.tables import MappedFile, map_npy
+from probe_lab.data.tensor_files import list_tensor_files, load_tensor_file, sample_shape
 from probe_lab.errors import ProbeLabError
 from probe_lab.settings.data import (
     DataSettings,
@@ -101,25 +101,50 @@ def _dataset(cfg: DataSettings, seed: int, require_labels: bool) -> ActivationDa
     raise ProbeLabError(f"data={cfg.source.value} has no reader")
 
 
-def _npy(cfg: NpyData, require_labels: bool) -> ActivationDataset:
+def layer_count(cfg: DataSettings) -> int | None:
+    """How many layers each row of the source holds (L of N×L×D), None for N×D rows; reads headers
+    (an .npy header, a store's manifest, the first tensor file) and no activations."""
+    if isinstance(cfg, StoreData):
+        if cfg.path is None:
+            raise ProbeLabError("data.path is required for data=store")
+        return ActivationStore.open(cfg.path).layers
+    if isinstance(cfg, NpyData):
+        shape = _npy_array(cfg)[1].shape
+        return int(shape[1]) if len(shape) == 3 else None
+    if isinstance(cfg, PtFilesData):
+        paths = _pt_paths(cfg)
+        shape = sample_shape(load_tensor_file(paths[0]), paths[0])
+        return shape[0] if len(shape) == 2 else None
+    return None
+
+
+def _npy_array(cfg: NpyData) -> tuple[Path, MappedFile | np.ndarray]:
+    """data.x's path and its array, mapped (not read)."""
     x_path = _existing_file(cfg.x, "data.x")
     if zipfile.is_zipfile(x_path):
         raise ProbeLabError(f"data.x ({x_path}): expected one .npy array, got an .npz archive")
     try:
-        x = map_npy(x_path)
+        return x_path, map_npy(x_path)
     except (ValueError, OSError, EOFError) as err:
         raise ProbeLabError(f"data.x ({x_path}): not a readable .npy array ({str(err).splitlines()[0]})") from None
+
+
+def _npy(cfg: NpyData, require_labels: bool) -> ActivationDataset:
+    x_path, x = _npy_array(cfg)
     labels = read_labels(cfg.y, "data.y", require_labels)
     return ActivationDataset(x, labels, layer=cfg.layer, name=f"data.x ({x_path})")
 
 
-def _pt_files(cfg: PtFilesData, require_labels: bool) -> ActivationDataset:
+def _pt_paths(cfg: PtFilesData) -> list[Path]:
     if cfg.dir is None:
         raise ProbeLabError("data.dir is required for data=pt_files")
-    directory = Path(cfg.dir)
-    paths = list_tensor_files(directory, f"data.dir ({directory})")
+    return list_tensor_files(Path(cfg.dir), f"data.dir ({Path(cfg.dir)})")
+
+
+def _pt_files(cfg: PtFilesData, require_labels: bool) -> ActivationDataset:
+    paths = _pt_paths(cfg)
     labels = read_labels(cfg.labels, "data.labels", require_labels)
-    return ActivationDataset(paths, labels, layer=cfg.layer, name=f"data.dir ({directory})")
+    return ActivationDataset(paths, labels, layer=cfg.layer, name=f"data.dir ({Path(str(cfg.dir))})")
 
 
 def read_labels(path: str | None, setting: str, required: bool) -> np.ndarray | None:

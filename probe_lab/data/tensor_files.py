@@ -77,10 +77,14 @@ def sample_vector(tensor: torch.Tensor, path: Path, layer: int | None) -> torch.
     """The (D,) vector a sample file's tensor gives for `layer` (None: the file must hold one vector).
 
     A (1, D) tensor is one vector when no layer is asked for, and one layer otherwise; an (L, D)
-    tensor needs a layer in [-L, L); a vector (D,) is returned whatever the layer.
+    tensor needs a layer in [-L, L); a vector (D,) has no layer to pick, so asking for one is an error.
     """
     if layer is None:
         tensor = as_vector(tensor)
+    elif tensor.ndim == 1:
+        raise ProbeLabError(
+            f"{path}: data.layer={layer} given but the file holds one vector (D,), without a layer axis"
+        )
     if tensor.ndim == 2:
         if layer is None:
             raise ProbeLabError(f"{path}: holds {tensor.shape[0]} layers of activations; set data.layer")

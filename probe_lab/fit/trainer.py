@@ -8,6 +8,7 @@ check and the model summary, which a user's Trainer flag overrides. Its own fixe
 - a `ModelCheckpoint` without a `dirpath` saves into `checkpoints/` of the run folder;
 - `EarlyStopping` callbacks are dropped with `early_stopping=False`, progress bars with
   `progress_bar=False` (and Lightning's own bar is then off too);
+- its progress bar is `probe_lab.fit.progress_bar.lightning_progress_bar`'s (bars on a terminal only);
 - without any logger given, a `CSVLogger` writes `logs/metrics.csv` into the run folder.
 """
 
@@ -26,6 +27,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Progress
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from probe_lab.errors import ProbeLabError
+from probe_lab.fit.progress_bar import lightning_progress_bar
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.placement import Placement
 
@@ -63,7 +65,8 @@ class LightningParts:
 
 
 def default_callbacks(config: ProbeTrainingConfig) -> list[pl.Callback]:
-    """ModelCheckpoint of the best val_auroc and EarlyStopping on it (what `callbacks=default` composes)."""
+    """ModelCheckpoint of the best val_auroc, EarlyStopping on it and the progress bar (what
+    `callbacks=default` composes)."""
     return [
         ModelCheckpoint(
             monitor="val_auroc",
@@ -73,6 +76,7 @@ def default_callbacks(config: ProbeTrainingConfig) -> list[pl.Callback]:
             filename="best-{epoch}-{val_auroc:.4f}",
         ),
         EarlyStopping(monitor="val_auroc", mode="max", patience=config.early_stopping_patience),
+        lightning_progress_bar(),
     ]
 
 

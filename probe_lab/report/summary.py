@@ -1,20 +1,12 @@
-"""What the terminal shows when a run ends: the run's summary lines, a backend comparison, printed as a block."""
+"""What the terminal shows when a run ends: the run's summary lines and a backend comparison
+(printed by `probe_lab.report.run_log.print_summary`)."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from probe_lab.report.parity import compared_backends
-
-
-def print_block(lines: Iterable[str]) -> None:
-    """Print the lines to stdout and flush, so that the block is out before anything that follows."""
-    for line in lines:
-        print(line)
-    sys.stdout.flush()
 
 
 def run_summary_lines(backend: str, reason: str, metrics: dict[str, Any], out_dir: Path, files: list[str]) -> list[str]:

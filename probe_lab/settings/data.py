@@ -9,7 +9,7 @@ composition. `StreamingSettings` is declared once: the data group carries its fi
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from probe_lab.errors import ProbeLabError
@@ -32,10 +32,10 @@ class StreamingSettings:
     together; prefetch_batches: batches each reader thread keeps ready.
     """
 
-    num_workers: int = 2
-    read_mb: float = 16.0
-    shuffle_reads: int = 4
-    prefetch_batches: int = 1
+    num_workers: int = field(default=2, metadata={"help": "AdamW streaming: reader threads"})
+    read_mb: float = field(default=16.0, metadata={"help": "AdamW streaming: MB per contiguous read"})
+    shuffle_reads: int = field(default=4, metadata={"help": "AdamW streaming: reads shuffled together"})
+    prefetch_batches: int = field(default=1, metadata={"help": "AdamW streaming: batches each thread keeps ready"})
 
     def __post_init__(self) -> None:
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
@@ -54,9 +54,11 @@ class DataSettings(StreamingSettings):
     """What every source shares: the splits (stratified, seeded), the NaN/Inf policy, streaming."""
 
     source: DataSource = DataSource.synthetic
-    validation_split: float = 0.2
-    test_split: float = 0.2
-    drop_nonfinite: bool = False  # rows holding NaN/Inf fail the run with their count unless dropped
+    validation_split: float = field(default=0.2, metadata={"help": "fraction of rows held out for validation"})
+    test_split: float = field(default=0.2, metadata={"help": "fraction of rows held out for the test metrics"})
+    drop_nonfinite: bool = field(
+        default=False, metadata={"help": "drop rows holding NaN/Inf (false: they fail the run, counted)"}
+    )
 
     @property
     def layer(self) -> int | None:

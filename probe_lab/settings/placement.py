@@ -19,6 +19,7 @@ half of MemAvailable on the CPU) and sizes in the data's stored dtype:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -101,6 +102,14 @@ class Placement:
         """Lightning's `devices`: the one GPU by index, or 1 (the CPU)."""
         return [self.device.index or 0] if self.device.type == "cuda" else 1
 
+    def describe(self) -> str:
+        """The placement in one line, for the run's log."""
+        where = "on the device" if self.splits_on_device else "on the host"
+        return (
+            f"{self.device}, precision {self.precision}, training split {self.train_home.value}, "
+            f"splits held {where}, memory budget {self.budget_bytes / 1e9:.1f} GB"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """What metrics.json records of the placement."""
         return {
@@ -138,13 +147,13 @@ def decide_placement(config: ProbeTrainingConfig, sizes: SplitBytes, *, backend:
 
 def training_device(requested: str) -> torch.device:
     """ "cpu", "cuda" / "auto" (the first GPU when CUDA is present, else the CPU) or "cuda:K".
-    Asking for CUDA on a machine without it warns once and gives the CPU."""
+    Asking for CUDA on a machine without it gives the CPU, with a warning (once per process)."""
     kind, _, index = requested.partition(":")
     if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
         raise ProbeLabError(f"device must be auto, cpu, cuda or cuda:<index>, got {requested!r}")
     available = torch.cuda.is_available()
     if kind == "cuda" and not available:
-        log.warning("device=cuda requested but no CUDA device is available; using the CPU")
+        warn_once("device=cuda requested but no CUDA device is available; using the CPU")
     if kind == "cpu" or not available:
         return torch.device("cpu")
     return torch.device("cuda", int(index) if index else 0)
@@ -152,14 +161,21 @@ def training_device(requested: str) -> torch.device:
 
 def resolve_precision(config: ProbeTrainingConfig, device: torch.device) -> str:
     """`config.precision` when given, else 16-mixed on CUDA with `use_mixed_precision` and 32 otherwise;
-    16-mixed needs CUDA, so on the CPU it warns and gives 32."""
+    16-mixed needs CUDA, so on the CPU it gives 32, with a warning (once per process)."""
     requested = config.precision
     if requested is None:
         requested = "16-mixed" if config.use_mixed_precision and device.type == "cuda" else "32"
     if requested == "16-mixed" and device.type != "cuda":
-        log.warning("precision=16-mixed needs CUDA; using 32 on the CPU (bf16-mixed works on CPUs)")
+        warn_once("precision=16-mixed needs CUDA; using 32 on the CPU (bf16-mixed works on CPUs)")
         return "32"
     return requested
+
+
+@functools.cache
+def warn_once(message: str) -> None:
+    """A fallback warning, logged the first time only: the Python API decides a placement per fit, and
+    a script fitting many probes would otherwise repeat it for each."""
+    log.warning(message)
 
 
 def memory_budget(configured_gb: float | None, device: torch.device) -> int:

@@ -10,6 +10,8 @@ owns (`trainer`, `callbacks`, `logger`) is left as Hydra nodes with a `_target_`
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -41,7 +43,9 @@ class BackendConfig:
     """`auto` resolves by model size: sklearn below `threshold_b` billion parameters, else pytorch."""
 
     name: BackendName = BackendName.auto
-    threshold_b: float = 34.0
+    threshold_b: float = field(
+        default=34.0, metadata={"help": "billions of parameters: sklearn below, pytorch at or above"}
+    )
 
     def __post_init__(self) -> None:
         if self.threshold_b <= 0:
@@ -115,6 +119,7 @@ class PredictConfig:
 
     probe_path: str = MISSING  # given on the command line as probe=PATH
     data: DataSettings = field(default_factory=DataSettings)
+    allow_other_layer: bool = False  # score a data.layer other than the one the probe was trained on
     seed: int = 42
 
 
@@ -129,7 +134,13 @@ def register_configs() -> None:
 
 
 def to_settings(cfg: DictConfig, schema: type) -> Any:
-    """The composed config as its dataclass (running each `__post_init__` check), or a one-line error."""
+    """The composed config as its dataclass (running each `__post_init__` check), or a one-line error.
+
+    A key no schema declares is refused here too: Hydra adds `+key=value` overrides even to a struct
+    node, and `OmegaConf.to_object` would drop such a key without a word (`unknown_key`)."""
+    unknown = unknown_key(cfg)
+    if unknown is not None:
+        raise ProbeLabError(unknown)
     try:
         settings = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
@@ -139,3 +150,25 @@ def to_settings(cfg: DictConfig, schema: type) -> Any:
     if not isinstance(settings, schema):
         raise ProbeLabError(f"the composed config is not a {schema.__name__}")
     return settings
+
+
+def unknown_key(node: DictConfig, prefix: str = "") -> str | None:
+    """A message naming the first key of `node` (or a node under it) that its dataclass schema does not
+    declare, with the closest declared key; None when every key is declared. Nodes typed as plain
+    dicts (trainer, callbacks, logger) are open: any key goes there."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return None
+    declared = [f.name for f in dataclasses.fields(schema)]
+    for key in node:
+        name = f"{prefix}{key}"
+        if key not in declared:
+            close = difflib.get_close_matches(str(key), declared, n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"known: {', '.join(declared)}"
+            return f"unknown setting {name} ({hint})"
+        child = None if OmegaConf.is_missing(node, key) else node[key]
+        if isinstance(child, DictConfig):
+            found = unknown_key(child, f"{name}.")
+            if found is not None:
+                return found
+    return None

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from probe_lab.data.h2d import chunk_ranges, copy_to_device, pinned_buffers
 from probe_lab.data.tables import MappedFile, nonfinite_rows
 from probe_lab.errors import ProbeLabError
+from probe_lab.report.progress import Progress, progress_counter
 from probe_lab.store.manifest import Manifest, ShardInfo
 
 SCAN_READ_BYTES = 32 << 20
@@ -36,7 +36,7 @@ def scan_shards(
     (rows, dim) GPU tensor of a single-layer store's dtype, which receives every row as it is read.
     """
     masks: list[np.ndarray] = [np.empty(0)] * len(shards)
-    bar = tqdm(total=manifest.nbytes, unit="B", unit_scale=True, desc="scan store", disable=not progress)
+    bar = progress_counter(manifest.nbytes, desc="scan store", unit="B", unit_scale=True, enabled=progress)
     starts = np.cumsum([0] + [shard.rows for shard in manifest.shards])
 
     def scan_one(index: int) -> None:
@@ -50,7 +50,7 @@ def scan_shards(
 
 
 def scan_shard(
-    shard: MappedFile, info: ShardInfo, dtype: torch.dtype, verify: bool, bar: tqdm, into: torch.Tensor | None
+    shard: MappedFile, info: ShardInfo, dtype: torch.dtype, verify: bool, bar: Progress, into: torch.Tensor | None
 ) -> np.ndarray:
     """One shard read front to back with plain file reads (so the process's memory stays flat): its
     NaN/Inf mask, after its checksum was verified (unless not `verify`); `into`: its rows on a GPU."""

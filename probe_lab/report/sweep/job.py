@@ -76,12 +76,13 @@ def error_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
-def record_failure(job_dir: Path, line: str, details: str, job_id: str) -> None:
-    """Write error.txt into a job folder: the error line first, then any details (a traceback; "" for none),
-    then the job's id (from `start_job`) on a line of its own."""
+def record_failure(job_dir: Path, line: str, details: str, job_id: str | None) -> None:
+    """Write error.txt into a run or job folder: the error line first, then any details (a traceback; ""
+    for none), then a sweep job's id (from `start_job`; None for a single run) on a line of its own."""
     body = f"\n{details.rstrip()}\n" if details else ""
+    tail = f"\n{ERROR_JOB_ID_PREFIX}{job_id}\n" if job_id is not None else ""
     job_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(job_dir / ERROR_FILE, f"{line}\n{body}\n{ERROR_JOB_ID_PREFIX}{job_id}\n".encode())
+    atomic_write_bytes(job_dir / ERROR_FILE, f"{line}\n{body}{tail}".encode())
 
 
 def read_job(job_dir: Path, sweep_dir: Path, output_subdir: str) -> JobRow:

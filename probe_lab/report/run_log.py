@@ -1,0 +1,31 @@
+"""The run's log file: what each stage of a run did, as it happens, so that a run that fails half-way
+leaves a record of how far it got (and `error.txt` says why).
+
+`RUN_LOG` lines go to the log file only (Hydra's `<run folder>/<job name>.log`, configured by
+conf/hydra/job_logging/probe_lab.yaml); the terminal shows the summary printed at the end of the run
+instead, which `print_summary` writes into the log file too.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+
+RUN_LOG = logging.getLogger("probe_lab.run_log")
+
+
+class FileOnly(logging.Filter):
+    """A handler filter that keeps `RUN_LOG`'s records off the handler it is set on (the console)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != RUN_LOG.name
+
+
+def print_summary(lines: Iterable[str]) -> None:
+    """Print the lines to stdout as one block (flushed, so that it is out before anything that follows)
+    and write them into the run's log file."""
+    for line in lines:
+        print(line)
+        RUN_LOG.info(line)
+    sys.stdout.flush()

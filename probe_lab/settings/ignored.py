@@ -1,0 +1,64 @@
+"""Settings a fit does not use: chosen (away from their defaults) but without effect on this backend or
+this optimizer, so that `precision=bf16-mixed` with the sklearn backend is named, not silently dropped.
+
+Names are the command line's (`probe.learning_rate`, `precision`, `data.num_workers`); the Python API's
+`ProbeTrainingConfig` fields carry the last part of each name (`streaming.num_workers` for `data.*`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from probe_lab.settings.data import StreamingSettings
+from probe_lab.settings.placement import Placement
+from probe_lab.settings.training import ProbeTrainingConfig
+
+# What only the pytorch backend reads (precision "32" is what sklearn does anyway).
+PYTORCH_ONLY = (
+    "probe.optimizer",
+    "probe.learning_rate",
+    "probe.batch_size",
+    "probe.gradient_accumulation_steps",
+    "probe.early_stopping",
+    "probe.early_stopping_patience",
+    "device.memory_budget_gb",
+)
+SKLEARN_ONLY = ("probe.solver",)
+# What only minibatch AdamW reads: full-batch L-BFGS takes one step per epoch over resident data.
+ADAMW_ONLY = ("probe.learning_rate", "probe.gradient_accumulation_steps", "probe.early_stopping_patience")
+STREAMING = tuple(f"data.{f.name}" for f in dataclasses.fields(StreamingSettings))
+
+
+def ignored_settings(config: ProbeTrainingConfig, backend: str, placement: Placement | None) -> str | None:
+    """One line naming (`name=value`) every chosen setting that the fit with `config` on `backend` (at
+    `placement`, for the pytorch backend) does not use, and why; None when it uses them all."""
+    chosen = _chosen(config)
+    if backend == "sklearn":
+        unused = [f"{name}={value}" for name, value in chosen.items() if name in (*PYTORCH_ONLY, *STREAMING)]
+        if config.precision not in (None, "32"):
+            unused.insert(0, f"precision={config.precision}")
+        reasons = [(unused, "the sklearn backend fits in memory on the CPU with its own solver")]
+    else:
+        reasons = [([f"{name}={value}" for name, value in chosen.items() if name in SKLEARN_ONLY], "sklearn only")]
+        if placement is not None and placement.full_batch:
+            adamw = [f"{name}={value}" for name, value in chosen.items() if name in (*ADAMW_ONLY, *STREAMING)]
+            reasons.append((adamw, "minibatch AdamW only; this fit is full-batch L-BFGS"))
+    parts = [f"{', '.join(names)} ({why})" for names, why in reasons if names]
+    return f"settings without effect, ignored: {'; '.join(parts)}" if parts else None
+
+
+def _chosen(config: ProbeTrainingConfig) -> dict[str, Any]:
+    """The command-line names and values of config's settings that differ from their defaults."""
+    default = ProbeTrainingConfig()
+    values = {}
+    for name in (n.split(".", 1)[1] for n in (*PYTORCH_ONLY, *SKLEARN_ONLY)):
+        prefix = "device" if name == "memory_budget_gb" else "probe"
+        value = getattr(config, name)
+        if value != getattr(default, name):
+            values[f"{prefix}.{name}"] = getattr(value, "value", value)
+    for field in dataclasses.fields(StreamingSettings):
+        value = getattr(config.streaming, field.name)
+        if value != getattr(default.streaming, field.name):
+            values[f"data.{field.name}"] = value
+    return values
