@@ -47,7 +47,7 @@ Other commands:
                          score activations with a trained probe (--help for its settings)
   python -m probe_lab.convert SOURCE STORE --labels LABELS [--dtype float16|bfloat16|float32]
                          write an activation store from an .npy file or a folder of tensor files
-  probe-lab, probe-lab-convert   the same commands as console scripts"""
+  probe-lab, probe-lab-predict, probe-lab-convert   the same commands as console scripts"""
 
 HYDRA_FLAGS = """\
 Hydra:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from probe_lab.artifacts import staged_folder
+from probe_lab.cli_help import version_line
 from probe_lab.data.sources import read_labels
 from probe_lab.data.tables import DTYPES, MappedFile, map_npy, nonfinite_rows
 from probe_lab.data.tensor_files import as_vector, list_tensor_files, load_tensor_file, sample_shape
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MB (256)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing store at DST")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--version", action="version", version=version_line("probe_lab.convert"))
     args = parser.parse_args(argv)
     try:
         manifest = convert(
