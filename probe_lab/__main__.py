@@ -71,6 +71,7 @@ def sweep_job(cfg: DictConfig, out_dir: Path) -> float:
     except Exception as err:
         line = error_line(err)
         print(f"probe_lab: error: {line}", file=sys.stderr)
+        RUN_LOG.error(line)
         record_failure(out_dir, line, "" if isinstance(err, ProbeLabError) else traceback.format_exc(), job_id)
         return math.nan
     return result.val_auroc

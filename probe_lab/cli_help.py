@@ -223,8 +223,10 @@ def _open_group_lines(group: str, node: DictConfig, chosen: Any) -> Iterator[str
 
 
 def _setting_line(name: str, node: DictConfig, key: str, help_text: str) -> str:
-    value = "???" if OmegaConf.is_missing(node, key) else OmegaConf.to_yaml(OmegaConf.create({"v": node[key]}))
-    value = value.removeprefix("v: ").strip() if value != "???" else value
+    if OmegaConf.is_missing(node, key) or help_text.startswith("(required)"):
+        value = "???"
+    else:
+        value = OmegaConf.to_yaml(OmegaConf.create({"v": node[key]})).removeprefix("v: ").strip()
     return f"  {f'{name}={value}':<38}{help_text}".rstrip()
 
 

@@ -76,7 +76,7 @@ class ProbeRecord:
 
 
 def scoring_layer(record: ProbeRecord, requested: int | None, layers: int | None, allow_other: bool) -> int | None:
-    """The layer of the data to score: data.layer when given, else the probe's own.
+    """The layer of the data to score, as an index in [0, layers): data.layer when given, else the probe's.
 
     layers: how many the data's rows hold (None: N×D rows, which are scored as they are). Scoring a
     layer other than the probe's, or picking a layer for a probe trained on N×D rows, needs
@@ -91,20 +91,27 @@ def scoring_layer(record: ProbeRecord, requested: int | None, layers: int | None
                 f"the probe was trained {trained} and the data holds {layers} layers: set data.layer "
                 "(with allow_other_layer=true if the probe was trained on N×D rows)"
             )
-        return record.layer
+        return _layer_index(record.layer, layers, "the probe's layer")
+    chosen = _layer_index(requested, layers, f"data.layer={requested}")
     if not record.known_layer or allow_other:
-        return requested
+        return chosen
     if record.layer is None:
         raise ProbeLabError(
             f"data.layer={requested}: the probe was trained on N×D activations, not on a layer; "
             "set allow_other_layer=true to score this layer with it anyway"
         )
-    if requested % layers != record.layer % layers:
+    if chosen != record.layer % layers:
         raise ProbeLabError(
             f"data.layer={requested}: the probe was trained on layer {record.layer}; leave data.layer unset "
             "to score that layer, or set allow_other_layer=true to score another one"
         )
-    return requested
+    return chosen
+
+
+def _layer_index(layer: int, layers: int, what: str) -> int:
+    if not -layers <= layer < layers:
+        raise ProbeLabError(f"{what} ({layer}) is out of range for data holding {layers} layers")
+    return layer % layers
 
 
 def predict(cfg: DictConfig, out_dir: Path) -> dict:
@@ -116,7 +123,8 @@ def predict(cfg: DictConfig, out_dir: Path) -> dict:
     record = ProbeRecord.read(header, sidecar)
     threshold = record.threshold
     data = settings.data
-    layer = scoring_layer(record, data.layer, layer_count(data), settings.allow_other_layer)
+    layers = layer_count(data)
+    layer = scoring_layer(record, data.layer, layers, settings.allow_other_layer)
     if layer != data.layer:
         data = dataclasses.replace(data, layer=layer)
     dataset = load_dataset(data, settings.seed, require_labels=False)
@@ -149,8 +157,12 @@ def predict(cfg: DictConfig, out_dir: Path) -> dict:
                 log.warning("%s: labels hold one class only; AUROC and AP are undefined", dataset.name)
             write_json(staging / "metrics.json", result)
     print(f"probe_lab.predict: scored {len(dataset)} rows with {probe_path}")
-    if layer is not None:
-        print(f"  layer    {layer}" + ("" if layer == record.layer else f" (the probe was trained on {record.layer})"))
+    if layer is not None and layers is not None:
+        trained = "N×D activations" if record.layer is None else f"layer {record.layer}"
+        own = record.layer is not None and layer == record.layer % layers
+        print(
+            f"  layer    {layer}" + ("" if own or not record.known_layer else f" (the probe was trained on {trained})")
+        )
     elif record.layer is not None:
         print(f"  layer    N×D rows, scored as layer {record.layer}'s (the probe's)")
     if "metrics" in result:

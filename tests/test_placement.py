@@ -15,6 +15,8 @@ from probe_lab.fit.datamodule import ProbeDataModule
 from probe_lab.settings import OptimizerName, ProbeTrainingConfig
 from probe_lab.settings import placement as placement_module
 from probe_lab.settings.backend import resolve_backend
+from probe_lab.settings.data import StreamingSettings
+from probe_lab.settings.ignored import ignored_settings
 from probe_lab.settings.placement import DataHome, Placement, SplitBytes, decide_placement
 
 GB = 10**9
@@ -100,6 +102,7 @@ def test_split_bytes_match_the_splits() -> None:
 
 
 def test_cuda_without_gpu_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    placement_module.warn_once.cache_clear()  # the warning is logged once per process: not by an earlier test
     monkeypatch.setattr(placement_module.torch.cuda, "is_available", lambda: False)
     with caplog.at_level(logging.WARNING):
         placement = decide_placement(ProbeTrainingConfig(device="cuda"), SplitBytes(train=1, val=1))
@@ -113,6 +116,7 @@ def test_cuda_without_gpu_falls_back_with_one_warning(monkeypatch: pytest.Monkey
 
 
 def test_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    placement_module.warn_once.cache_clear()  # the warning is logged once per process: not by an earlier test
     _cuda_present(monkeypatch)
     sizes = SplitBytes(train=1, val=1)
     assert decide_placement(ProbeTrainingConfig(), sizes).precision == "16-mixed"
@@ -120,6 +124,23 @@ def test_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch, caplog) -
     with caplog.at_level(logging.WARNING):
         assert decide_placement(ProbeTrainingConfig(device="cpu", precision="16-mixed"), sizes).precision == "32"
     assert "16-mixed needs CUDA" in caplog.text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on machines without CUDA")
+def test_the_cuda_fallback_is_warned_once_per_process_over_many_fits(caplog) -> None:
+    """The Python API decides a placement per fit: a script fitting many probes is told once."""
+    from probe_lab.api import create_probe_trainer
+
+    placement_module.warn_once.cache_clear()
+    x, y = activation_like(200, 8, seed=6)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            trainer = create_probe_trainer(70, 8, ProbeTrainingConfig(device="cuda", max_iterations=5))
+            trainer.fit(x, y)
+            assert trainer.backend == "pytorch" and trainer.placement is not None
+            assert trainer.placement.device == torch.device("cpu")
+    warnings = [record for record in caplog.records if "no CUDA device is available" in record.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
 
 
 def test_sklearn_is_placed_on_the_host_whatever_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,3 +185,46 @@ def test_the_trainer_follows_the_placement(budget_gb: float | None, optimizer: s
     trainer.fit_datasets(data.subset(np.arange(400)), data.subset(np.arange(400, 600)))
     assert trainer.placement is not None and trainer.placement.optimizer.value == optimizer
     assert trainer.fit_details["optimizer"] == optimizer
+
+
+# -- settings a fit does not use --------------------------------------------------------------------
+
+SIZES = SplitBytes(train=1, val=1)
+
+
+def _ignored(backend: str, *, full_batch: bool | None = None, **settings: object) -> str | None:
+    """ignored_settings for a CPU fit of tiny splits with these settings (full_batch: the premise checked)."""
+    config = ProbeTrainingConfig(device="cpu", **settings)
+    placement = decide_placement(config, SIZES, backend=backend)
+    assert full_batch is None or placement.full_batch is full_batch
+    return ignored_settings(config, backend, placement)
+
+
+@pytest.mark.parametrize("backend", ["sklearn", "pytorch"])
+def test_a_default_config_ignores_nothing(backend: str) -> None:
+    assert _ignored(backend) is None
+    assert _ignored(backend, precision="32") is None  # what sklearn does anyway, and what pytorch runs on the CPU
+
+
+def test_sklearn_names_pytorch_and_streaming_settings() -> None:
+    line = _ignored("sklearn", streaming=StreamingSettings(num_workers=4), precision="bf16-mixed", learning_rate=0.01)
+    assert line is not None and line.startswith("settings without effect, ignored: ") and "\n" not in line
+    for name in ("data.num_workers=4", "precision=bf16-mixed", "probe.learning_rate=0.01", "sklearn backend"):
+        assert name in line, line
+    assert _ignored("sklearn", solver="saga") is None
+
+
+def test_pytorch_names_sklearn_settings() -> None:
+    line = _ignored("pytorch", solver="saga")
+    assert line is not None and "probe.solver=saga (sklearn only)" in line, line
+
+
+def test_full_batch_lbfgs_names_what_only_adamw_reads() -> None:
+    line = _ignored("pytorch", full_batch=True, learning_rate=0.01, streaming=StreamingSettings(num_workers=4))
+    assert line is not None, line
+    assert "probe.learning_rate=0.01" in line and "data.num_workers=4" in line and "AdamW only" in line, line
+
+
+def test_streamed_adamw_uses_learning_rate_and_streaming() -> None:
+    settings = {"optimizer": "adamw", "learning_rate": 0.01, "streaming": StreamingSettings(num_workers=4)}
+    assert _ignored("pytorch", full_batch=False, **settings) is None

@@ -67,10 +67,10 @@ def test_plain_progress_writes_at_most_one_line_an_interval_and_one_at_the_end()
             clock.now += 1
             bar.update(40_000_000)
     assert out.getvalue().splitlines() == [
-        "scan store: 1.2 GB of 4.0 GB (30%)  (30 s)",
-        "scan store: 2.4 GB of 4.0 GB (60%)  (1 min 00 s)",
-        "scan store: 3.6 GB of 4.0 GB (90%)  (1 min 30 s)",
-        "scan store: 4.0 GB of 4.0 GB (100%)  (1 min 40 s)",
+        "scan store: 1.20GB of 4.00GB (30%)  (30 s)",
+        "scan store: 2.40GB of 4.00GB (60%)  (1 min 00 s)",
+        "scan store: 3.60GB of 4.00GB (90%)  (1 min 30 s)",
+        "scan store: 4.00GB of 4.00GB (100%)  (1 min 40 s)",
     ]
 
 
@@ -236,7 +236,7 @@ def test_a_run_in_a_pipe_writes_short_plain_lines(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stdout + result.stderr
     scan, fit = result.stderr.splitlines()
-    assert re.fullmatch(r"scan store: 38\.4 kB of 38\.4 kB \(100%\)  \(\d+ s\)", scan), scan
+    assert re.fullmatch(r"scan store: 38\.4kB of 38\.4kB \(100%\)  \(\d+ s\)", scan), scan
     assert FINAL_FIT_LINE.fullmatch(fit), fit
 
 

@@ -7,10 +7,10 @@
 - Anywhere else (a log file, a pipe, a sweep's job, CI) no carriage return is written: `PlainProgress`
   (a scan, a conversion) and a fit's `PlainProgressBar` write `PeriodicLines` to stderr, at most one every
   `interval_s` seconds while the work runs and one when it ends (none when it ends in an error), e.g.
-  `scan store: 1.2 GB of 4.0 GB (30%)  (30 s)` and `epoch 3/2000  step 120  val_auroc 0.9132  (12 s)`.
+  `scan store: 1.20GB of 4.00GB (30%)  (30 s)` and `epoch 3/2000  step 120  val_auroc 0.9132  (12 s)`.
 
 This module does not import Lightning (a scan or a conversion would wait seconds for it); the fit's bar,
-a Lightning callback, lives with the Trainer's other pieces in `probe_lab.fit.trainer`.
+a Lightning callback, lives in `probe_lab.fit.progress_bar`.
 """
 
 from __future__ import annotations
@@ -120,14 +120,8 @@ class PlainProgress:
         return f"{self.desc}: {done} of {self._amount(self.total)}{percent}"
 
     def _amount(self, value: float) -> str:
-        if not self.unit_scale:
-            return f"{value} {self.unit}"
-        prefixes = ["", "k", "M", "G", "T", "P"]
-        while value >= 999.5 and len(prefixes) > 1:
-            value /= 1000
-            prefixes.pop(0)
-        digits = 1 if prefixes[0] else 0
-        return f"{value:.{digits}f} {prefixes[0]}{self.unit}"
+        """Counted units, scaled as tqdm's own bars scale them (1.20GB) with `unit_scale`."""
+        return tqdm.format_sizeof(value, self.unit, 1000) if self.unit_scale else f"{value} {self.unit}"
 
 
 Progress = tqdm | PlainProgress

@@ -23,9 +23,15 @@ class FileOnly(logging.Filter):
 
 
 def print_summary(lines: Iterable[str]) -> None:
-    """Print the lines to stdout as one block (flushed, so that it is out before anything that follows)
-    and write them into the run's log file."""
+    """Print a run's summary to stdout as one block and write it into the run's log file."""
+    lines = list(lines)
+    print_block(lines)
+    for line in lines:
+        RUN_LOG.info(line)
+
+
+def print_block(lines: Iterable[str]) -> None:
+    """Print the lines to stdout and flush, so that the block is out before anything that follows."""
     for line in lines:
         print(line)
-        RUN_LOG.info(line)
     sys.stdout.flush()

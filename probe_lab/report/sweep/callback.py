@@ -20,7 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from probe_lab.report.run_log import print_summary
+from probe_lab.report.run_log import print_block
 from probe_lab.report.sweep.collect import backend_pairs, collect_rows
 from probe_lab.report.sweep.job import FAILED, PARITY_FILE, JobRow, error_line
 from probe_lab.report.sweep.render import SUMMARY_FILES, terminal_lines, write_csv, write_markdown
@@ -50,7 +50,7 @@ class SweepSummary(Callback):
         except Exception as err:  # the jobs' outcomes still get printed, and the exit status still tells
             print(f"probe_lab: error: could not write the sweep summary: {error_line(err)}", file=sys.stderr)
             written = False
-        print_summary(terminal_lines(rows, sweep_dir, written, pairs))
+        print_block(terminal_lines(rows, sweep_dir, written, pairs))
         if not written or any(row.status == FAILED for row in rows):
             raise SystemExit(1)
 
