@@ -2,8 +2,9 @@
 
 Every `python -m probe_lab…` line of the README's bash blocks is one test. A command that reads what
 an earlier command writes (a store from `probe_lab.convert`, a run folder named by `hydra.run.dir=`)
-runs that command first. The only additions to a command are a run or sweep folder inside the test's
-directory when the command names none, so that runs never share a folder.
+gets a copy of that output, made once per test process beside the example data. The only additions
+to a command are a run or sweep folder inside the test's directory when the command names none, so
+that runs never share a folder.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +69,21 @@ def example_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def made_by_earlier_commands(example_data: Path):
+    """made(index): run README command `index` once in the example-data folder, return what it wrote."""
+    done: dict[int, set[str]] = {}
+
+    def made(index: int) -> set[str]:
+        if index not in done:
+            result = run_command(COMMANDS[index], example_data)
+            assert result.returncode == 0, f"{shlex.join(COMMANDS[index])}\n{result.stderr[-3000:]}"
+            done[index] = outputs(COMMANDS[index])
+        return done[index]
+
+    return made
+
+
 def run_command(words: list[str], folder: Path) -> subprocess.CompletedProcess:
     extra = []
     if words[2] != "probe_lab.convert" and not any(w.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for w in words):
@@ -86,7 +103,9 @@ def test_the_readme_has_its_examples() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(COMMANDS)), ids=[" ".join(w[3:])[:70] or "(defaults)" for w in COMMANDS])
-def test_readme_command_runs_as_written(index: int, example_data: Path, tmp_path: Path) -> None:
+def test_readme_command_runs_as_written(
+    index: int, example_data: Path, made_by_earlier_commands, tmp_path: Path
+) -> None:
     words = COMMANDS[index]
     for marker, module in EXTRAS.items():
         if marker in words and not installed(module):
@@ -94,10 +113,11 @@ def test_readme_command_runs_as_written(index: int, example_data: Path, tmp_path
     for name in EXAMPLE_FILES:
         (tmp_path / name).symlink_to(example_data / name)
     needed = reads(words)
-    for earlier in COMMANDS[:index]:
-        if outputs(earlier) & needed:
-            done = run_command(earlier, tmp_path)
-            assert done.returncode == 0, f"{shlex.join(earlier)}\n{done.stderr[-3000:]}"
+    for earlier, earlier_words in enumerate(COMMANDS[:index]):
+        if outputs(earlier_words) & needed:
+            for output in made_by_earlier_commands(earlier):
+                (tmp_path / output).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(example_data / output, tmp_path / output, symlinks=True)
     done = run_command(words, tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{shlex.join(words)}\n{output[-3000:]}"
