@@ -49,10 +49,10 @@ Other commands:
                          write an activation store from an .npy file or a folder of tensor files
   probe-lab, probe-lab-predict, probe-lab-convert   the same commands as console scripts"""
 
-HYDRA_FLAGS = """\
-Hydra:
+SWEEP_FLAG = """\
   -m KEY=A,B ...         a sweep: one job per combination (hydra/launcher=parallel | slurm,
-                         hydra/sweeper=regularization_search; see README)
+                         hydra/sweeper=regularization_search; see README)"""
+HYDRA_FLAGS = """\
   --cfg job              print the composed config and exit;  --info  where each part came from
   hydra.run.dir=PATH     the run folder;  hydra.sweep.dir=PATH  a sweep's folder
   --hydra-help           Hydra's own help"""
@@ -93,6 +93,8 @@ def training_help(overrides: Sequence[str]) -> str:
         "",
         OTHER_COMMANDS,
         "",
+        "Hydra:",
+        SWEEP_FLAG,
         HYDRA_FLAGS,
     ]
     return "\n".join(lines if problem is None else [f"(overrides not applied: {problem})", *lines])
@@ -116,7 +118,8 @@ def predict_help(overrides: Sequence[str]) -> str:
         "Settings (key=value):",
         *_setting_lines(cfg, choices, skip=("probe_path", *NOT_READ_BY_PREDICT)),
         "",
-        HYDRA_FLAGS.split("\n", 1)[0] + "\n" + HYDRA_FLAGS.split("\n", 3)[3],
+        "Hydra:",
+        HYDRA_FLAGS,
     ]
     return "\n".join(lines if problem is None else [f"(overrides not applied: {problem})", *lines])
 
