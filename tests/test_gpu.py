@@ -101,11 +101,31 @@ def test_streaming_from_a_store_to_the_gpu(store_splits) -> None:
     train = store_splits["bfloat16"]
     trainer = TorchProbeTrainer(
         512,
-        ProbeTrainingConfig(device="cuda", memory_budget_gb=1e-6, learning_rate=0.01, batch_size=2048),
+        ProbeTrainingConfig(
+            device="cuda", optimizer="adamw", memory_budget_gb=1e-6, learning_rate=0.01, batch_size=2048
+        ),
     )
     trainer.fit_datasets(train.train, train.val)
     assert (trainer.fit_details["optimizer"], trainer.fit_details["activation_dtype"]) == ("adamw", "bfloat16")
     assert auroc(train.test.labels, trainer.decision_function(train.test)) > 0.8
+
+
+@pytest.mark.parametrize("host_ram_gb", [64, 1e-9])  # pinned host copy, or streamed from the store each pass
+def test_lbfgs_beyond_the_gpu_budget_lands_on_the_resident_probe(
+    store_splits, host_ram_gb: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from probe_lab.settings import placement as placement_module
+
+    monkeypatch.setattr(placement_module, "available_ram", lambda: int(host_ram_gb * 1e9))
+    train = store_splits["bfloat16"]
+    resident = TorchProbeTrainer(512, ProbeTrainingConfig(device="cuda"))
+    resident.fit_datasets(train.train, train.val)
+    beyond = TorchProbeTrainer(512, ProbeTrainingConfig(device="cuda", memory_budget_gb=1e-6))
+    beyond.fit_datasets(train.train, train.val)
+    assert beyond.placement.train_home.value == ("host" if host_ram_gb > 1 else "streamed")
+    assert beyond.fit_details["optimizer"] == "lbfgs" and beyond.fit_details["converged"]
+    assert cosine(beyond.coef_, resident.coef_) >= 0.9999
+    assert abs(beyond.val_auroc - resident.val_auroc) < 1e-4
 
 
 def test_regularization_path_on_the_gpu_matches_the_cpu(splits) -> None:

@@ -86,10 +86,11 @@ def test_wandb_without_the_package_says_how_to_install_it(cli) -> None:
 
 
 @pytest.mark.parametrize(
-    ("budget", "home", "optimizer"), [("null", "resident", "lbfgs"), ("1e-6", "streamed", "adamw")]
+    ("budget", "home", "optimizer"),
+    [("null", "resident", "lbfgs"), ("1e-6", "streamed", "lbfgs"), ("null", "streamed", "adamw")],
 )
 def test_the_run_records_and_follows_its_placement(cli, budget: str, home: str, optimizer: str) -> None:
-    result = cli(*SMALL, f"device.memory_budget_gb={budget}", "probe.max_iterations=5")
+    result = cli(*SMALL, f"device.memory_budget_gb={budget}", "probe.max_iterations=5", f"probe.optimizer={optimizer}")
     assert result.returncode == 0, result.stderr
     metrics = result.metrics()
     assert metrics["placement"]["train"] == home and metrics["placement"]["device"] == "cpu"

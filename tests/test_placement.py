@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from probe_lab.data.blocks import SplitBlocks
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.synthetic import activation_like
 from probe_lab.fit.datamodule import ProbeDataModule
@@ -53,11 +54,19 @@ def test_resident_on_the_cpu_when_the_training_split_fits() -> None:
     assert not placement.splits_on_device and not placement.scan_onto_device and not placement.val_beside_train
 
 
-def test_streamed_when_the_training_split_exceeds_the_budget() -> None:
+def test_streamed_lbfgs_when_the_training_split_exceeds_the_budget() -> None:
     config = ProbeTrainingConfig(device="cpu", memory_budget_gb=1.0)
     placement = decide_placement(config, SplitBytes(train=2 * GB, val=1))
-    assert placement.train_home is DataHome.streamed and placement.optimizer is OptimizerName.adamw
+    assert placement.train_home is DataHome.streamed and placement.optimizer is OptimizerName.lbfgs
+    assert placement.full_batch and not placement.train_resident and not placement.val_beside_train
     assert placement.trainer_precision == "32"
+
+
+def test_adamw_only_when_asked_for_and_then_streamed() -> None:
+    for budget in (1e-9, 100.0):
+        config = ProbeTrainingConfig(device="cpu", memory_budget_gb=budget, optimizer="adamw")
+        placement = decide_placement(config, SplitBytes(train=GB, val=1))
+        assert placement.optimizer is OptimizerName.adamw and placement.train_home is DataHome.streamed
 
 
 def test_an_explicit_optimizer_decides_the_home_whatever_the_size() -> None:
@@ -87,9 +96,19 @@ def test_gpu_counts_the_validation_split_held_beside_training(monkeypatch: pytes
     _cuda_present(monkeypatch)
     config = ProbeTrainingConfig(device="cuda:1", memory_budget_gb=1.0)
     placement = decide_placement(config, SplitBytes(train=6 * GB // 10, val=6 * GB // 10))
-    assert placement.train_home is DataHome.streamed and not placement.splits_on_device
+    assert placement.train_home is DataHome.host and not placement.splits_on_device  # pinned, copied per pass
     assert placement.device == torch.device("cuda", 1) and placement.lightning_devices == [1]
-    assert placement.trainer_precision == "16-mixed"  # AdamW keeps Lightning's AMP
+    assert placement.trainer_precision == "32"  # full batch: float16 data, a 32-bit Trainer
+    adamw = ProbeTrainingConfig(device="cuda:1", memory_budget_gb=1.0, optimizer="adamw")
+    assert decide_placement(adamw, SplitBytes(GB, 1)).trainer_precision == "16-mixed"  # AdamW keeps AMP
+
+
+def test_gpu_streams_from_storage_what_host_memory_cannot_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    _cuda_present(monkeypatch)
+    monkeypatch.setattr(placement_module, "available_ram", lambda: 4 * GB)
+    config = ProbeTrainingConfig(device="cuda", memory_budget_gb=1.0)
+    assert decide_placement(config, SplitBytes(train=GB, val=1)).train_home is DataHome.host
+    assert decide_placement(config, SplitBytes(train=3 * GB, val=1)).train_home is DataHome.streamed
 
 
 def test_split_bytes_match_the_splits() -> None:
@@ -165,22 +184,32 @@ def test_datamodule_serves_a_resident_split_as_one_batch() -> None:
 
 
 def test_datamodule_streams_a_streamed_split_in_minibatches() -> None:
-    placement = decide_placement(ProbeTrainingConfig(device="cpu", memory_budget_gb=1e-9), SplitBytes(10**6, 1))
-    module = _datamodule(placement)
+    config = ProbeTrainingConfig(device="cpu", memory_budget_gb=1e-9, optimizer="adamw")
+    module = _datamodule(decide_placement(config, SplitBytes(10**6, 1)))
     sizes = [len(y) for _, y in module.train_dataloader()]
     assert sum(sizes) == 200 and max(sizes) == 64
-    with pytest.raises(ValueError, match="streams"):
+    with pytest.raises(ValueError, match="does not hold"):
         module.hold_whole()
 
 
-@pytest.mark.parametrize(("budget_gb", "optimizer"), [(None, "lbfgs"), (1e-6, "adamw")])
+def test_datamodule_serves_a_streamed_full_batch_split_as_its_blocks() -> None:
+    placement = decide_placement(ProbeTrainingConfig(device="cpu", memory_budget_gb=1e-9), SplitBytes(10**6, 1))
+    module = _datamodule(placement)
+    (blocks,) = list(module.train_dataloader())
+    assert isinstance(blocks, SplitBlocks) and blocks.rows == 200
+    assert sum(len(y) for _, y in blocks) == 200
+
+
+@pytest.mark.parametrize(("budget_gb", "optimizer"), [(None, "lbfgs"), (1e-6, "lbfgs"), (None, "adamw")])
 def test_the_trainer_follows_the_placement(budget_gb: float | None, optimizer: str) -> None:
     """A fit without a given placement decides one from its datasets; the fit runs as it says."""
     from probe_lab.backends.pytorch import TorchProbeTrainer
 
     x, y = activation_like(600, 16, seed=2)
     data = ActivationDataset(x, y)
-    config = ProbeTrainingConfig(device="cpu", memory_budget_gb=budget_gb, max_iterations=3, batch_size=128)
+    config = ProbeTrainingConfig(
+        device="cpu", memory_budget_gb=budget_gb, max_iterations=3, batch_size=128, optimizer=optimizer
+    )
     trainer = TorchProbeTrainer(16, config)
     trainer.fit_datasets(data.subset(np.arange(400)), data.subset(np.arange(400, 600)))
     assert trainer.placement is not None and trainer.placement.optimizer.value == optimizer
@@ -228,3 +257,13 @@ def test_full_batch_lbfgs_names_what_only_adamw_reads() -> None:
 def test_streamed_adamw_uses_learning_rate_and_streaming() -> None:
     settings = {"optimizer": "adamw", "learning_rate": 0.01, "streaming": StreamingSettings(num_workers=4)}
     assert _ignored("pytorch", full_batch=False, **settings) is None
+
+
+def test_streamed_lbfgs_reads_with_the_streaming_threads_but_ignores_the_learning_rate() -> None:
+    config = ProbeTrainingConfig(
+        device="cpu", memory_budget_gb=1e-9, learning_rate=0.01, streaming=StreamingSettings(num_workers=4)
+    )
+    placement = decide_placement(config, SplitBytes(train=GB, val=1))
+    assert placement.full_batch and placement.train_home is DataHome.streamed
+    line = ignored_settings(config, "pytorch", placement)
+    assert line is not None and "probe.learning_rate=0.01" in line and "num_workers" not in line, line

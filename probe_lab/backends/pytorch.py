@@ -79,7 +79,7 @@ class TorchProbeTrainer(ProbeTrainer):
             streaming=self.config.streaming,
         )
         start = time.perf_counter()
-        resident = datamodule.hold_whole() if placement.full_batch else None
+        resident = datamodule.hold_whole() if placement.full_batch and placement.train_resident else None
         loaded = time.perf_counter()
         # The module and the data are on the device before the statistics are queued (a copy from
         # pageable host memory would wait for them); on a GPU nothing then waits for the statistics

@@ -94,11 +94,11 @@ class StreamedBatches(IterableDataset):
             rng = np.random.default_rng([self.seed, epoch, part])
             try:
                 for batch in self._shuffled(segments, order[part :: self.threads], labels, rng, shared=False):
-                    if not _put(queues[part], batch, stop):
+                    if not put_unless_stopped(queues[part], batch, stop):
                         return
-                _put(queues[part], _DONE, stop)
+                put_unless_stopped(queues[part], _DONE, stop)
             except BaseException as err:  # handed to the consumer, which raises it
-                _put(queues[part], err, stop)
+                put_unless_stopped(queues[part], err, stop)
 
         readers = [threading.Thread(target=produce, args=(part,), daemon=True) for part in range(self.threads)]
         for reader in readers:
@@ -163,7 +163,7 @@ class StreamedBatches(IterableDataset):
 _DONE = object()
 
 
-def _put(target: queue.Queue, item: object, stop: threading.Event) -> bool:
+def put_unless_stopped(target: queue.Queue, item: object, stop: threading.Event) -> bool:
     """Put, waiting while the consumer is busy; False once the consumer has stopped listening."""
     while not stop.is_set():
         try:

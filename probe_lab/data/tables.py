@@ -85,8 +85,8 @@ class MappedFile:
             with open(self.path, "rb") as file:
                 self._mmap = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if count else None
             buffer = self._mmap if self._mmap is not None else b""
-            self._array = np.frombuffer(buffer, dtype=self.dtype, count=count, offset=self.offset if count else 0)
-            self._array = self._array.reshape(self.shape)
+            flat = np.frombuffer(buffer, dtype=self.dtype, count=count, offset=self.offset if count else 0)
+            self._array = flat.reshape(self.shape)  # assigned once shaped: reader threads share this object
         return self._array
 
     def release(self, first_row: int, stop_row: int) -> None:

@@ -1,11 +1,13 @@
 """`ProbeDataModule`: the Lightning view of the training and validation splits, held as the fit's
 `Placement` says.
 
-A resident training split (full-batch L-BFGS) is served as one batch, read once onto the training
-device in its stored dtype (data already there is used in place), and on a GPU the validation split
-is held whole beside it. A streamed split (AdamW) comes as minibatches from `StreamedBatches`: large
-contiguous reads, shuffled by segment and within a buffer, seeded, by reader threads that gather
-batches (into pinned memory with CUDA); validation batches are read straight from storage.
+For full-batch L-BFGS the training split is one batch: held whole on the training device when
+resident (read once in its stored dtype; data already there is used in place; on a GPU the
+validation split is held whole beside it), else a `SplitBlocks` that the module reads block by block
+at every evaluation (from pinned host memory, or from storage). For AdamW it comes as minibatches from
+`StreamedBatches`: large contiguous reads, shuffled by segment and within a buffer, seeded, by reader
+threads that gather batches (into pinned memory with CUDA). Validation batches not held on the
+device are read straight from storage.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from probe_lab.data.blocks import SplitBlocks
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.streaming import StreamedBatches
 from probe_lab.settings import StreamingSettings
-from probe_lab.settings.placement import Placement
+from probe_lab.settings.placement import DataHome, Placement
 
 
 class _WholeSplit(Dataset):
@@ -32,6 +35,19 @@ class _WholeSplit(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x, self.y
+
+
+class _OneItem(Dataset):
+    """One item, as it is."""
+
+    def __init__(self, item: object) -> None:
+        self.item = item
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> object:
+        return self.item
 
 
 class ProbeDataModule(pl.LightningDataModule):
@@ -58,19 +74,36 @@ class ProbeDataModule(pl.LightningDataModule):
         self.read_rows = max(1, int(self.streaming.read_mb * 2**20) // row_bytes)
         self._resident: dict[str, _WholeSplit] = {}
         self._streams: dict[str, StreamedBatches] = {}
+        self._blocks: SplitBlocks | None = None
 
     def hold_whole(self) -> torch.Tensor:
         """A resident training split read whole onto the device (and, on a GPU, the validation split
         beside it) once, to be reused; returns the training activations."""
-        if not self.placement.full_batch:
-            raise ValueError("hold_whole: the placement streams the training split")
+        if not (self.placement.full_batch and self.placement.train_resident):
+            raise ValueError("hold_whole: the placement does not hold the training split on the device")
         if self.placement.val_beside_train:
             self._whole("val", self.val)
         return self._whole("train", self.train).x
 
+    def blocks(self) -> SplitBlocks:
+        """A full-batch training split that is not resident, as the blocks each evaluation reads (held
+        in pinned host memory once, for the `host` home)."""
+        if self._blocks is None:
+            self._blocks = SplitBlocks(
+                self.train,
+                self.placement.device,
+                read_rows=self.read_rows,
+                threads=max(1, self.streaming.num_workers),
+                prefetch=self.streaming.prefetch_batches + 1,
+                hold_on_host=self.placement.train_home is DataHome.host,
+            )
+        return self._blocks
+
     def train_dataloader(self) -> DataLoader:
-        if self.placement.full_batch:
+        if self.placement.full_batch and self.placement.train_resident:
             return DataLoader(self._whole("train", self.train), batch_size=None)
+        if self.placement.full_batch:
+            return DataLoader(_OneItem(self.blocks()), batch_size=None)  # the module reads its blocks
         return self._loader("train", self.train, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

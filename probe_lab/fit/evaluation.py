@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -88,3 +88,41 @@ def _capture_stream(device: torch.device) -> torch.cuda.Stream:
     """One side stream per device for capturing evaluations, kept for the process: cuBLAS sets up a
     workspace per stream, which a fresh stream would pay for at every fit."""
     return torch.cuda.Stream(device)
+
+
+class StreamedEvaluation:
+    """The full-batch objective over a split that is not held whole on the device: one pass over its
+    blocks per call, each block's loss and gradient computed while the block is on the device and
+    accumulated in float64 (loss) and float32 (gradient), then the penalty once. Same contract as
+    `Evaluation`: returns the loss, leaves the gradient in the parameters' `.grad`.
+
+    `loss_sum(x, y)` is Σ of the block's row losses (`ProbeObjective.loss_sum`), `penalty()` the
+    penalty term, and `blocks` yields (x, y) on the device in the same order every pass.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        penalty: Callable[[], torch.Tensor],
+        blocks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        rows: int,
+    ) -> None:
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.loss_sum, self.penalty, self.blocks, self.rows = loss_sum, penalty, blocks, rows
+        self.capture_seconds = 0.0  # nothing is captured: kept for the same report as `Evaluation`
+
+    def __call__(self) -> torch.Tensor:
+        grads = [torch.zeros_like(p) for p in self.params]
+        total = torch.zeros((), dtype=torch.float64, device=self.params[0].device)
+        with torch.enable_grad():
+            for x, y in self.blocks:
+                block_loss = self.loss_sum(x, y) / self.rows
+                for grad, part in zip(grads, torch.autograd.grad(block_loss, self.params), strict=True):
+                    grad += part
+                total += block_loss.detach()
+            penalty = self.penalty()
+            parts = torch.autograd.grad(penalty, self.params, allow_unused=True)
+        for param, grad, part in zip(self.params, grads, parts, strict=True):
+            param.grad = grad if part is None else grad + part
+        return total + penalty.detach()

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
 
+from probe_lab.data.blocks import SplitBlocks
 from probe_lab.data.dataset import ActivationDataset
-from probe_lab.fit.evaluation import Evaluation
+from probe_lab.fit.evaluation import Evaluation, StreamedEvaluation
 from probe_lab.fit.lbfgsb import ScipyLBFGSB
 from probe_lab.fit.linear_probe import LinearProbe
 from probe_lab.fit.objective import ProbeObjective, preconditioner_statistics
@@ -89,22 +90,32 @@ class ProbeModule(pl.LightningModule):
         """The objective of the batch, a float64 scalar."""
         return self.objective(self.probe, x, y)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor] | SplitBlocks, batch_idx: int) -> torch.Tensor:
+        if isinstance(batch, SplitBlocks):  # full batch, read block by block at each evaluation
+            evaluate = StreamedEvaluation(self, self.loss_sum, self.penalty, batch, batch.rows)
+            return self._lbfgs_step(evaluate, batch.rows)
         x, y = batch
         if self.automatic_optimization:  # AdamW: one minibatch
             loss = self.loss(x, y)
             self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
             return loss
-        return self._lbfgs_step(x, y)
+        return self._lbfgs_step(Evaluation(self, lambda: self.loss(x, y), x.device), len(y))
 
-    def _lbfgs_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss_sum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The sum of the block's row losses over its rows and the columns, a float64 scalar."""
+        return self.objective.loss_sum(self.probe, x, y)
+
+    def penalty(self) -> torch.Tensor:
+        return self.objective.penalty(self.probe)
+
+    def _lbfgs_step(self, evaluate: Evaluation | StreamedEvaluation, rows: int) -> torch.Tensor:
         """Full-batch L-BFGS to convergence in one manual optimizer step. L-BFGS-B calls the closure once
         per evaluation, each ending in a host sync, so the closure does only the evaluation (on a GPU
-        one CUDA-graph replay): Lightning counts the one step, and checkpointing follows it."""
+        one CUDA-graph replay of resident data, or one pass over the split's blocks): Lightning counts
+        the one step, and checkpointing follows it."""
         optimizer = self.optimizers()
         lbfgs = optimizer.optimizer
         start = time.perf_counter()
-        evaluate = Evaluation(self, lambda: self.loss(x, y), x.device)
         loss = optimizer.step(closure=evaluate)  # the objective where L-BFGS stopped
         self.lbfgs_seconds = time.perf_counter() - start
         self.capture_seconds = evaluate.capture_seconds
@@ -113,7 +124,7 @@ class ProbeModule(pl.LightningModule):
         self.lbfgs_converged = lbfgs.converged
         if result.status != 0:
             (log.info if self.lbfgs_converged else log.warning)("L-BFGS-B stopped: %s", result.message)
-        self.log("train_loss", float(loss), on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
+        self.log("train_loss", float(loss), on_step=True, on_epoch=False, prog_bar=True, batch_size=rows)
         self.log("lbfgs_iterations", float(self.lbfgs_iterations), on_step=True, on_epoch=False)
         if self.lbfgs_converged:
             self.trainer.should_stop = True

@@ -70,7 +70,12 @@ class ProbeObjective(nn.Module):
         self.penalty_weights.copy_(penalty_weights)
 
     def forward(self, probe: LinearProbe, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """J of the batch (x, y), summed over the columns, as a float64 scalar.
+        """J of the batch (x, y), summed over the columns, as a float64 scalar."""
+        return self.loss_sum(probe, x, y) / len(x) + self.penalty(probe)
+
+    def loss_sum(self, probe: LinearProbe, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Σᵢ ℓ(yᵢ, logitᵢ) over the rows of (x, y) and the columns, a float64 scalar: J over N rows is
+        the sum over their blocks divided by N, plus `penalty` once.
 
         Each row's loss is float32; their sum is float64, so the objective's rounding stays far below
         the decreases L-BFGS's line search has to see near the optimum.
@@ -78,9 +83,12 @@ class ProbeObjective(nn.Module):
         logits = probe(x)
         targets = y.float()[:, None].expand_as(logits) if logits.ndim == 2 else y.float()
         row_losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-        data_loss = row_losses.sum(0, dtype=torch.float64) / len(row_losses)  # per column on a path
+        return row_losses.sum(dtype=torch.float64)
+
+    def penalty(self, probe: LinearProbe) -> torch.Tensor:
+        """The penalty of every column, summed, a float64 scalar."""
         u = probe.linear.weight
-        return data_loss.sum() + (self.penalty_coef * self.penalty_weights * u * u).sum(dtype=torch.float64)
+        return (self.penalty_coef * self.penalty_weights * u * u).sum(dtype=torch.float64)
 
 
 def preconditioner_statistics(

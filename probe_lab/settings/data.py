@@ -26,16 +26,17 @@ class DataSource(StrEnum):
 
 @dataclass
 class StreamingSettings:
-    """How minibatches stream from host memory or disk (optimizer=adamw).
+    """How a training split that is not resident streams from host memory or disk: AdamW's minibatches,
+    or the blocks each full-batch L-BFGS evaluation reads (num_workers threads, read_mb per block).
 
     num_workers: reader threads; read_mb: MB per contiguous read; shuffle_reads: reads shuffled
     together; prefetch_batches: batches each reader thread keeps ready.
     """
 
-    num_workers: int = field(default=2, metadata={"help": "AdamW streaming: reader threads"})
-    read_mb: float = field(default=16.0, metadata={"help": "AdamW streaming: MB per contiguous read"})
+    num_workers: int = field(default=2, metadata={"help": "streaming: reader threads"})
+    read_mb: float = field(default=16.0, metadata={"help": "streaming: MB per contiguous read"})
     shuffle_reads: int = field(default=4, metadata={"help": "AdamW streaming: reads shuffled together"})
-    prefetch_batches: int = field(default=1, metadata={"help": "AdamW streaming: batches each thread keeps ready"})
+    prefetch_batches: int = field(default=1, metadata={"help": "streaming: batches (blocks) each thread keeps ready"})
 
     def __post_init__(self) -> None:
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:

@@ -42,7 +42,9 @@ def ignored_settings(config: ProbeTrainingConfig, backend: str, placement: Place
     else:
         reasons = [([f"{name}={value}" for name, value in chosen.items() if name in SKLEARN_ONLY], "sklearn only")]
         if placement is not None and placement.full_batch:
-            adamw = [f"{name}={value}" for name, value in chosen.items() if name in (*ADAMW_ONLY, *STREAMING)]
+            # A streamed full-batch split reads with data.num_workers threads, data.read_mb at a time.
+            unread = STREAMING if placement.train_resident else ("data.shuffle_reads",)
+            adamw = [f"{name}={value}" for name, value in chosen.items() if name in (*ADAMW_ONLY, *unread)]
             reasons.append((adamw, "minibatch AdamW only; this fit is full-batch L-BFGS"))
     parts = [f"{', '.join(names)} ({why})" for names, why in reasons if names]
     return f"settings without effect, ignored: {'; '.join(parts)}" if parts else None

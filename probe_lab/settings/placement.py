@@ -7,10 +7,15 @@ the store's scan, the DataModule, the optimizer, the Lightning Trainer — follo
 returns and never decides again.
 
 The rules, with B the memory budget (`device.memory_budget_gb`, else half the GPU's memory on CUDA,
-half of MemAvailable on the CPU) and sizes in the data's stored dtype:
-- the training split is *resident* (read whole onto the training device once; full-batch L-BFGS)
-  when `probe.optimizer=lbfgs`, or with `auto` when it fits B — on a GPU together with the validation
-  split, which full-batch training holds beside it; otherwise it is *streamed* (AdamW minibatches);
+half of MemAvailable on the CPU), H half of MemAvailable, and sizes in the data's stored dtype:
+- the optimizer is full-batch L-BFGS (sklearn's optimizer, whatever the data's size) unless
+  `probe.optimizer=adamw` asks for minibatch AdamW;
+- for L-BFGS the training split is *resident* (read whole onto the training device once) when it fits
+  B — on a GPU together with the validation split, which is then held beside it; otherwise, on a GPU,
+  it is held in pinned *host* memory when it fits H and copied to the GPU block by block at every
+  evaluation; otherwise it is *streamed*: read from where it is stored at every evaluation. Every
+  home gives the same evaluations, so the same probe;
+- AdamW's minibatches are always streamed from where the data is stored;
 - on a GPU with a resident training split, every split (train, validation, test) is loaded onto the
   GPU once when they fit B together, so training, validation and scoring never touch the host;
 - a single-layer store is then copied onto the GPU by the scan that verifies it (one read of the
@@ -36,8 +41,9 @@ log = logging.getLogger(__name__)
 
 
 class DataHome(StrEnum):
-    resident = "resident"  # read whole onto the training device once; full-batch L-BFGS
-    streamed = "streamed"  # minibatches streamed from host memory or disk; AdamW
+    resident = "resident"  # read whole onto the training device once
+    host = "host"  # a GPU fit: held in pinned host memory, copied to the GPU block by block at each pass
+    streamed = "streamed"  # read from where it is stored (disk, mapped files) at each pass
 
 
 @dataclass(frozen=True)
@@ -70,20 +76,21 @@ class Placement:
     train_home: DataHome
     splits_on_device: bool  # every split loaded onto the GPU once
     scan_onto_device: bool  # a store's scan copies it onto the GPU as it reads
+    optimizer: OptimizerName = OptimizerName.lbfgs  # lbfgs (full batch) or adamw (minibatches)
 
     @property
     def full_batch(self) -> bool:
-        """Full-batch L-BFGS on a resident training split (else AdamW on streamed minibatches)."""
+        """Full-batch L-BFGS, wherever the training split lives (else AdamW on streamed minibatches)."""
+        return self.optimizer is OptimizerName.lbfgs
+
+    @property
+    def train_resident(self) -> bool:
         return self.train_home is DataHome.resident
 
     @property
-    def optimizer(self) -> OptimizerName:
-        return OptimizerName.lbfgs if self.full_batch else OptimizerName.adamw
-
-    @property
     def val_beside_train(self) -> bool:
-        """Full batch on a GPU: the validation split is held whole there too."""
-        return self.full_batch and self.device.type == "cuda"
+        """Full batch on a GPU with the training split resident: the validation split is held whole there too."""
+        return self.full_batch and self.train_resident and self.device.type == "cuda"
 
     @property
     def trainer_precision(self) -> str:
@@ -106,8 +113,9 @@ class Placement:
         """The placement in one line, for the run's log."""
         where = "on the device" if self.splits_on_device else "on the host"
         return (
-            f"{self.device}, precision {self.precision}, training split {self.train_home.value}, "
-            f"splits held {where}, memory budget {self.budget_bytes / 1e9:.1f} GB"
+            f"{self.device}, precision {self.precision}, {self.optimizer.value}, "
+            f"training split {self.train_home.value}, splits held {where}, "
+            f"memory budget {self.budget_bytes / 1e9:.1f} GB"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,6 +123,7 @@ class Placement:
         return {
             "device": str(self.device),
             "precision": self.precision,
+            "optimizer": self.optimizer.value,
             "train": self.train_home.value,
             "splits_on_device": self.splits_on_device,
             "scan_onto_device": self.scan_onto_device,
@@ -135,14 +144,18 @@ def decide_placement(config: ProbeTrainingConfig, sizes: SplitBytes, *, backend:
     precision = resolve_precision(config, device)
     budget = memory_budget(config.memory_budget_gb, device)
     on_gpu = device.type == "cuda"
-    if config.optimizer is OptimizerName.auto:
-        held = sizes.train + (sizes.val if on_gpu else 0)
-        home = DataHome.resident if held <= budget else DataHome.streamed
+    optimizer = OptimizerName.adamw if config.optimizer is OptimizerName.adamw else OptimizerName.lbfgs
+    if optimizer is OptimizerName.adamw:
+        home = DataHome.streamed
+    elif sizes.train + (sizes.val if on_gpu else 0) <= budget:
+        home = DataHome.resident
+    elif on_gpu and sizes.train <= available_ram() // 2:
+        home = DataHome.host
     else:
-        home = DataHome.resident if config.optimizer is OptimizerName.lbfgs else DataHome.streamed
+        home = DataHome.streamed
     splits_on_device = on_gpu and home is DataHome.resident and sizes.train + sizes.val + sizes.test <= budget
     scan = splits_on_device and sizes.store is not None and 2 * sizes.store <= budget
-    return Placement(device, precision, budget, home, splits_on_device, scan)
+    return Placement(device, precision, budget, home, splits_on_device, scan, optimizer)
 
 
 def training_device(requested: str) -> torch.device:

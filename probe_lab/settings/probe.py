@@ -20,7 +20,7 @@ class Penalty(StrEnum):
 
 
 class OptimizerName(StrEnum):
-    """`auto` picks full-batch L-BFGS when the training split fits the memory budget, else minibatch AdamW."""
+    """`auto` is full-batch L-BFGS wherever the training split lives (`lbfgs`); `adamw` trains on minibatches."""
 
     auto = "auto"
     lbfgs = "lbfgs"

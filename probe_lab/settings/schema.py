@@ -54,9 +54,9 @@ class BackendConfig:
 
 @dataclass
 class DeviceConfig:
-    """memory_budget_gb: how much of the device's memory the training split may occupy for full-batch
-    L-BFGS (`probe.optimizer=auto`); beyond it AdamW streams minibatches. null: half the device's
-    memory (total GPU memory on CUDA, available RAM on the CPU)."""
+    """memory_budget_gb: how much of the device's memory the training split may occupy, held whole for
+    full-batch L-BFGS; beyond it each evaluation streams the split from pinned host memory or storage.
+    null: half the device's memory (total GPU memory on CUDA, available RAM on the CPU)."""
 
     name: DeviceName = DeviceName.auto
     memory_budget_gb: float | None = None

@@ -31,9 +31,10 @@ class ProbeTrainingConfig(ProbeSettings):
     device: "cuda" (the default; the CPU when no GPU is present), "cuda:K" or "cpu".
     precision: Lightning's name ("32", "16-mixed", "bf16-mixed"); it wins over `use_mixed_precision`
     when given, otherwise mixed precision means "16-mixed" on CUDA and "32" on the CPU.
-    memory_budget_gb: with `optimizer=auto`, full-batch L-BFGS runs while the training split, held in
-    its stored dtype, fits in this many GB of the device's memory; larger splits stream minibatches
-    with AdamW. None: half of the device's memory (GPU memory on CUDA, available RAM on the CPU).
+    memory_budget_gb: full-batch L-BFGS holds the training split on the device while it fits in this
+    many GB of its memory, in its stored dtype; larger splits are read block by block at every
+    evaluation (from pinned host memory or from storage). None: half of the device's memory (GPU
+    memory on CUDA, available RAM on the CPU).
     streaming: how minibatches stream (reader threads, read size, shuffling, prefetch).
     """
 

@@ -1,0 +1,101 @@
+"""A training split read block by block, once per evaluation of a full-batch objective, when it is not
+held whole on the training device.
+
+`SplitBlocks` yields the split's rows in storage order as (x, y) blocks on the training device, every
+pass the same blocks in the same order, so that every evaluation sums the same numbers in the same
+order. Two homes:
+- `streamed`: each pass reads the rows from where they are stored (memory-mapped files, a store's
+  shards, per-sample files), `threads` reader threads reading ahead in large contiguous reads (with
+  CUDA, into pinned memory, then copied to the GPU without blocking);
+- `host` (a GPU fit): the split is read once into pinned host memory, in blocks of their own (no
+  allocation is rounded up to a power of two), and each pass copies them to the GPU.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.streaming import put_unless_stopped
+
+
+class SplitBlocks:
+    """(x (k, D) in the stored dtype, y (k,) float32) blocks of `dataset` on `device`, in storage order;
+    iterate once per pass. Blocks are runs of at most `read_rows` rows (`ActivationDataset.segments`)."""
+
+    def __init__(
+        self,
+        dataset: ActivationDataset,
+        device: torch.device,
+        *,
+        read_rows: int,
+        threads: int = 2,
+        prefetch: int = 2,
+        hold_on_host: bool = False,
+    ) -> None:
+        if dataset.labels is None:
+            raise ValueError("SplitBlocks needs labelled data")
+        self.dataset = dataset
+        self.device = device
+        self.segments = dataset.segments(max(1, read_rows))
+        self.threads = max(1, threads)
+        self.prefetch = max(1, prefetch)
+        self.pin = device.type == "cuda"
+        labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.float32))
+        self.labels = [labels[segment].to(device) for segment in self.segments]  # small: kept where they are used
+        self.host: list[torch.Tensor] | None = None
+        if hold_on_host:
+            self.host = list(self._read_ahead())
+
+    @property
+    def rows(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def home(self) -> str:
+        return "host" if self.host is not None else "streamed"
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        blocks = iter(self.host) if self.host is not None else self._read_ahead()
+        for block, labels in zip(blocks, self.labels, strict=True):
+            yield block.to(self.device, non_blocking=True), labels
+
+    def _read(self, index: int) -> torch.Tensor:
+        segment = self.segments[index]
+        out = torch.empty((len(segment), self.dataset.dim), dtype=self.dataset.storage_dtype, pin_memory=self.pin)
+        self.dataset.read_into(segment, out)
+        return out
+
+    def _read_ahead(self) -> Iterator[torch.Tensor]:
+        """The blocks in order, read by `threads` threads (thread t reads blocks t, t + threads, ...),
+        each keeping up to `prefetch` blocks ready; a reader's error is raised here."""
+        count = len(self.segments)
+        queues: list[queue.Queue] = [queue.Queue(maxsize=self.prefetch) for _ in range(self.threads)]
+        stop = threading.Event()
+
+        def produce(part: int) -> None:
+            try:
+                for index in range(part, count, self.threads):
+                    if not put_unless_stopped(queues[part], self._read(index), stop):
+                        return
+            except BaseException as err:  # handed to the consumer, which raises it
+                put_unless_stopped(queues[part], err, stop)
+
+        readers = [threading.Thread(target=produce, args=(part,), daemon=True) for part in range(self.threads)]
+        for reader in readers:
+            reader.start()
+        try:
+            for index in range(count):
+                item = queues[index % self.threads].get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            for reader in readers:
+                reader.join(timeout=5)

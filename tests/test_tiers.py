@@ -1,0 +1,125 @@
+"""Full-batch L-BFGS wherever the training split lives: resident on the device, or streamed block by
+block from where it is stored at every evaluation. Every home evaluates the same objective, so the
+fit lands on the same probe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fitting import cosine, fit_on_cpu
+
+from probe_lab.backends.pytorch import TorchProbeTrainer
+from probe_lab.data.blocks import SplitBlocks
+from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.splits import Splits, split_dataset
+from probe_lab.data.synthetic import activation_like
+from probe_lab.fit.evaluation import Evaluation, StreamedEvaluation
+from probe_lab.fit.module import prepared_module
+from probe_lab.settings import OptimizerName, ProbeTrainingConfig
+from probe_lab.settings.placement import DataHome
+from probe_lab.store import ActivationStore
+
+TINY_BUDGET_GB = 1e-6  # nothing fits: the training split streams
+
+
+@pytest.fixture(scope="module")
+def splits() -> Splits:
+    x, y = activation_like(3000, 48, seed=11)
+    return split_dataset(ActivationDataset(x, y), 0.2, 0.2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def store_splits(tmp_path_factory: pytest.TempPathFactory) -> Splits:
+    """A float16 store of several shards, so that blocks never cross a shard."""
+    x, y = activation_like(3000, 48, seed=12)
+    path = tmp_path_factory.mktemp("tiers") / "store"
+    with ActivationStore.create(path, dim=48, dtype="float16", shard_mb=0.05) as writer:
+        for start in range(0, len(x), 700):
+            writer.append(x[start : start + 700], y[start : start + 700])
+    store = ActivationStore.open(path)
+    assert len(store.manifest.shards) > 3
+    return split_dataset(store.dataset(), 0.2, 0.2, seed=0)
+
+
+def test_a_streamed_evaluation_equals_the_resident_one(splits: Splits) -> None:
+    config = ProbeTrainingConfig(device="cpu", regularization=[1.0, 100.0])
+    module = prepared_module(splits.train, [1.0, 100.0], config, OptimizerName.lbfgs)
+    with torch.no_grad():  # away from the starting point, where every gradient entry matters
+        module.probe.linear.weight.normal_(0, 0.1)
+    x = splits.train.to_device(torch.device("cpu"))
+    y = torch.from_numpy(np.asarray(splits.train.labels, dtype=np.float32))
+    resident = Evaluation(module, lambda: module.loss(x, y), torch.device("cpu"))
+    loss = resident()
+    grads = [p.grad.clone() for p in module.parameters() if p.requires_grad]
+    blocks = SplitBlocks(splits.train, torch.device("cpu"), read_rows=97, threads=3)
+    assert len(blocks.segments) > 10
+    streamed = StreamedEvaluation(module, module.loss_sum, module.penalty, blocks, len(splits.train))
+    assert float(streamed()) == pytest.approx(float(loss), rel=1e-12)
+    for param, grad in zip((p for p in module.parameters() if p.requires_grad), grads, strict=True):
+        # float32 block sums in another order: equal to float32 rounding of the largest entry
+        torch.testing.assert_close(param.grad, grad, rtol=1e-5, atol=1e-5 * float(grad.abs().max()))
+
+
+def test_blocks_come_in_storage_order_every_pass(store_splits: Splits) -> None:
+    blocks = SplitBlocks(store_splits.train, torch.device("cpu"), read_rows=64, threads=3, prefetch=1)
+    first = torch.cat([x for x, _ in blocks])
+    second = torch.cat([x for x, _ in blocks])
+    assert torch.equal(first, second)
+    expected = store_splits.train.read(np.concatenate(blocks.segments))
+    assert torch.equal(first, expected)
+    labels = torch.cat([y for _, y in blocks]).numpy()
+    np.testing.assert_array_equal(labels, np.asarray(store_splits.train.labels)[np.concatenate(blocks.segments)])
+
+
+def test_a_reader_error_ends_the_pass_with_it(splits: Splits, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = SplitBlocks(splits.train, torch.device("cpu"), read_rows=100, threads=2)
+
+    def broken(rows: np.ndarray, out: torch.Tensor) -> None:
+        raise OSError("shard-00003.safetensors: read failed")
+
+    monkeypatch.setattr(splits.train, "read_into", broken)
+    with pytest.raises(OSError, match="read failed"):
+        list(blocks)
+
+
+@pytest.mark.parametrize("data", ["splits", "store_splits"])
+def test_streamed_lbfgs_lands_on_the_resident_probe(data: str, request: pytest.FixtureRequest) -> None:
+    chosen: Splits = request.getfixturevalue(data)
+    path = [0.1, 10.0, 100.0]
+    resident = fit_on_cpu(TorchProbeTrainer, chosen, regularization=path)
+    streamed = fit_on_cpu(TorchProbeTrainer, chosen, regularization=path, memory_budget_gb=TINY_BUDGET_GB)
+    assert resident.placement.train_home is DataHome.resident
+    assert streamed.placement.train_home is DataHome.streamed
+    assert streamed.placement.optimizer is OptimizerName.lbfgs  # not AdamW, whatever the size
+    assert streamed.fit_details["converged"] and streamed.fit_details["optimizer"] == "lbfgs"
+    assert streamed.fit_details["iterations"] == resident.fit_details["iterations"]
+    assert streamed.regularization == resident.regularization
+    assert cosine(streamed.coef_, resident.coef_) > 0.9999
+    assert abs(streamed.val_auroc - resident.val_auroc) < 1e-4
+    for ours, theirs in zip(streamed.regularization_path, resident.regularization_path, strict=True):
+        assert abs(ours["val_auroc"] - theirs["val_auroc"]) < 1e-4
+
+
+def test_adamw_is_only_chosen_when_asked_for(splits: Splits) -> None:
+    trainer = TorchProbeTrainer(48, ProbeTrainingConfig(device="cpu", optimizer="adamw", max_iterations=2))
+    trainer.fit_datasets(splits.train, splits.val)
+    assert trainer.placement.optimizer is OptimizerName.adamw and trainer.fit_details["optimizer"] == "adamw"
+
+
+def test_the_cli_streams_a_store_over_budget_with_lbfgs(cli, tmp_path: Path) -> None:
+    x, y = activation_like(1200, 32, seed=4)
+    with ActivationStore.create(tmp_path / "store", dim=32, dtype="float16", shard_mb=0.02) as writer:
+        writer.append(x, y)
+    common = ("backend=pytorch", "data=store", f"data.path={tmp_path / 'store'}")
+    resident = cli(*common)
+    streamed = cli(*common, f"device.memory_budget_gb={TINY_BUDGET_GB}")
+    assert resident.returncode == 0 and streamed.returncode == 0, streamed.stderr
+    ours, theirs = streamed.metrics(), resident.metrics()
+    assert (ours["placement"]["train"], ours["placement"]["optimizer"]) == ("streamed", "lbfgs")
+    assert theirs["placement"]["train"] == "resident"
+    assert abs(ours["test"]["auroc"] - theirs["test"]["auroc"]) < 1e-4
+    log = (streamed.run_dir / "probe_lab.log").read_text()
+    assert "lbfgs, training split streamed" in log
