@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from probe_lab.cli_help import answer_help_or_version, training_help
 from probe_lab.errors import ProbeLabError
 from probe_lab.report.run_log import RUN_LOG
-from probe_lab.report.sweep.job import error_line, record_failure, start_job
+from probe_lab.report.sweep.job import ERROR_FILE, error_line, record_failure, start_job
 from probe_lab.settings.schema import RunConfig, register_configs, to_settings
 
 register_configs()
@@ -41,21 +41,17 @@ def hydra_main(cfg: DictConfig) -> float:
     out_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return sweep_job(cfg, out_dir)
+    (out_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier run's, in a folder given again
     try:
         settings = to_settings(cfg, RunConfig)  # checked before torch, sklearn and matplotlib are imported
         from probe_lab.run import run
 
         result = run(cfg, out_dir, settings=settings)
-    except ProbeLabError as err:
-        line = error_line(err)
-        print(f"probe_lab: error: {line}", file=sys.stderr)
-        RUN_LOG.error(line)
-        record_failure(out_dir, line, "", None)
-        sys.exit(2)
-    except Exception as err:  # a bug, not bad input: recorded with its traceback, then Hydra reports it
-        RUN_LOG.exception(error_line(err))
-        record_failure(out_dir, error_line(err), traceback.format_exc(), None)
-        raise
+    except Exception as err:
+        report_failure(out_dir, err, None)
+        if isinstance(err, ProbeLabError):
+            sys.exit(2)
+        raise  # a bug, not bad input: Hydra reports it with its traceback
     return result.val_auroc
 
 
@@ -69,12 +65,19 @@ def sweep_job(cfg: DictConfig, out_dir: Path) -> float:
     try:
         result = run(cfg, out_dir, job_id)
     except Exception as err:
-        line = error_line(err)
-        print(f"probe_lab: error: {line}", file=sys.stderr)
-        RUN_LOG.error(line)
-        record_failure(out_dir, line, "" if isinstance(err, ProbeLabError) else traceback.format_exc(), job_id)
+        report_failure(out_dir, err, job_id)
         return math.nan
     return result.val_auroc
+
+
+def report_failure(out_dir: Path, err: Exception, job_id: str | None) -> None:
+    """A failed run or sweep job: its error line on stderr and in its log, and error.txt in its folder
+    (with the traceback when the error is not bad input)."""
+    line = error_line(err)
+    print(f"probe_lab: error: {line}", file=sys.stderr)
+    bad_input = isinstance(err, ProbeLabError)
+    RUN_LOG.error(line, exc_info=None if bad_input else err)
+    record_failure(out_dir, line, "" if bad_input else traceback.format_exc(), job_id)
 
 
 if __name__ == "__main__":

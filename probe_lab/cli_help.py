@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Iterator, Sequence
-from importlib import metadata, resources
+from importlib import resources
 from typing import Any
 
 from hydra import compose, initialize_config_module
@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from probe_lab.settings.data import StreamingSettings
+from probe_lab.version import version_line
 
 CONFIG_MODULE = "probe_lab.conf"
 TRAINING_GROUPS = ("backend", "device", "data", "precision", "model", "probe", "trainer", "callbacks", "logger")
@@ -29,6 +30,7 @@ NAMED_BY_OPTION = ("backend", "device", "precision", "model")
 # Lightning's pieces, listed by entry rather than key by key.
 OPEN_GROUPS = ("trainer", "callbacks", "logger")
 
+LABELS = ("data.y", "data.labels")  # predict scores unlabelled data too
 # Data settings of training only: predict scores every row, streams nothing and refuses NaN/Inf rows.
 NOT_READ_BY_PREDICT = (
     "data.source",
@@ -70,10 +72,6 @@ def answer_help_or_version(argv: Sequence[str], app: str, help_for: Callable[[Se
     return False
 
 
-def version_line(app: str) -> str:
-    return f"{app} {metadata.version('probe-lab')}"
-
-
 def training_help(overrides: Sequence[str]) -> str:
     """`python -m probe_lab [overrides] --help`."""
     cfg, choices, problem = _composed("config", overrides)
@@ -89,7 +87,7 @@ def training_help(overrides: Sequence[str]) -> str:
         *_group_lines(SWEEP_GROUPS, choices),
         "",
         "Settings (key=value) as composed" + (f" with {' '.join(overrides)}:" if overrides else ":"),
-        *_setting_lines(cfg, choices),
+        *_setting_lines(cfg, choices, app_config="config"),
         "",
         OTHER_COMMANDS,
         "",
@@ -116,7 +114,7 @@ def predict_help(overrides: Sequence[str]) -> str:
         *_group_lines(["data"], choices),
         "",
         "Settings (key=value):",
-        *_setting_lines(cfg, choices, skip=("probe_path", *NOT_READ_BY_PREDICT)),
+        *_setting_lines(cfg, choices, app_config="predict", skip=("probe_path", *NOT_READ_BY_PREDICT), optional=LABELS),
         "",
         "Hydra:",
         HYDRA_FLAGS,
@@ -190,8 +188,18 @@ def _key_comments(group: str, option: str) -> dict[str, str]:
     return found
 
 
-def _setting_lines(cfg: DictConfig, choices: dict[str, Any], skip: Sequence[str] = ("data.source",)) -> Iterator[str]:
-    top_comments = _key_comments("", "config") | _key_comments("", "predict")
+def _setting_lines(
+    cfg: DictConfig,
+    choices: dict[str, Any],
+    *,
+    app_config: str,
+    skip: Sequence[str] = ("data.source",),
+    optional: Sequence[str] = (),
+) -> Iterator[str]:
+    """One line per setting: `key=value` and its description, from the app's config file (`app_config`)
+    for top-level keys and from each group's chosen option file for the rest; `optional` keys drop
+    the option file's "(required)"."""
+    top_comments = _key_comments("", app_config)
     for key in cfg:
         name = str(key)
         if name in skip:
@@ -210,6 +218,8 @@ def _setting_lines(cfg: DictConfig, choices: dict[str, Any], skip: Sequence[str]
             if (name in NAMED_BY_OPTION and child_name == "name") or f"{name}.{child_name}" in skip:
                 continue
             help_text = comments.get(child_name) or _field_help(node, child_name)
+            if f"{name}.{child_name}" in optional:
+                help_text = help_text.removeprefix("(required)").strip()
             yield _setting_line(f"{name}.{child_name}", node, child_name, help_text)
 
 

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from probe_lab.artifacts import staged_folder
-from probe_lab.cli_help import version_line
 from probe_lab.data.sources import read_labels
 from probe_lab.data.tables import DTYPES, MappedFile, map_npy, nonfinite_rows
 from probe_lab.data.tensor_files import as_vector, list_tensor_files, load_tensor_file, sample_shape
 from probe_lab.errors import ProbeLabError
 from probe_lab.report.progress import progress_counter
 from probe_lab.store import MANIFEST, ActivationStore, Manifest
+from probe_lab.version import version_line
 
 PROG = "probe_lab.convert"
 BLOCK_MB = 64

@@ -47,11 +47,13 @@ def probe_files(location: str) -> tuple[Path, Path | None]:
 @dataclass(frozen=True)
 class ProbeRecord:
     """What a probe's files say about how to score with it: the decision threshold, and the layer it was
-    trained on (`known_layer` False for a probe saved without one, e.g. by the Python API)."""
+    trained on (`known_layer` False for a probe saved without one, e.g. by the Python API) of how many
+    (`layers`; None for N×D data, or when not recorded)."""
 
     threshold: float
     layer: int | None
     known_layer: bool
+    layers: int | None = None
 
     @classmethod
     def read(cls, header: dict[str, Any], sidecar: Path | None) -> ProbeRecord:
@@ -67,50 +69,56 @@ class ProbeRecord:
             record |= values
         try:
             threshold = float(record.get("threshold", 0.5))
-            layer = record.get("layer")
-            if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
-                raise ValueError(f"layer must be an integer or null, got {layer!r}")
+            layer, layers = record.get("layer"), record.get("layers")
+            for name, value in (("layer", layer), ("layers", layers)):
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                    raise ValueError(f"{name} must be an integer or null, got {value!r}")
         except (TypeError, ValueError) as err:
             raise ProbeLabError(f"{sidecar or 'probe metadata'}: not a probe_lab probe.json ({err})") from None
-        return cls(threshold, layer, "layer" in record)
+        return cls(threshold, layer, "layer" in record, layers)
 
 
 def scoring_layer(record: ProbeRecord, requested: int | None, layers: int | None, allow_other: bool) -> int | None:
     """The layer of the data to score, as an index in [0, layers): data.layer when given, else the probe's.
 
     layers: how many the data's rows hold (None: N×D rows, which are scored as they are). Scoring a
-    layer other than the probe's, or picking a layer for a probe trained on N×D rows, needs
-    `allow_other_layer=true`: a probe of one layer scores another with no error, only wrong numbers.
+    layer other than the probe's, data with another number of layers than the probe's, or a layer
+    with a probe trained on N×D rows needs `allow_other_layer=true`: a probe of one layer scores
+    another with no error, only wrong numbers.
     """
     if layers is None:
         return requested  # N×D: a layer given is refused by the dataset, naming the file
-    if requested is None:
-        if record.layer is None:
-            trained = "on N×D activations" if record.known_layer else "without a recorded layer"
-            raise ProbeLabError(
-                f"the probe was trained {trained} and the data holds {layers} layers: set data.layer "
-                "(with allow_other_layer=true if the probe was trained on N×D rows)"
-            )
-        return _layer_index(record.layer, layers, "the probe's layer")
-    chosen = _layer_index(requested, layers, f"data.layer={requested}")
-    if not record.known_layer or allow_other:
+    chosen = None if requested is None else _layer_index(requested, layers, f"data.layer={requested}")
+    if allow_other and chosen is not None:
         return chosen
     if record.layer is None:
+        if not record.known_layer:
+            if chosen is None:
+                raise ProbeLabError(
+                    f"the probe was saved without a layer and the data holds {layers} layers: set data.layer"
+                )
+            return chosen  # nothing to check against
         raise ProbeLabError(
-            f"data.layer={requested}: the probe was trained on N×D activations, not on a layer; "
-            "set allow_other_layer=true to score this layer with it anyway"
+            f"the probe was trained on N×D activations and the data holds {layers} layers: set data.layer "
+            "and allow_other_layer=true to score one of them with it"
         )
-    if chosen != record.layer % layers:
+    if record.layers is not None and record.layers != layers and not allow_other:
+        raise ProbeLabError(
+            f"the probe was trained on layer {record.layer} of {record.layers}-layer activations but the data "
+            f"holds {layers} layers; set allow_other_layer=true (and data.layer) to score them anyway"
+        )
+    trained = _layer_index(record.layer, layers, f"the probe's layer {record.layer}")
+    if chosen is not None and chosen != trained:
         raise ProbeLabError(
             f"data.layer={requested}: the probe was trained on layer {record.layer}; leave data.layer unset "
             "to score that layer, or set allow_other_layer=true to score another one"
         )
-    return chosen
+    return trained
 
 
-def _layer_index(layer: int, layers: int, what: str) -> int:
+def _layer_index(layer: int, layers: int, label: str) -> int:
     if not -layers <= layer < layers:
-        raise ProbeLabError(f"{what} ({layer}) is out of range for data holding {layers} layers")
+        raise ProbeLabError(f"{label} is out of range for data holding {layers} layers")
     return layer % layers
 
 
@@ -159,12 +167,12 @@ def predict(cfg: DictConfig, out_dir: Path) -> dict:
     print(f"probe_lab.predict: scored {len(dataset)} rows with {probe_path}")
     if layer is not None and layers is not None:
         trained = "N×D activations" if record.layer is None else f"layer {record.layer}"
-        own = record.layer is not None and layer == record.layer % layers
+        own = record.layer is not None and record.layers in (None, layers) and layer == record.layer % layers
         print(
             f"  layer    {layer}" + ("" if own or not record.known_layer else f" (the probe was trained on {trained})")
         )
     elif record.layer is not None:
-        print(f"  layer    N×D rows, scored as layer {record.layer}'s (the probe's)")
+        print(f"  layer    N×D rows; the probe was trained on layer {record.layer}, which these rows are taken to be")
     if "metrics" in result:
         shown = "  ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
         print(f"  {shown}  (threshold {threshold:.4f})")

@@ -98,7 +98,14 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
         len(splits.test) if splits.test is not None else 0,
         timings["read_seconds"] + timings["load_seconds"],
     )
-    data = DataFacts(settings.data.source.value, settings.data.layer, source.dim, dropped, settings.model.size_b)
+    data = DataFacts(
+        settings.data.source.value,
+        splits.train.layer,  # an index in [0, layers), whatever sign data.layer had
+        splits.train.layers,
+        source.dim,
+        dropped,
+        settings.model.size_b,
+    )
 
     def lightning_for(folder: Path) -> dict[str, Any]:
         from probe_lab.lightning_config import lightning_parts  # imports Lightning: pytorch runs only
@@ -148,6 +155,7 @@ class DataFacts:
 
     source: str
     layer: int | None
+    layers: int | None  # how many layers the data's rows hold (None: N×D)
     dim: int
     dropped_nonfinite_rows: int
     model_size_b: float
@@ -163,12 +171,10 @@ def train_backend(
     placement = fit.placement if choice.name == "pytorch" else None  # sklearn decides its own (the host)
     RUN_LOG.info("fit      %s backend (%s)", choice.name, choice.reason)
     trainer.fit_datasets(splits.train, splits.val, placement)
-    RUN_LOG.info(
-        "fit      done in %.3f s; val AUROC %.4f", trainer.fit_seconds or 0.0, trainer.val_auroc or float("nan")
-    )
     weights = trainer.weights
     if weights is None or trainer.fit_seconds is None:
         raise RuntimeError("the backend finished fit without a probe")
+    RUN_LOG.info("fit      done in %.3f s; val AUROC %.4f", trainer.fit_seconds, trainer.val_auroc)
     timings["fit_seconds"] = trainer.fit_seconds
 
     start = time.perf_counter()
@@ -183,6 +189,7 @@ def train_backend(
         "model_size_b": data.model_size_b,
         "data": data.source,
         "layer": data.layer,
+        "layers": data.layers,
         "dropped_nonfinite_rows": data.dropped_nonfinite_rows,
         "n_train": len(splits.train),
         "n_val": len(splits.val),
@@ -283,7 +290,12 @@ def write_artifacts(
     save_probe(
         staging / "probe.safetensors",
         trainer.weights,
-        {"backend": trainer.backend, "threshold": evaluation.threshold, "layer": run_metrics["layer"]},
+        {
+            "backend": trainer.backend,
+            "threshold": evaluation.threshold,
+            "layer": run_metrics["layer"],
+            "layers": run_metrics["layers"],
+        },
     )
     write_json(
         staging / "probe.json",
@@ -291,6 +303,7 @@ def write_artifacts(
             "format_version": FORMAT_VERSION,
             "input_dim": trainer.input_dim,
             "layer": run_metrics["layer"],
+            "layers": run_metrics["layers"],
             "backend": trainer.backend,
             "threshold": evaluation.threshold,
             "metrics": {"val": evaluation.val, "test": evaluation.test},

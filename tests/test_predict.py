@@ -151,7 +151,7 @@ def test_nxd_rows_are_scored_as_the_probes_layer(cli, layer_probe: Trained) -> N
     result = predict(cli, layer_probe.run_dir, layer_probe.rows_path, layer_probe.y_path)
     _, scores = scored(result)
     np.testing.assert_allclose(scores, layer_probe.probability(np.load(layer_probe.rows_path)), rtol=1e-6)
-    assert f"scored as layer {PROBED}'s" in result.stdout, result.stdout
+    assert f"the probe was trained on layer {PROBED}, which these rows are taken to be" in result.stdout, result.stdout
 
 
 def test_the_probe_file_alone_knows_its_layer(cli, layer_probe: Trained, tmp_path: Path) -> None:
@@ -227,11 +227,13 @@ def test_scoring_layer_picks(
     [
         (LAYER_2, 1, ("data.layer=1", "layer 2", "allow_other_layer=true")),
         (LAYER_2, -2, ("data.layer=-2", "layer 2")),
-        (NXD, 2, ("data.layer=2", "N×D", "allow_other_layer=true")),
+        (NXD, 2, ("N×D", "3 layers", "allow_other_layer=true")),
         (NXD, None, ("N×D", "3 layers", "set data.layer")),
-        (UNRECORDED, None, ("without a recorded layer", "set data.layer")),
+        (UNRECORDED, None, ("saved without a layer", "set data.layer")),
         (LAYER_2, 5, ("data.layer=5", "out of range", "3 layers")),
-        (ProbeRecord(0.5, 7, known_layer=True), None, ("the probe's layer (7)", "out of range")),
+        (ProbeRecord(0.5, 7, known_layer=True), None, ("the probe's layer 7 is out of range",)),
+        (ProbeRecord(0.5, 5, known_layer=True), 0, ("the probe's layer 5 is out of range",)),  # no wrapping to 2
+        (ProbeRecord(0.5, 4, known_layer=True, layers=5), None, ("layer 4 of 5-layer", "3 layers", "allow_other")),
     ],
 )
 def test_scoring_layer_refuses(record: ProbeRecord, requested: int | None, fragments: tuple[str, ...]) -> None:
@@ -279,3 +281,17 @@ def test_predict_version(cli) -> None:
     result = cli("--version", module="probe_lab.predict")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"probe_lab.predict {metadata.version('probe-lab')}"
+
+
+def test_a_negative_training_layer_is_recorded_as_its_index_with_the_layer_count(
+    cli, activations: tuple[Path, np.ndarray, Path, Path, Path], tmp_path: Path
+) -> None:
+    _, x, x_path, _, y_path = activations
+    run_dir = _train(tmp_path, x_path, y_path, "data.layer=-1")
+    record = json.loads((run_dir / "probe.json").read_text())
+    assert (record["layer"], record["layers"]) == (x.shape[1] - 1, x.shape[1])
+    assert json.loads((run_dir / "metrics.json").read_text())["layer"] == x.shape[1] - 1
+    wider = tmp_path / "wider.npy"  # one more layer: index 2 is not "the last layer" there
+    np.save(wider, np.concatenate([x, x[:, :1]], axis=1))
+    result = cli(f"probe={run_dir}", "data=npy", f"data.x={wider}", module="probe_lab.predict")
+    assert result.returncode == 2 and f"{x.shape[1]}-layer" in result.stderr, result.stderr

@@ -3,6 +3,8 @@ fails, and one warning line naming the settings it chose but could not use."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import CliResult, run_module
 
@@ -114,3 +116,12 @@ def test_settings_without_effect_are_named_in_one_line(cli, overrides: tuple[str
     for fragment in named:
         assert fragment in lines[0], lines[0]
     assert IGNORED in (result.run_dir / "probe_lab.log").read_text()
+
+
+def test_a_run_that_succeeds_in_a_failed_runs_folder_removes_its_error_txt(tmp_path: Path) -> None:
+    folder = tmp_path / "again"
+    failed = run_module("probe_lab", "progress_bar=false", "data.n=300", "model.hidden_dim=9", run_dir=folder)
+    assert failed.returncode == 2 and (folder / "error.txt").is_file()
+    done = run_module("probe_lab", "progress_bar=false", "data.n=300", run_dir=folder)
+    assert done.returncode == 0, done.stderr
+    assert (folder / "probe.safetensors").is_file() and not (folder / "error.txt").exists()

@@ -261,10 +261,20 @@ class ActivationDataset(Dataset):
         kept._checked_finite = True
         return kept, int(mask.sum())
 
+    @property
+    def layers(self) -> int | None:
+        """How many layers each row holds (L of N×L×D; for tensor files, the first file's), None for N×D."""
+        return self.table.layers
+
     def _check_layer(self) -> None:
-        if isinstance(self.table, TensorFileTable):
-            return  # each file says how many layers it holds; checked as it is read
+        """Refuse a layer the rows cannot give; a negative layer is stored as its index in [0, L)."""
         layers = self.table.layers
+        if isinstance(self.table, TensorFileTable):
+            # each file says how many layers it holds and is checked as it is read; the first file's
+            # count turns a negative layer into an index
+            if layers is not None and self.layer is not None and -layers <= self.layer < 0:
+                self.layer %= layers
+            return
         if layers is None:
             if self.layer is not None:
                 raise ProbeLabError(
@@ -275,6 +285,8 @@ class ActivationDataset(Dataset):
             raise ProbeLabError(f"{self.name}: activations hold {layers} layers; set data.layer")
         elif not -layers <= self.layer < layers:
             raise ProbeLabError(f"{self.name}: data.layer={self.layer} is out of range for {layers} layers")
+        else:
+            self.layer %= layers
 
 
 def check_labels(labels: np.ndarray, n_rows: int, name: str) -> np.ndarray:

@@ -35,6 +35,7 @@ class PlainProgressBar(ProgressBar):
         super().__init__()
         self.lines = PeriodicLines(self.interval_s if interval_s is None else interval_s, clock, stream)
         self.enabled = True
+        self.last_status: str | None = None
 
     def disable(self) -> None:
         self.enabled = False
@@ -54,12 +55,17 @@ class PlainProgressBar(ProgressBar):
         self._write_if_due(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.enabled:  # by now current_epoch counts the finished epochs
-            self.lines.write(self._status(trainer, pl_module, trainer.current_epoch))
+        status = self._status(trainer, pl_module, trainer.current_epoch)  # current_epoch: the finished epochs
+        if self.enabled and status != self.last_status:  # not the line the last periodic one already said
+            self._write(status)
 
     def _write_if_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.enabled and self.lines.due():
-            self.lines.write(self._status(trainer, pl_module, trainer.current_epoch + 1))
+            self._write(self._status(trainer, pl_module, trainer.current_epoch + 1))
+
+    def _write(self, status: str) -> None:
+        self.lines.write(status)
+        self.last_status = status
 
     def _status(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> str:
         max_epochs = trainer.max_epochs

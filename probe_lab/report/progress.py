@@ -29,8 +29,9 @@ INTERVAL_S = 30.0
 
 
 def on_terminal() -> bool:
-    """Whether progress may be drawn as bars: stdout and stderr are both terminals."""
-    return sys.stdout.isatty() and sys.stderr.isatty()
+    """Whether progress may be drawn as bars: stdout and stderr are both terminals, or this is a Jupyter
+    kernel (whose streams are not terminals, but which draws tqdm's and Lightning's bars as widgets)."""
+    return "ipykernel" in sys.modules or (sys.stdout.isatty() and sys.stderr.isatty())
 
 
 def progress_counter(total: int, *, desc: str, unit: str, unit_scale: bool = False, enabled: bool = True) -> Progress:

@@ -51,14 +51,15 @@ def ignored_settings(config: ProbeTrainingConfig, backend: str, placement: Place
 
 
 def _chosen(config: ProbeTrainingConfig) -> dict[str, Any]:
-    """The command-line names and values of config's settings that differ from their defaults."""
+    """The command-line names and values of config's settings that differ from their defaults (a
+    command-line name's last part is the config's field)."""
     default = ProbeTrainingConfig()
     values = {}
-    for name in (n.split(".", 1)[1] for n in (*PYTORCH_ONLY, *SKLEARN_ONLY)):
-        prefix = "device" if name == "memory_budget_gb" else "probe"
-        value = getattr(config, name)
-        if value != getattr(default, name):
-            values[f"{prefix}.{name}"] = getattr(value, "value", value)
+    for name in (*PYTORCH_ONLY, *SKLEARN_ONLY):
+        field_name = name.rsplit(".", 1)[1]
+        value = getattr(config, field_name)
+        if value != getattr(default, field_name):
+            values[name] = getattr(value, "value", value)
     for field in dataclasses.fields(StreamingSettings):
         value = getattr(config.streaming, field.name)
         if value != getattr(default.streaming, field.name):
