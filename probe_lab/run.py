@@ -131,6 +131,7 @@ def training_config(settings: RunConfig) -> ProbeTrainingConfig:
         precision=None if precision == "auto" else precision,
         seed=settings.seed,
         memory_budget_gb=settings.device.memory_budget_gb,
+        host_budget_gb=settings.device.host_budget_gb,
         streaming=settings.data.streaming(),
     )
 

@@ -109,6 +109,8 @@ def test_gpu_streams_from_storage_what_host_memory_cannot_hold(monkeypatch: pyte
     config = ProbeTrainingConfig(device="cuda", memory_budget_gb=1.0)
     assert decide_placement(config, SplitBytes(train=GB, val=1)).train_home is DataHome.host
     assert decide_placement(config, SplitBytes(train=3 * GB, val=1)).train_home is DataHome.streamed
+    never = ProbeTrainingConfig(device="cuda", memory_budget_gb=1.0, host_budget_gb=0)
+    assert decide_placement(never, SplitBytes(train=GB, val=1)).train_home is DataHome.streamed
 
 
 def test_split_bytes_match_the_splits() -> None:

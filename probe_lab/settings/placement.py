@@ -7,7 +7,8 @@ the store's scan, the DataModule, the optimizer, the Lightning Trainer — follo
 returns and never decides again.
 
 The rules, with B the memory budget (`device.memory_budget_gb`, else half the GPU's memory on CUDA,
-half of MemAvailable on the CPU), H half of MemAvailable, and sizes in the data's stored dtype:
+half of MemAvailable on the CPU), H the host budget (`device.host_budget_gb`, else half of
+MemAvailable), and sizes in the data's stored dtype:
 - the optimizer is full-batch L-BFGS (sklearn's optimizer, whatever the data's size) unless
   `probe.optimizer=adamw` asks for minibatch AdamW;
 - for L-BFGS the training split is *resident* (read whole onto the training device once) when it fits
@@ -149,7 +150,7 @@ def decide_placement(config: ProbeTrainingConfig, sizes: SplitBytes, *, backend:
         home = DataHome.streamed
     elif sizes.train + (sizes.val if on_gpu else 0) <= budget:
         home = DataHome.resident
-    elif on_gpu and sizes.train <= available_ram() // 2:
+    elif on_gpu and sizes.train <= host_budget(config.host_budget_gb):
         home = DataHome.host
     else:
         home = DataHome.streamed
@@ -189,6 +190,11 @@ def warn_once(message: str) -> None:
     """A fallback warning, logged the first time only: the Python API decides a placement per fit, and
     a script fitting many probes would otherwise repeat it for each."""
     log.warning(message)
+
+
+def host_budget(configured_gb: float | None) -> int:
+    """Bytes of pinned host memory a training split beyond the device's budget may be held in."""
+    return int(configured_gb * 1e9) if configured_gb is not None else available_ram() // 2
 
 
 def memory_budget(configured_gb: float | None, device: torch.device) -> int:

@@ -56,14 +56,19 @@ class BackendConfig:
 class DeviceConfig:
     """memory_budget_gb: how much of the device's memory the training split may occupy, held whole for
     full-batch L-BFGS; beyond it each evaluation streams the split from pinned host memory or storage.
-    null: half the device's memory (total GPU memory on CUDA, available RAM on the CPU)."""
+    null: half the device's memory (total GPU memory on CUDA, available RAM on the CPU).
+    host_budget_gb: on a GPU, how much pinned host memory a training split beyond memory_budget_gb may
+    be held in (null: half the available RAM; 0: none, the split is read from storage at every pass)."""
 
     name: DeviceName = DeviceName.auto
     memory_budget_gb: float | None = None
+    host_budget_gb: float | None = None
 
     def __post_init__(self) -> None:
         if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
             raise ProbeLabError(f"device.memory_budget_gb must be positive, got {self.memory_budget_gb}")
+        if self.host_budget_gb is not None and not self.host_budget_gb >= 0:
+            raise ProbeLabError(f"device.host_budget_gb must be >= 0, got {self.host_budget_gb}")
 
 
 @dataclass

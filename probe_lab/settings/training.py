@@ -35,6 +35,8 @@ class ProbeTrainingConfig(ProbeSettings):
     many GB of its memory, in its stored dtype; larger splits are read block by block at every
     evaluation (from pinned host memory or from storage). None: half of the device's memory (GPU
     memory on CUDA, available RAM on the CPU).
+    host_budget_gb: on a GPU, the pinned host memory a split beyond `memory_budget_gb` may be held in
+    (None: half the available RAM; 0: none, it is read from storage at every evaluation).
     streaming: how minibatches stream (reader threads, read size, shuffling, prefetch).
     """
 
@@ -44,6 +46,7 @@ class ProbeTrainingConfig(ProbeSettings):
     precision: str | None = None
     seed: int = 42
     memory_budget_gb: float | None = None
+    host_budget_gb: float | None = None
     streaming: StreamingSettings = field(default_factory=StreamingSettings)
 
     def __post_init__(self) -> None:
@@ -52,6 +55,8 @@ class ProbeTrainingConfig(ProbeSettings):
             raise ProbeLabError(f"validation_split must be in (0, 1), got {self.validation_split}")
         if self.memory_budget_gb is not None:
             require_positive(self.memory_budget_gb, "memory_budget_gb")
+        if self.host_budget_gb is not None and not self.host_budget_gb >= 0:
+            raise ProbeLabError(f"host_budget_gb must be >= 0, got {self.host_budget_gb}")
         if self.precision is not None:
             self.precision = str(self.precision)
             if self.precision not in PRECISIONS:
