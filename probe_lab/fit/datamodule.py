@@ -23,6 +23,8 @@ from probe_lab.data.streaming import StreamedBatches
 from probe_lab.settings import StreamingSettings
 from probe_lab.settings.placement import DataHome, Placement
 
+GPU_BLOCK_MB = 256  # a full-batch pass's blocks on a GPU: a power of two, so pinned blocks waste nothing
+
 
 class _WholeSplit(Dataset):
     """One item: the whole split as (X, y) tensors."""
@@ -89,10 +91,14 @@ class ProbeDataModule(pl.LightningDataModule):
         """A full-batch training split that is not resident, as the blocks each evaluation reads (held
         in pinned host memory once, for the `host` home)."""
         if self._blocks is None:
+            # On a GPU a block's compute takes far less than its copy, and each block costs a few launches
+            # and an autograd call: blocks of GPU_BLOCK_MB keep that overhead small against the copy.
+            block_mb = max(self.streaming.read_mb, GPU_BLOCK_MB) if self.placement.device.type == "cuda" else None
+            row_bytes = self.train.dim * self.train.storage_dtype.itemsize
             self._blocks = SplitBlocks(
                 self.train,
                 self.placement.device,
-                read_rows=self.read_rows,
+                read_rows=self.read_rows if block_mb is None else max(1, int(block_mb * 2**20) // row_bytes),
                 threads=max(1, self.streaming.num_workers),
                 prefetch=self.streaming.prefetch_batches + 1,
                 hold_on_host=self.placement.train_home is DataHome.host,

@@ -178,6 +178,6 @@ def prepared_module(
         learning_rate=config.learning_rate,
         max_iterations=config.max_iterations,
     ).to(device)
-    mean, std = preconditioner_statistics(train, resident, standardize=config.standardize)
+    mean, std = preconditioner_statistics(train, resident, standardize=config.standardize, device=device)
     module.precondition(mean, std, standardize=config.standardize)
     return module

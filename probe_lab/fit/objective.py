@@ -25,6 +25,7 @@ K regularization values are K independent objectives summed over the columns of 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,11 +93,19 @@ class ProbeObjective(nn.Module):
 
 
 def preconditioner_statistics(
-    train: ActivationDataset, resident: torch.Tensor | None, *, standardize: bool
+    train: ActivationDataset,
+    resident: torch.Tensor | None,
+    *,
+    standardize: bool,
+    device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature (mean, std) of the training split, float64: from the resident copy where it lives
-    when there is one (raw features from PRECONDITIONER_ROWS evenly spaced rows), else in one
+    """Per-feature (mean, std) of the training split, float64. Raw features take them from
+    PRECONDITIONER_ROWS evenly spaced rows: of the resident copy where it lives, else read from storage
+    and moved to `device`. Standardized features take every row: of the resident copy, else in one
     streaming pass over the split."""
-    if resident is None:
+    if resident is not None:
+        return device_moments(resident, sample_rows=None if standardize else PRECONDITIONER_ROWS)
+    if standardize:
         return feature_moments(train)
-    return device_moments(resident, sample_rows=None if standardize else PRECONDITIONER_ROWS)
+    spaced = np.unique(np.linspace(0, len(train) - 1, min(len(train), PRECONDITIONER_ROWS)).round().astype(np.int64))
+    return device_moments(train.read(spaced).to(device))
