@@ -70,6 +70,16 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
     choice = resolve_backend(settings.backend.name.value, settings.model.size_b, settings.backend.threshold_b)
 
     RUN_LOG.info("backend  %s", "sklearn and pytorch (experiment=parity)" if settings.parity else choice.name)
+    trainer_flags = [
+        f"trainer.{name}={value}"
+        for name, value in settings.trainer.items()
+        if name != "_target_" and value is not None
+    ]
+    if choice.name == "sklearn" and not settings.parity and trainer_flags:
+        log.warning(
+            "settings without effect, ignored: %s (Lightning's Trainer: the pytorch backend only)",
+            ", ".join(trainer_flags),
+        )
     start = time.perf_counter()
     source = open_source(settings.data, settings.seed, progress=settings.progress_bar)
     check_width(settings.model, source)

@@ -125,3 +125,10 @@ def test_a_run_that_succeeds_in_a_failed_runs_folder_removes_its_error_txt(tmp_p
     done = run_module("probe_lab", "progress_bar=false", "data.n=300", run_dir=folder)
     assert done.returncode == 0, done.stderr
     assert (folder / "probe.safetensors").is_file() and not (folder / "error.txt").exists()
+
+
+def test_trainer_flags_with_the_sklearn_backend_are_named_as_ignored(tmp_path: Path) -> None:
+    result = run_module("probe_lab", "progress_bar=false", "data.n=300", "trainer.max_epochs=3", run_dir=tmp_path / "r")
+    assert result.returncode == 0, result.stderr
+    (line,) = ignored_lines(result)
+    assert "trainer.max_epochs=3" in line and "pytorch backend only" in line, line
