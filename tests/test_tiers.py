@@ -115,7 +115,7 @@ def test_the_cli_streams_a_store_over_budget_with_lbfgs(cli, tmp_path: Path) -> 
         writer.append(x, y)
     common = ("backend=pytorch", "data=store", f"data.path={tmp_path / 'store'}")
     resident = cli(*common)
-    streamed = cli(*common, f"device.memory_budget_gb={TINY_BUDGET_GB}")
+    streamed = cli(*common, f"device.memory_budget_gb={TINY_BUDGET_GB}", "device.host_budget_gb=0")
     assert resident.returncode == 0 and streamed.returncode == 0, streamed.stderr
     ours, theirs = streamed.metrics(), resident.metrics()
     assert (ours["placement"]["train"], ours["placement"]["optimizer"]) == ("streamed", "lbfgs")
