@@ -122,4 +122,7 @@ def test_the_cli_streams_a_store_over_budget_with_lbfgs(cli, tmp_path: Path) -> 
     assert theirs["placement"]["train"] == "resident"
     assert abs(ours["test"]["auroc"] - theirs["test"]["auroc"]) < 1e-4
     log = (streamed.run_dir / "probe_lab.log").read_text()
-    assert "lbfgs, training split streamed" in log
+    assert "lbfgs; training split" in log and "streamed, splits held on the host" in log
+    assert "  place    lbfgs, training split" in streamed.stdout and "read from storage at each pass" in streamed.stdout
+    assert "held on the device" in resident.stdout
+    assert ours["placement"]["train_gb"] == theirs["placement"]["train_gb"] > 0

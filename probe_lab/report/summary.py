@@ -7,6 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from probe_lab.report.parity import compared_backends
+from probe_lab.settings.placement import size_text
+
+# Where a pytorch fit's training split lives, in words (`probe_lab.settings.placement.DataHome`).
+HOMES = {
+    "resident": "held on the device",
+    "host": "in pinned host memory, copied to the GPU at each evaluation",
+    "streamed": "read from storage at each pass",
+}
 
 
 def run_summary_lines(backend: str, reason: str, metrics: dict[str, Any], out_dir: Path, files: list[str]) -> list[str]:
@@ -20,6 +28,14 @@ def run_summary_lines(backend: str, reason: str, metrics: dict[str, Any], out_di
         f"{metrics['input_dim']} dims" + (f"; {dropped} rows with NaN/Inf dropped" if dropped else ""),
         f"  fit      {metrics['fit_seconds']:.3f} s; val AUROC {metrics['val']['auroc']:.4f}",
     ]
+    placement = metrics.get("placement")
+    if backend == "pytorch" and placement:
+        lines.insert(
+            2,
+            f"  place    {placement['optimizer']}, training split {size_text(placement['train_gb'] * 1e9)} "
+            f"{placement['train']}"
+            f" ({HOMES[placement['train']]})",
+        )
     for point in metrics.get("regularization_path", []):
         chosen = "  ← chosen" if point["regularization"] == metrics["regularization"] else ""
         value, auroc = point["regularization"], point["val_auroc"]

@@ -78,6 +78,7 @@ class Placement:
     splits_on_device: bool  # every split loaded onto the GPU once
     scan_onto_device: bool  # a store's scan copies it onto the GPU as it reads
     optimizer: OptimizerName = OptimizerName.lbfgs  # lbfgs (full batch) or adamw (minibatches)
+    train_bytes: int = 0  # the training split's size in its stored dtype
 
     @property
     def full_batch(self) -> bool:
@@ -111,11 +112,11 @@ class Placement:
         return [self.device.index or 0] if self.device.type == "cuda" else 1
 
     def describe(self) -> str:
-        """The placement in one line, for the run's log."""
+        """The placement in one line, for the run's log and summary."""
         where = "on the device" if self.splits_on_device else "on the host"
         return (
-            f"{self.device}, precision {self.precision}, {self.optimizer.value}, "
-            f"training split {self.train_home.value}, splits held {where}, "
+            f"{self.device}, precision {self.precision}, {self.optimizer.value}; training split "
+            f"{size_text(self.train_bytes)} {self.train_home.value}, splits held {where}, "
             f"memory budget {self.budget_bytes / 1e9:.1f} GB"
         )
 
@@ -129,7 +130,13 @@ class Placement:
             "splits_on_device": self.splits_on_device,
             "scan_onto_device": self.scan_onto_device,
             "memory_budget_gb": self.budget_bytes / 1e9,
+            "train_gb": self.train_bytes / 1e9,
         }
+
+
+def size_text(n_bytes: float) -> str:
+    """A size for people: GB from 0.1 GB up, else MB."""
+    return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.1f} MB"
 
 
 def decide_placement(config: ProbeTrainingConfig, sizes: SplitBytes, *, backend: str = "pytorch") -> Placement:
@@ -140,7 +147,8 @@ def decide_placement(config: ProbeTrainingConfig, sizes: SplitBytes, *, backend:
     """
     if backend == "sklearn":
         cpu = torch.device("cpu")
-        return Placement(cpu, "32", memory_budget(config.memory_budget_gb, cpu), DataHome.resident, False, False)
+        budget = memory_budget(config.memory_budget_gb, cpu)
+        return Placement(cpu, "32", budget, DataHome.resident, False, False, train_bytes=sizes.train)
     device = training_device(config.device)
     precision = resolve_precision(config, device)
     budget = memory_budget(config.memory_budget_gb, device)
@@ -156,7 +164,7 @@ def decide_placement(config: ProbeTrainingConfig, sizes: SplitBytes, *, backend:
         home = DataHome.streamed
     splits_on_device = on_gpu and home is DataHome.resident and sizes.train + sizes.val + sizes.test <= budget
     scan = splits_on_device and sizes.store is not None and 2 * sizes.store <= budget
-    return Placement(device, precision, budget, home, splits_on_device, scan, optimizer)
+    return Placement(device, precision, budget, home, splits_on_device, scan, optimizer, sizes.train)
 
 
 def training_device(requested: str) -> torch.device:
