@@ -98,6 +98,11 @@ def scoring_layer(record: ProbeRecord, requested: int | None, layers: int | None
                     f"the probe was saved without a layer and the data holds {layers} layers: set data.layer"
                 )
             return chosen  # nothing to check against
+        if chosen is not None:
+            raise ProbeLabError(
+                f"data.layer={requested}: the probe was trained on N×D activations, not on a layer; "
+                "set allow_other_layer=true to score this layer with it anyway"
+            )
         raise ProbeLabError(
             f"the probe was trained on N×D activations and the data holds {layers} layers: set data.layer "
             "and allow_other_layer=true to score one of them with it"

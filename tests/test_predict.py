@@ -227,7 +227,7 @@ def test_scoring_layer_picks(
     [
         (LAYER_2, 1, ("data.layer=1", "layer 2", "allow_other_layer=true")),
         (LAYER_2, -2, ("data.layer=-2", "layer 2")),
-        (NXD, 2, ("N×D", "3 layers", "allow_other_layer=true")),
+        (NXD, 2, ("data.layer=2", "N×D", "allow_other_layer=true")),
         (NXD, None, ("N×D", "3 layers", "set data.layer")),
         (UNRECORDED, None, ("saved without a layer", "set data.layer")),
         (LAYER_2, 5, ("data.layer=5", "out of range", "3 layers")),
