@@ -111,14 +111,18 @@ def test_streaming_from_a_store_to_the_gpu(store_splits) -> None:
 
 
 @pytest.mark.parametrize("host_budget_gb", [None, 0])  # pinned host copy, or streamed from the store each pass
-def test_lbfgs_beyond_the_gpu_budget_lands_on_the_resident_probe(store_splits, host_budget_gb: float | None) -> None:
+@pytest.mark.parametrize("budget_gb", [1e-6, 0.006])  # nothing kept on the GPU, or about half the 12 MB split
+def test_lbfgs_beyond_the_gpu_budget_lands_on_the_resident_probe(
+    store_splits, host_budget_gb: float | None, budget_gb: float
+) -> None:
     train = store_splits["bfloat16"]
     resident = TorchProbeTrainer(512, ProbeTrainingConfig(device="cuda"))
     resident.fit_datasets(train.train, train.val)
-    config = ProbeTrainingConfig(device="cuda", memory_budget_gb=1e-6, host_budget_gb=host_budget_gb)
+    config = ProbeTrainingConfig(device="cuda", memory_budget_gb=budget_gb, host_budget_gb=host_budget_gb)
     beyond = TorchProbeTrainer(512, config)
     beyond.fit_datasets(train.train, train.val)
     assert beyond.placement.train_home.value == ("host" if host_budget_gb is None else "streamed")
+    assert beyond.placement.device_bytes == int(budget_gb * 1e9)
     assert beyond.fit_details["optimizer"] == "lbfgs" and beyond.fit_details["converged"]
     assert cosine(beyond.coef_, resident.coef_) >= 0.9999
     assert abs(beyond.val_auroc - resident.val_auroc) < 1e-4

@@ -269,3 +269,14 @@ def test_streamed_lbfgs_reads_with_the_streaming_threads_but_ignores_the_learnin
     assert placement.full_batch and placement.train_home is DataHome.streamed
     line = ignored_settings(config, "pytorch", placement)
     assert line is not None and "probe.learning_rate=0.01" in line and "num_workers" not in line, line
+
+
+def test_a_gpu_keeps_what_its_budget_holds_of_a_split_beyond_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    _cuda_present(monkeypatch)
+    beyond = decide_placement(ProbeTrainingConfig(device="cuda", memory_budget_gb=1.0), SplitBytes(3 * GB, GB))
+    assert beyond.train_home is DataHome.host and beyond.device_bytes == GB
+    assert "1.00 GB of it kept on the device" in beyond.describe() and beyond.to_dict()["train_on_device_gb"] == 1.0
+    resident = decide_placement(ProbeTrainingConfig(device="cuda", memory_budget_gb=10.0), SplitBytes(3 * GB, GB))
+    assert resident.train_resident and resident.device_bytes == 0 and resident.to_dict()["train_on_device_gb"] == 3.0
+    on_cpu = decide_placement(ProbeTrainingConfig(device="cpu", memory_budget_gb=1.0), SplitBytes(3 * GB, GB))
+    assert on_cpu.train_home is DataHome.streamed and on_cpu.device_bytes == 0

@@ -44,7 +44,8 @@ def store_splits(tmp_path_factory: pytest.TempPathFactory) -> Splits:
     return split_dataset(store.dataset(), 0.2, 0.2, seed=0)
 
 
-def test_a_streamed_evaluation_equals_the_resident_one(splits: Splits) -> None:
+@pytest.mark.parametrize("device_bytes", [0, 10**5])  # everything read per pass, or the first blocks kept
+def test_a_streamed_evaluation_equals_the_resident_one(splits: Splits, device_bytes: int) -> None:
     config = ProbeTrainingConfig(device="cpu", regularization=[1.0, 100.0])
     module = prepared_module(splits.train, [1.0, 100.0], config, OptimizerName.lbfgs)
     with torch.no_grad():  # away from the starting point, where every gradient entry matters
@@ -54,8 +55,8 @@ def test_a_streamed_evaluation_equals_the_resident_one(splits: Splits) -> None:
     resident = Evaluation(module, lambda: module.loss(x, y), torch.device("cpu"))
     loss = resident()
     grads = [p.grad.clone() for p in module.parameters() if p.requires_grad]
-    blocks = SplitBlocks(splits.train, torch.device("cpu"), read_rows=97, threads=3)
-    assert len(blocks.segments) > 10
+    blocks = SplitBlocks(splits.train, torch.device("cpu"), read_rows=97, threads=3, device_bytes=device_bytes)
+    assert len(blocks.segments) > 10 and (len(blocks.on_device) > 0) == (device_bytes > 0)
     streamed = StreamedEvaluation(module, module.loss_sum, module.penalty, blocks, len(splits.train))
     assert float(streamed()) == pytest.approx(float(loss), rel=1e-12)
     for param, grad in zip((p for p in module.parameters() if p.requires_grad), grads, strict=True):
@@ -63,8 +64,18 @@ def test_a_streamed_evaluation_equals_the_resident_one(splits: Splits) -> None:
         torch.testing.assert_close(param.grad, grad, rtol=1e-5, atol=1e-5 * float(grad.abs().max()))
 
 
-def test_blocks_come_in_storage_order_every_pass(store_splits: Splits) -> None:
-    blocks = SplitBlocks(store_splits.train, torch.device("cpu"), read_rows=64, threads=3, prefetch=1)
+@pytest.mark.parametrize("kept_blocks", [0, 5])
+def test_blocks_come_in_storage_order_every_pass(store_splits: Splits, kept_blocks: int) -> None:
+    row_bytes = store_splits.train.dim * 2
+    blocks = SplitBlocks(
+        store_splits.train,
+        torch.device("cpu"),
+        read_rows=64,
+        threads=3,
+        prefetch=1,
+        device_bytes=sum(len(s) for s in store_splits.train.segments(64)[:kept_blocks]) * row_bytes,
+    )
+    assert len(blocks.on_device) == kept_blocks
     first = torch.cat([x for x, _ in blocks])
     second = torch.cat([x for x, _ in blocks])
     assert torch.equal(first, second)

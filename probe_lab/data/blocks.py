@@ -3,7 +3,8 @@ held whole on the training device.
 
 `SplitBlocks` yields the split's rows in storage order as (x, y) blocks on the training device, every
 pass the same blocks in the same order, so that every evaluation sums the same numbers in the same
-order. Two homes:
+order. The first blocks, up to `device_bytes`, are read once and kept on the device (the part of the
+split the device's budget holds); the rest has one of two homes:
 - `streamed`: each pass reads the rows from where they are stored (memory-mapped files, a store's
   shards, per-sample files), `threads` reader threads reading ahead in large contiguous reads (with
   CUDA, into pinned memory, then copied to the GPU without blocking);
@@ -37,6 +38,7 @@ class SplitBlocks:
         threads: int = 2,
         prefetch: int = 2,
         hold_on_host: bool = False,
+        device_bytes: int = 0,
     ) -> None:
         if dataset.labels is None:
             raise ValueError("SplitBlocks needs labelled data")
@@ -48,21 +50,27 @@ class SplitBlocks:
         self.pin = device.type == "cuda"
         labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.float32))
         self.labels = [labels[segment].to(device) for segment in self.segments]  # small: kept where they are used
+        row_bytes = dataset.dim * dataset.storage_dtype.itemsize
+        kept = int(np.searchsorted(np.cumsum([len(s) * row_bytes for s in self.segments]), device_bytes, "right"))
+        self.on_device = [block.to(device) for block in self._read_ahead(range(kept))]
+        self.rest = range(kept, len(self.segments))
         self.host: list[torch.Tensor] | None = None
         if hold_on_host:
-            self.host = list(self._read_ahead())
+            self.host = list(self._read_ahead(self.rest))
 
     @property
     def rows(self) -> int:
         return len(self.dataset)
 
     @property
-    def home(self) -> str:
-        return "host" if self.host is not None else "streamed"
+    def device_rows(self) -> int:
+        """Rows kept on the device."""
+        return sum(len(block) for block in self.on_device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        blocks = iter(self.host) if self.host is not None else self._read_ahead()
-        for block, labels in zip(blocks, self.labels, strict=True):
+        yield from zip(self.on_device, self.labels[: len(self.on_device)], strict=True)
+        rest = iter(self.host) if self.host is not None else self._read_ahead(self.rest)
+        for block, labels in zip(rest, self.labels[len(self.on_device) :], strict=True):
             yield block.to(self.device, non_blocking=True), labels
 
     def _read(self, index: int) -> torch.Tensor:
@@ -71,17 +79,17 @@ class SplitBlocks:
         self.dataset.read_into(segment, out)
         return out
 
-    def _read_ahead(self) -> Iterator[torch.Tensor]:
-        """The blocks in order, read by `threads` threads (thread t reads blocks t, t + threads, ...),
-        each keeping up to `prefetch` blocks ready; a reader's error is raised here."""
-        count = len(self.segments)
+    def _read_ahead(self, indices: range) -> Iterator[torch.Tensor]:
+        """The blocks of `indices` in order, read by `threads` threads (thread t reads the t-th, the
+        (t + threads)-th, ...), each keeping up to `prefetch` blocks ready; a reader's error is raised here."""
+        count = len(indices)
         queues: list[queue.Queue] = [queue.Queue(maxsize=self.prefetch) for _ in range(self.threads)]
         stop = threading.Event()
 
         def produce(part: int) -> None:
             try:
-                for index in range(part, count, self.threads):
-                    if not put_unless_stopped(queues[part], self._read(index), stop):
+                for position in range(part, count, self.threads):
+                    if not put_unless_stopped(queues[part], self._read(indices[position]), stop):
                         return
             except BaseException as err:  # handed to the consumer, which raises it
                 put_unless_stopped(queues[part], err, stop)
@@ -90,8 +98,8 @@ class SplitBlocks:
         for reader in readers:
             reader.start()
         try:
-            for index in range(count):
-                item = queues[index % self.threads].get()
+            for position in range(count):
+                item = queues[position % self.threads].get()
                 if isinstance(item, BaseException):
                     raise item
                 yield item

@@ -102,6 +102,7 @@ class ProbeDataModule(pl.LightningDataModule):
                 threads=max(1, self.streaming.num_workers),
                 prefetch=self.streaming.prefetch_batches + 1,
                 hold_on_host=self.placement.train_home is DataHome.host,
+                device_bytes=self.placement.device_bytes,
             )
         return self._blocks
 

@@ -33,8 +33,7 @@ def run_summary_lines(backend: str, reason: str, metrics: dict[str, Any], out_di
         lines.insert(
             2,
             f"  place    {placement['optimizer']}, training split {size_text(placement['train_gb'] * 1e9)} "
-            f"{placement['train']}"
-            f" ({HOMES[placement['train']]})",
+            f"{placement['train']} ({HOMES[placement['train']]})" + _kept_on_device(placement),
         )
     for point in metrics.get("regularization_path", []):
         chosen = "  ← chosen" if point["regularization"] == metrics["regularization"] else ""
@@ -75,3 +74,9 @@ def parity_lines(numbers: dict[str, Any]) -> list[str]:
         f"max |Δ p| {numbers['max_abs_delta_probability']:.4f}"
     )
     return lines
+
+
+def _kept_on_device(placement: dict[str, Any]) -> str:
+    """How much of a training split that is not resident stays on the GPU, when any does."""
+    kept = placement.get("train_on_device_gb", 0) if placement["train"] != "resident" else 0
+    return f"; {size_text(kept * 1e9)} of it kept on the device" if kept else ""

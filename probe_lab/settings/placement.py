@@ -14,8 +14,9 @@ MemAvailable), and sizes in the data's stored dtype:
 - for L-BFGS the training split is *resident* (read whole onto the training device once) when it fits
   B — on a GPU together with the validation split, which is then held beside it; otherwise, on a GPU,
   it is held in pinned *host* memory when it fits H and copied to the GPU block by block at every
-  evaluation; otherwise it is *streamed*: read from where it is stored at every evaluation. Every
-  home gives the same evaluations, so the same probe;
+  evaluation; otherwise it is *streamed*: read from where it is stored at every evaluation. On a GPU,
+  as much of such a split as B holds stays on the GPU, and only the rest is copied or read at each
+  evaluation. Every home gives the same evaluations, so the same probe;
 - AdamW's minibatches are always streamed from where the data is stored;
 - on a GPU with a resident training split, every split (train, validation, test) is loaded onto the
   GPU once when they fit B together, so training, validation and scoring never touch the host;
@@ -79,6 +80,7 @@ class Placement:
     scan_onto_device: bool  # a store's scan copies it onto the GPU as it reads
     optimizer: OptimizerName = OptimizerName.lbfgs  # lbfgs (full batch) or adamw (minibatches)
     train_bytes: int = 0  # the training split's size in its stored dtype
+    device_bytes: int = 0  # of a GPU fit's training split beyond the budget: the part kept on the GPU
 
     @property
     def full_batch(self) -> bool:
@@ -114,9 +116,10 @@ class Placement:
     def describe(self) -> str:
         """The placement in one line, for the run's log and summary."""
         where = "on the device" if self.splits_on_device else "on the host"
+        kept = f" ({size_text(self.device_bytes)} of it kept on the device)" if self.device_bytes else ""
         return (
             f"{self.device}, precision {self.precision}, {self.optimizer.value}; training split "
-            f"{size_text(self.train_bytes)} {self.train_home.value}, splits held {where}, "
+            f"{size_text(self.train_bytes)} {self.train_home.value}{kept}, splits held {where}, "
             f"memory budget {self.budget_bytes / 1e9:.1f} GB"
         )
 
@@ -131,6 +134,7 @@ class Placement:
             "scan_onto_device": self.scan_onto_device,
             "memory_budget_gb": self.budget_bytes / 1e9,
             "train_gb": self.train_bytes / 1e9,
+            "train_on_device_gb": (self.train_bytes if self.train_resident else self.device_bytes) / 1e9,
         }
 
 
@@ -164,7 +168,11 @@ def decide_placement(config: ProbeTrainingConfig, sizes: SplitBytes, *, backend:
         home = DataHome.streamed
     splits_on_device = on_gpu and home is DataHome.resident and sizes.train + sizes.val + sizes.test <= budget
     scan = splits_on_device and sizes.store is not None and 2 * sizes.store <= budget
-    return Placement(device, precision, budget, home, splits_on_device, scan, optimizer, sizes.train)
+    # What the budget holds of a split beyond it stays on the GPU; only the rest is copied at each pass.
+    kept = (
+        min(sizes.train, budget) if on_gpu and optimizer is OptimizerName.lbfgs and home is not DataHome.resident else 0
+    )
+    return Placement(device, precision, budget, home, splits_on_device, scan, optimizer, sizes.train, kept)
 
 
 def training_device(requested: str) -> torch.device:
