@@ -124,7 +124,7 @@ def test_the_cli_streams_a_store_over_budget_with_lbfgs(cli, tmp_path: Path) -> 
     x, y = activation_like(1200, 32, seed=4)
     with ActivationStore.create(tmp_path / "store", dim=32, dtype="float16", shard_mb=0.02) as writer:
         writer.append(x, y)
-    common = ("backend=pytorch", "data=store", f"data.path={tmp_path / 'store'}")
+    common = ("backend=pytorch", "device=cpu", "data=store", f"data.path={tmp_path / 'store'}")  # GPU tiers: test_gpu
     resident = cli(*common)
     streamed = cli(*common, f"device.memory_budget_gb={TINY_BUDGET_GB}", "device.host_budget_gb=0")
     assert resident.returncode == 0 and streamed.returncode == 0, streamed.stderr
