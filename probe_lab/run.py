@@ -32,6 +32,7 @@ from probe_lab.report.summary import parity_run_lines, run_summary_lines
 from probe_lab.report.sweep.job import JOB_ID_KEY
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.backend import BackendChoice, resolve_backend
+from probe_lab.settings.ignored import ignored_trainer_flags
 from probe_lab.settings.placement import Placement, decide_placement
 from probe_lab.settings.schema import ModelConfig, RunConfig, to_settings
 
@@ -70,16 +71,8 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
     choice = resolve_backend(settings.backend.name.value, settings.model.size_b, settings.backend.threshold_b)
 
     RUN_LOG.info("backend  %s", "sklearn and pytorch (experiment=parity)" if settings.parity else choice.name)
-    trainer_flags = [
-        f"trainer.{name}={value}"
-        for name, value in settings.trainer.items()
-        if name != "_target_" and value is not None
-    ]
-    if choice.name == "sklearn" and not settings.parity and trainer_flags:
-        log.warning(
-            "settings without effect, ignored: %s (Lightning's Trainer: the pytorch backend only)",
-            ", ".join(trainer_flags),
-        )
+    if not settings.parity and (ignored := ignored_trainer_flags(settings.trainer, choice.name)):
+        log.warning(ignored)
     start = time.perf_counter()
     source = open_source(settings.data, settings.seed, progress=settings.progress_bar)
     check_width(settings.model, source)

@@ -26,21 +26,8 @@ from probe_lab.settings.placement import DataHome, Placement
 GPU_BLOCK_MB = 256  # a full-batch pass's blocks on a GPU: a power of two, so pinned blocks waste nothing
 
 
-class _WholeSplit(Dataset):
-    """One item: the whole split as (X, y) tensors."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x, self.y
-
-
 class _OneItem(Dataset):
-    """One item, as it is."""
+    """One item, as it is: a whole split (x, y), or the `SplitBlocks` a full-batch module reads itself."""
 
     def __init__(self, item: object) -> None:
         self.item = item
@@ -74,7 +61,7 @@ class ProbeDataModule(pl.LightningDataModule):
         self.streaming = streaming or StreamingSettings()
         row_bytes = train.dim * train.storage_dtype.itemsize
         self.read_rows = max(1, int(self.streaming.read_mb * 2**20) // row_bytes)
-        self._resident: dict[str, _WholeSplit] = {}
+        self._resident: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._streams: dict[str, StreamedBatches] = {}
         self._blocks: SplitBlocks | None = None
 
@@ -85,7 +72,7 @@ class ProbeDataModule(pl.LightningDataModule):
             raise ValueError("hold_whole: the placement does not hold the training split on the device")
         if self.placement.val_beside_train:
             self._whole("val", self.val)
-        return self._whole("train", self.train).x
+        return self._whole("train", self.train)[0]
 
     def blocks(self) -> SplitBlocks:
         """A full-batch training split that is not resident, as the blocks each evaluation reads (held
@@ -108,21 +95,21 @@ class ProbeDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.placement.full_batch and self.placement.train_resident:
-            return DataLoader(self._whole("train", self.train), batch_size=None)
+            return DataLoader(_OneItem(self._whole("train", self.train)), batch_size=None)
         if self.placement.full_batch:
             return DataLoader(_OneItem(self.blocks()), batch_size=None)  # the module reads its blocks
         return self._loader("train", self.train, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         if self.placement.val_beside_train:
-            return DataLoader(self._whole("val", self.val), batch_size=None)
+            return DataLoader(_OneItem(self._whole("val", self.val)), batch_size=None)
         return self._loader("val", self.val, shuffle=False)
 
-    def _whole(self, part: str, dataset: ActivationDataset) -> _WholeSplit:
+    def _whole(self, part: str, dataset: ActivationDataset) -> tuple[torch.Tensor, torch.Tensor]:
         if part not in self._resident:
             device = self.placement.device
             labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.float32))
-            self._resident[part] = _WholeSplit(dataset.to_device(device), labels.to(device))
+            self._resident[part] = (dataset.to_device(device), labels.to(device))
         return self._resident[part]
 
     def _loader(self, part: str, dataset: ActivationDataset, *, shuffle: bool) -> DataLoader:

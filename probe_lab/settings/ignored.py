@@ -51,6 +51,15 @@ def ignored_settings(config: ProbeTrainingConfig, backend: str, placement: Place
     return f"settings without effect, ignored: {'; '.join(parts)}" if parts else None
 
 
+def ignored_trainer_flags(trainer: dict[str, Any], backend: str) -> str | None:
+    """The same line for Lightning Trainer flags set (`trainer.<flag>=`, the trainer group's non-null
+    values) for a fit on a backend that builds no Trainer; None when there are none."""
+    flags = [f"trainer.{name}={value}" for name, value in trainer.items() if name != "_target_" and value is not None]
+    if backend == "pytorch" or not flags:
+        return None
+    return f"settings without effect, ignored: {', '.join(flags)} (Lightning's Trainer: the pytorch backend only)"
+
+
 def _chosen(config: ProbeTrainingConfig) -> dict[str, Any]:
     """The command-line names and values of config's settings that differ from their defaults (a
     command-line name's last part is the config's field)."""
