@@ -4,6 +4,12 @@ With `-m` (Hydra multirun) it trains one probe per combination of the swept valu
 recorded in its folder and the sweep goes on, and `probe_lab.report.sweep.callback.SweepSummary` summarizes them all.
 A single run that fails leaves its error line (and, for an unexpected exception, the traceback) in
 error.txt of its run folder, and how far it got in the run's log.
+
+In a data-parallel fit (`trainer.devices=N`, launched by Lightning, `torchrun` or SLURM) every process
+runs this app; only the first writes its run folder, logs and prints a summary. The others train their
+shard, write nothing (Hydra's output subfolder is off for them; under torchrun, where the launcher
+does not pass the first process's run folder, their run folder is the working directory, and stays
+untouched) and print only their error line if they fail.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from probe_lab.cli_help import answer_help_or_version, training_help
 from probe_lab.errors import ProbeLabError
 from probe_lab.report.run_log import RUN_LOG
 from probe_lab.report.sweep.job import ERROR_FILE, error_line, record_failure, start_job
+from probe_lab.settings.parallel import follower_process
 from probe_lab.settings.schema import RunConfig, register_configs, to_settings
 
 register_configs()
@@ -31,7 +38,18 @@ def main() -> None:
     """`python -m probe_lab` and the `probe-lab` console script: --help and --version answered here,
     everything else composed and run by Hydra."""
     if not answer_help_or_version(sys.argv[1:], "probe_lab", training_help):
+        if follower_process():
+            sys.argv += follower_overrides(sys.argv[1:])
         hydra_main()
+
+
+def follower_overrides(args: list[str]) -> list[str]:
+    """Hydra overrides that keep a data-parallel fit's process other than the first from writing into
+    a run folder: no output subfolder (.hydra/), and the working directory as its run folder unless its
+    launcher gave it one (Lightning's launcher passes the first process's)."""
+    given = {arg.partition("=")[0].lstrip("+") for arg in args}
+    wanted = {"hydra.output_subdir": "null", "hydra.run.dir": "."}
+    return [f"{key}={value}" for key, value in wanted.items() if key not in given]
 
 
 @hydra.main(version_base=None, config_path="pkg://probe_lab.conf", config_name="config")
@@ -41,14 +59,16 @@ def hydra_main(cfg: DictConfig) -> float:
     out_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return sweep_job(cfg, out_dir)
-    (out_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier run's, in a folder given again
+    follower = follower_process()
+    if not follower:
+        (out_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier run's, in a folder given again
     try:
         settings = to_settings(cfg, RunConfig)  # checked before torch, sklearn and matplotlib are imported
         from probe_lab.run import run
 
         result = run(cfg, out_dir, settings=settings)
     except Exception as err:
-        report_failure(out_dir, err, None)
+        report_failure(out_dir, err, None, record=not follower)
         if isinstance(err, ProbeLabError):
             sys.exit(2)
         raise  # a bug, not bad input: Hydra reports it with its traceback
@@ -61,23 +81,25 @@ def sweep_job(cfg: DictConfig, out_dir: Path) -> float:
     """
     from probe_lab.run import run
 
-    job_id = start_job(out_dir)
+    follower = follower_process()  # a SLURM task of a data-parallel job other than the first
+    job_id = None if follower else start_job(out_dir)
     try:
         result = run(cfg, out_dir, job_id)
     except Exception as err:
-        report_failure(out_dir, err, job_id)
+        report_failure(out_dir, err, job_id, record=not follower)
         return math.nan
     return result.val_auroc
 
 
-def report_failure(out_dir: Path, err: Exception, job_id: str | None) -> None:
-    """A failed run or sweep job: its error line on stderr and in its log, and error.txt in its folder
-    (with the traceback when the error is not bad input)."""
+def report_failure(out_dir: Path, err: Exception, job_id: str | None, *, record: bool = True) -> None:
+    """A failed run or sweep job: its error line on stderr and in its log, and (with `record`) error.txt
+    in its folder, with the traceback when the error is not bad input."""
     line = error_line(err)
     print(f"probe_lab: error: {line}", file=sys.stderr)
     bad_input = isinstance(err, ProbeLabError)
     RUN_LOG.error(line, exc_info=None if bad_input else err)
-    record_failure(out_dir, line, "" if bad_input else traceback.format_exc(), job_id)
+    if record:
+        record_failure(out_dir, line, "" if bad_input else traceback.format_exc(), job_id)
 
 
 if __name__ == "__main__":

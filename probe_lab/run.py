@@ -8,6 +8,8 @@ Lightning logs and checkpoint — is staged and published together only when the
 from __future__ import annotations
 
 import logging
+import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from probe_lab.report.sweep.job import JOB_ID_KEY
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.backend import BackendChoice, resolve_backend
 from probe_lab.settings.ignored import ignored_trainer_flags
+from probe_lab.settings.parallel import Processes, follower_process
 from probe_lab.settings.placement import Placement, decide_placement
 from probe_lab.settings.schema import ModelConfig, RunConfig, to_settings
 
@@ -86,8 +89,12 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
         layer,
     )
     sizes = source.split_bytes(settings.data.validation_split, settings.data.test_split)
+    processes = Processes.from_trainer_flags(settings.trainer) if choice.name == "pytorch" else Processes()
+    if settings.parity and processes.data_parallel:
+        raise ProbeLabError("experiment=parity trains in one process: leave trainer.devices and trainer.num_nodes unset")
     # Parity loads the data as the pytorch backend would; sklearn reads it from wherever it is held.
-    placement = decide_placement(config, sizes, backend="pytorch" if settings.parity else choice.name)
+    backend = "pytorch" if settings.parity else choice.name
+    placement = decide_placement(config, sizes, backend=backend, processes=processes)
     RUN_LOG.info("placement %s", placement.describe())
     splits, dropped = load_splits(settings, source, placement)
     loaded = time.perf_counter()
@@ -118,6 +125,10 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
     fit = Fit(config, placement, settings.progress_bar, lightning_for, resolved_config, job_id)
     if settings.parity:
         return run_parity(fit, splits, data, timings, out_dir)
+    if follower_process():  # a data-parallel fit's process other than the first: it writes nothing
+        with tempfile.TemporaryDirectory(prefix="probe_lab-") as scratch:
+            train_backend(choice, fit, splits, data, timings, Path(scratch))
+        return RunResult(out_dir, {}, math.nan)
     with staged_artifacts(out_dir) as staging:
         run_metrics, files = train_backend(choice, fit, splits, data, timings, staging)
     print_summary(run_summary_lines(choice.name, choice.reason, run_metrics, out_dir, files))
@@ -135,6 +146,7 @@ def training_config(settings: RunConfig) -> ProbeTrainingConfig:
         seed=settings.seed,
         memory_budget_gb=settings.device.memory_budget_gb,
         host_budget_gb=settings.device.host_budget_gb,
+        collective_timeout_s=settings.device.collective_timeout_s,
         streaming=settings.data.streaming(),
     )
 
@@ -175,6 +187,8 @@ def train_backend(
     placement = fit.placement if choice.name == "pytorch" else None  # sklearn decides its own (the host)
     RUN_LOG.info("fit      %s backend (%s)", choice.name, choice.reason)
     trainer.fit_datasets(splits.train, splits.val, placement)
+    if not trainer.leads:
+        return {}, []
     weights = trainer.weights
     if weights is None or trainer.fit_seconds is None:
         raise RuntimeError("the backend finished fit without a probe")

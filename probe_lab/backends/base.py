@@ -1,7 +1,8 @@
 """`ProbeTrainer`: the interface both backends share (the seed guide's trainer API).
 
 A backend implements `_fit(train, val, regularizations, placement) -> [FitResult]` (one probe per value
-of the regularization path; the best on validation is kept); everything else — accepting arrays,
+of the regularization path; the best on validation is kept; none on the processes of a data-parallel
+fit other than the first, which hold no probe and report nothing); everything else — accepting arrays,
 tensors or file lists, holding out a validation split, deciding the placement when the caller did not,
 scoring, prediction, checkpoints — lives here once.
 """
@@ -9,6 +10,7 @@ scoring, prediction, checkpoints — lives here once.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ from probe_lab.errors import ProbeLabError
 from probe_lab.probe import ProbeWeights, decision_functions, load_probe, save_probe
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.ignored import ignored_settings
+from probe_lab.settings.parallel import Processes
 from probe_lab.settings.placement import Placement, SplitBytes, decide_placement
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,13 @@ class ProbeTrainer(ABC):
         self.regularization: float | None = None
         self.regularization_path: list[dict[str, float]] | None = None
         self.placement: Placement | None = None  # where the last fit ran
+        # False on a data-parallel fit's processes other than the first: they hold no probe after fit.
+        self.leads = True
+
+    @property
+    def processes(self) -> Processes:
+        """The processes a fit runs in (one, unless the backend trains data-parallel)."""
+        return Processes()
 
     # -- training -------------------------------------------------------------------------------
     def fit(
@@ -113,7 +123,7 @@ class ProbeTrainer(ABC):
             part.check_finite()
         if placement is None:
             sizes = SplitBytes(train.nbytes(), val.nbytes())
-            placement = decide_placement(self.config, sizes, backend=self.backend)
+            placement = decide_placement(self.config, sizes, backend=self.backend, processes=self.processes)
         self.placement = placement
         ignored = ignored_settings(self.config, self.backend, placement)
         if ignored:
@@ -122,6 +132,9 @@ class ProbeTrainer(ABC):
         start = time.perf_counter()
         results = self._fit(train, val, values, placement)
         self.fit_seconds = time.perf_counter() - start
+        if not results:  # a data-parallel fit's process other than the first
+            self.leads = False
+            return math.nan
         scores = decision_functions([result.weights for result in results], val)
         aurocs = [metrics.auroc(val.labels, scores[:, k]) for k in range(len(results))]
         best = int(np.argmax(aurocs))  # the first of equals, in the order the values were given

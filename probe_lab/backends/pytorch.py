@@ -3,7 +3,9 @@
 The objective, the coordinates it is optimized in and the L-BFGS driver live in `probe_lab.fit`; this
 module only puts them together for one fit: the DataModule holds the splits where the placement says,
 the statistics are taken where the training split lives, and a Lightning Trainer (`fit.trainer`) runs
-the module.
+the module. With `trainer.devices` / `trainer.num_nodes` asking for several processes, each process
+fits its shard of the rows with the others (`probe_lab.fit.distributed`); only process 0 returns the
+probes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from probe_lab.fit.module import ProbeModule, prepared_module
 from probe_lab.fit.trainer import LightningParts, build_trainer, quiet_lightning
 from probe_lab.probe import ProbeWeights
 from probe_lab.settings import Penalty, ProbeTrainingConfig
+from probe_lab.settings.parallel import Processes
 from probe_lab.settings.placement import Placement
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,10 @@ class TorchProbeTrainer(ProbeTrainer):
         if self.config.penalty is not Penalty.l2:
             raise ProbeLabError("probe.penalty=l1 is supported by the sklearn backend only (use backend=sklearn)")
 
+    @property
+    def processes(self) -> Processes:
+        return Processes.from_trainer_flags(self.lightning.trainer_options)
+
     def _fit(
         self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float], placement: Placement
     ) -> list[FitResult]:
@@ -70,24 +77,6 @@ class TorchProbeTrainer(ProbeTrainer):
                 "follows the best value); full-batch L-BFGS brings each value to its own optimum",
                 len(regularizations),
             )
-        datamodule = ProbeDataModule(
-            train,
-            val,
-            placement,
-            batch_size=self.config.batch_size,
-            seed=self.config.seed,
-            streaming=self.config.streaming,
-        )
-        start = time.perf_counter()
-        resident = datamodule.hold_whole() if placement.full_batch and placement.train_resident else None
-        loaded = time.perf_counter()
-        # The module and the data are on the device before the statistics are queued (a copy from
-        # pageable host memory would wait for them); on a GPU nothing then waits for the statistics
-        # until L-BFGS reads its first evaluation, so they run while the Trainer sets up.
-        module = prepared_module(
-            train, regularizations, self.config, placement.optimizer, device=placement.device, resident=resident
-        )
-        stages = {"load_seconds": loaded - start, "statistics_seconds": time.perf_counter() - loaded}
         with tempfile.TemporaryDirectory(prefix="probe_lab-") as scratch:
             out_dir = self.run_dir or Path(scratch)
             with quiet_lightning():
@@ -100,10 +89,48 @@ class TorchProbeTrainer(ProbeTrainer):
                     progress_bar=self.progress_bar,
                     extra_callbacks=self.callbacks,
                 )
+            rank, processes = trainer.global_rank, trainer.world_size
+            if processes != placement.processes.count:
+                raise ProbeLabError(
+                    f"the launcher started {processes} processes, but trainer.devices × trainer.num_nodes = "
+                    f"{placement.processes.count}"
+                )
+            if placement.processes.data_parallel:  # the device Lightning gives this process
+                placement = placement.for_process(trainer.strategy.root_device)
+                self.placement = placement
+            datamodule = ProbeDataModule(
+                train,
+                val,
+                placement,
+                batch_size=self.config.batch_size,
+                seed=self.config.seed,
+                streaming=self.config.streaming,
+                rank=rank,
+                processes=processes,
+            )
+            start = time.perf_counter()
+            resident = datamodule.hold_whole() if placement.full_batch and placement.train_resident else None
+            loaded = time.perf_counter()
+            # The module and the data are on the device before the statistics are queued (a copy from
+            # pageable host memory would wait for them); on a GPU nothing then waits for the statistics
+            # until L-BFGS reads its first evaluation, so they run while the Trainer sets up.
+            module = prepared_module(
+                train,
+                regularizations,
+                self.config,
+                placement.optimizer,
+                device=placement.device,
+                resident=resident,
+                shard=(datamodule.train, datamodule.train_shard) if processes > 1 else None,
+            )
+            stages = {"load_seconds": loaded - start, "statistics_seconds": time.perf_counter() - loaded}
+            with quiet_lightning():
                 trainer.fit(module, datamodule=datamodule)
             if not placement.full_batch:  # a full-batch fit's one checkpoint holds the module's own state
                 _load_best_checkpoint(trainer, module)
             epochs, steps = trainer.current_epoch, trainer.global_step
+        if not trainer.is_global_zero:
+            return []  # process 0 holds the same probe, and reports it
         details = self._details(module, placement, epochs, steps, datamodule.dtype) | stages
         probe = module.probe
         weights, biases = probe.raw_weight().reshape(len(regularizations), -1), probe.raw_biases()
@@ -130,6 +157,8 @@ class TorchProbeTrainer(ProbeTrainer):
                 "optimize_seconds": module.lbfgs_seconds,
                 "capture_seconds": module.capture_seconds,
             }
+            if module.group is not None:
+                details |= {"processes": module.group.size, "collective_seconds": module.group.seconds}
             if not module.lbfgs_converged:
                 log.warning("L-BFGS did not converge in probe.max_iterations=%d iterations", self.config.max_iterations)
         return details

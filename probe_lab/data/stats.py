@@ -30,24 +30,57 @@ def feature_moments(dataset: ActivationDataset) -> tuple[torch.Tensor, torch.Ten
     return _combined(blocks, dataset.dim, dataset.device, work)
 
 
+def evenly_spaced_rows(n_rows: int, count: int) -> torch.Tensor:
+    """`count` evenly spaced row indices of `n_rows` (all of them when count >= n_rows), int64 on the
+    host: the one rule every estimate from sampled rows follows, so that the shards of a data-parallel
+    fit sample exactly the rows a single process would."""
+    if count >= n_rows:
+        return torch.arange(n_rows)
+    return torch.linspace(0, n_rows - 1, count, dtype=torch.float64).round().long().unique()
+
+
+def combine_moments(counts: torch.Tensor, means: torch.Tensor, stds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the union of parts with these row counts (P,), means and stds (P, D), combined
+    in float64 with Chan's formula in the parts' order (the same answer on every process that has them
+    all)."""
+    count = 0.0
+    mean = torch.zeros_like(means[0], dtype=torch.float64)
+    m2 = torch.zeros_like(mean)
+    for k, part_mean, part_std in zip(counts.double().tolist(), means.double(), stds.double(), strict=True):
+        if k == 0:
+            continue
+        delta = part_mean - mean
+        total = count + k
+        mean += delta * (k / total)
+        m2 += part_std**2 * k + delta**2 * (count * k / total)
+        count = total
+    return mean, (m2 / max(count, 1.0)).sqrt()
+
+
 def device_moments(
     x: torch.Tensor,
     block_rows: int | None = None,
     sample_rows: int | None = None,
     work_dtype: torch.dtype | None = None,
+    *,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) of each column of a resident (N, D) tensor, computed where it lives, as float64
     tensors beside it. Nothing is read back to the host, so on a GPU this only queues the work.
 
     block_rows: rows per working copy (by default 512 MB of them on a GPU, 32 MB on the CPU).
-    sample_rows: estimate from this many evenly spaced rows instead of all of them (for uses that
-    only need the scale of each feature, such as a preconditioner).
+    sample_rows: estimate from this many evenly spaced rows (`evenly_spaced_rows`) instead of all of
+    them (for uses that only need the scale of each feature, such as a preconditioner).
+    rows: estimate from these rows (host int64 indices) instead.
     work_dtype: the working copies' dtype (by default float32 on a GPU, float64 on the CPU); float32
     blocks are combined in float64 (benchmarks/moments.py compares the two).
     """
-    if sample_rows is not None and len(x) > sample_rows:
-        spaced = torch.linspace(0, len(x) - 1, sample_rows, dtype=torch.float64, device=x.device)
-        x = x.index_select(0, spaced.round().long())
+    if rows is None and sample_rows is not None and len(x) > sample_rows:
+        rows = evenly_spaced_rows(len(x), sample_rows)
+    if rows is not None:
+        # Pinned, so the copy of the indices queues behind the GPU's work instead of waiting for it.
+        indices = rows.pin_memory() if x.is_cuda else rows
+        x = x.index_select(0, indices.to(x.device, non_blocking=True))
     work = work_dtype or (torch.float32 if x.is_cuda else torch.float64)
     block_rows = block_rows or max(1, _block_bytes(x.device) // (work.itemsize * x.shape[1]))
     return _combined(x.split(block_rows), x.shape[1], x.device, work)

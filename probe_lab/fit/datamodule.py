@@ -8,6 +8,10 @@ at every evaluation (from pinned host memory, or from storage). For AdamW it com
 `StreamedBatches`: large contiguous reads, shuffled by segment and within a buffer, seeded, by reader
 threads that gather batches (into pinned memory with CUDA). Validation batches not held on the
 device are read straight from storage.
+
+In a data-parallel fit each process's DataModule holds its own contiguous shard of the training and
+of the validation rows (`rank` of `processes`), held as the placement says for one shard; the
+processes' validation metrics are combined by torchmetrics.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 from probe_lab.data.blocks import SplitBlocks
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.streaming import StreamedBatches
+from probe_lab.errors import ProbeLabError
+from probe_lab.fit.distributed import Shard
 from probe_lab.settings import StreamingSettings
 from probe_lab.settings.placement import DataHome, Placement
 
@@ -51,8 +57,20 @@ class ProbeDataModule(pl.LightningDataModule):
         batch_size: int,
         seed: int = 42,
         streaming: StreamingSettings | None = None,
+        rank: int = 0,
+        processes: int = 1,
     ) -> None:
         super().__init__()
+        self.train_shard = Shard.of_process(len(train), rank, processes)
+        self.val_shard = Shard.of_process(len(val), rank, processes)
+        if processes > 1:
+            for part, shard in (("training", self.train_shard), ("validation", self.val_shard)):
+                if not shard.rows:
+                    raise ProbeLabError(
+                        f"{train.name}: the {part} split has {shard.of} rows, too few for {processes} processes"
+                    )
+            train = train.subset(np.asarray(self.train_shard.rows))
+            val = val.subset(np.asarray(self.val_shard.rows))
         self.train, self.val = train, val
         self.placement = placement
         self.batch_size = batch_size

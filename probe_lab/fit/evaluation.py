@@ -96,15 +96,16 @@ class StreamedEvaluation:
     accumulated in float64 (loss) and float32 (gradient), then the penalty once. Same contract as
     `Evaluation`: returns the loss, leaves the gradient in the parameters' `.grad`.
 
-    `loss_sum(x, y)` is Σ of the block's row losses (`ProbeObjective.loss_sum`), `penalty()` the
-    penalty term, and `blocks` yields (x, y) on the device in the same order every pass.
+    `loss_sum(x, y)` is Σ of the block's row losses (`ProbeObjective.loss_sum`), divided by `rows`;
+    `penalty()` the penalty term (None: left to the caller, as a data-parallel fit adds it once after
+    summing the processes' parts); `blocks` yields (x, y) on the device in the same order every pass.
     """
 
     def __init__(
         self,
         module: nn.Module,
         loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        penalty: Callable[[], torch.Tensor],
+        penalty: Callable[[], torch.Tensor] | None,
         blocks: Iterable[tuple[torch.Tensor, torch.Tensor]],
         rows: int,
     ) -> None:
@@ -121,6 +122,10 @@ class StreamedEvaluation:
                 for grad, part in zip(grads, torch.autograd.grad(block_loss, self.params), strict=True):
                     grad += part
                 total += block_loss.detach()
+            if self.penalty is None:
+                for param, grad in zip(self.params, grads, strict=True):
+                    param.grad = grad
+                return total
             penalty = self.penalty()
             parts = torch.autograd.grad(penalty, self.params, allow_unused=True)
         for param, grad, part in zip(self.params, grads, parts, strict=True):

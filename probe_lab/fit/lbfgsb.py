@@ -5,6 +5,9 @@ device and leaves its gradient in their `.grad`, as torch.optim.LBFGS's closure 
 the curvature history and the line search live on the host in float64: each evaluation copies the
 parameters to the device and the loss and gradient back in one transfer each.
 
+In a data-parallel fit (`control`, see `probe_lab.fit.distributed`) process 0 runs scipy and sends
+each point to the other processes, whose `step` evaluates the points it receives until it stops.
+
 Why not torch.optim.LBFGS: it keeps its history and line search on the device as hundreds of tiny
 kernels per iteration, and its strong-Wolfe search reads device scalars one at a time, so on a GPU
 its host-side work outweighs the evaluations (benchmarks/gpu_scale.py compares them). scipy's also
@@ -13,6 +16,7 @@ runs the same algorithm and line search as sklearn, whose optimum the pytorch ba
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,6 +25,8 @@ import numpy as np
 import scipy.optimize
 import torch
 from threadpoolctl import ThreadpoolController
+
+from probe_lab.fit.distributed import LBFGSControl, LBFGSOutcome
 
 # scipy's L-BFGS-B status codes: 0 met a tolerance, 1 ran out of iterations or evaluations, 2 stopped
 # abnormally (most often the line search found no further decrease).
@@ -43,6 +49,8 @@ class ScipyLBFGSB(torch.optim.Optimizer):
     Parameters are float32 or float64 (the iterate is rounded to their dtype at every evaluation).
     After `step`, `result` holds scipy's OptimizeResult (with `jac`, the gradient at `x`), and the
     state of the group's first parameter, as torch's L-BFGS keeps it, has `n_iter` and `func_evals`.
+    control: in a data-parallel fit, how the processes share one run of L-BFGS-B (set by the module
+    once the processes are up).
     """
 
     def __init__(
@@ -73,12 +81,20 @@ class ScipyLBFGSB(torch.optim.Optimizer):
         if any(p.dtype not in (torch.float32, torch.float64) for p in trainable):
             raise ValueError("ScipyLBFGSB optimizes float32 or float64 parameters")
         self.result: scipy.optimize.OptimizeResult | None = None
+        self.control: LBFGSControl | None = None
+        self._outcome: LBFGSOutcome | None = None  # a following process's: what process 0 sent
+
+    @property
+    def trainable(self) -> list[torch.Tensor]:
+        return [p for p in self.param_groups[0]["params"] if p.requires_grad]
 
     @property
     def converged(self) -> bool:
         """Whether the last step met a tolerance, or stopped abnormally at the objective's rounding
         level (finite, largest gradient entry within ROUNDING_SLACK × tolerance_grad); not when the
         budget ran out, the objective was not finite or the line search failed far from the optimum."""
+        if self._outcome is not None:
+            return self._outcome.converged
         result = self.result
         if result is None or not np.isfinite(result.fun):
             return False
@@ -96,8 +112,10 @@ class ScipyLBFGSB(torch.optim.Optimizer):
         optimum a float32 objective's rounding (about 1e-8) can make it reject a stationary point
         and search on.
         """
+        if self.control is not None and not self.control.leads:
+            return self._follow(closure, self.control)
         group = self.param_groups[0]
-        params: list[torch.Tensor] = [p for p in group["params"] if p.requires_grad]
+        params = self.trainable
         sizes = [p.numel() for p in params]
         device, dtype = params[0].device, params[0].dtype
         evaluations = iterations = 0
@@ -111,6 +129,8 @@ class ScipyLBFGSB(torch.optim.Optimizer):
             nonlocal evaluations
             evaluations += 1
             load(x)
+            if self.control is not None:
+                self.control.propose()
             with torch.enable_grad():
                 loss = closure()
             grads = [
@@ -158,7 +178,32 @@ class ScipyLBFGSB(torch.optim.Optimizer):
             )
         load(result.x)
         self.result = result
-        state = self.state[params[0]]
+        if self.control is not None:
+            outcome = LBFGSOutcome(float(result.fun), int(result.nit), int(result.nfev), int(result.status), False)
+            self.control.finish(dataclasses.replace(outcome, converged=self.converged))
+        return self._count(result)
+
+    def _follow(self, closure: Callable[[], torch.Tensor], control: LBFGSControl) -> torch.Tensor:
+        """A process other than 0 of a data-parallel fit: evaluate each point process 0 sends (the
+        closure's collectives pair with process 0's) until it sends the outcome."""
+        while (outcome := control.receive()) is None:
+            with torch.enable_grad():
+                closure()
+        self._outcome = outcome
+        x = torch.cat([p.detach().reshape(-1) for p in self.trainable]).to("cpu", torch.float64).numpy()
+        self.result = scipy.optimize.OptimizeResult(
+            x=x,
+            fun=outcome.loss,
+            nit=outcome.iterations,
+            nfev=outcome.evaluations,
+            status=outcome.status,
+            success=outcome.status == 0,
+            message="as L-BFGS-B ended on process 0",
+        )
+        return self._count(self.result)
+
+    def _count(self, result: scipy.optimize.OptimizeResult) -> torch.Tensor:
+        state = self.state[self.trainable[0]]
         state["n_iter"] = state.get("n_iter", 0) + int(result.nit)
         state["func_evals"] = state.get("func_evals", 0) + int(result.nfev)
         return torch.tensor(float(result.fun), dtype=torch.float64)

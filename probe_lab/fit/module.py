@@ -5,6 +5,10 @@ one optimizer step of one epoch: its line search needs the exact objective and g
 no minibatches. `optimizer=adamw` trains on streamed minibatches with Lightning's automatic
 optimization (gradient accumulation, EarlyStopping and checkpointing as configured). It logs
 `train_loss` and `val_auroc` (with a regularization path, the best column's).
+
+In a data-parallel fit each process's module sees its shard of the rows: the shards' feature
+statistics are combined in `setup`, once the processes are up, and L-BFGS runs over all shards
+(`probe_lab.fit.distributed`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
 
 from probe_lab.data.blocks import SplitBlocks
 from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.stats import combine_moments
+from probe_lab.fit.distributed import DataParallelEvaluation, FitGroup, LBFGSControl, Shard
 from probe_lab.fit.evaluation import Evaluation, StreamedEvaluation
 from probe_lab.fit.lbfgsb import ScipyLBFGSB
 from probe_lab.fit.linear_probe import LinearProbe
@@ -61,6 +67,8 @@ class ProbeModule(pl.LightningModule):
         self.lbfgs_converged = False
         self.lbfgs_seconds = 0.0
         self.capture_seconds = 0.0  # capturing the CUDA graph of an evaluation
+        self.group: FitGroup | None = None  # the processes of a data-parallel fit
+        self._shard_statistics: tuple[int, torch.Tensor, torch.Tensor, bool] | None = None
 
     @classmethod
     def at_best_constant(
@@ -86,20 +94,40 @@ class ProbeModule(pl.LightningModule):
         """The probe in the objective's conditioned coordinates for these feature statistics."""
         self.objective.precondition(self.probe, mean, std, standardize=standardize)
 
+    def precondition_with_shards(self, rows: int, mean: torch.Tensor, std: torch.Tensor, *, standardize: bool) -> None:
+        """A data-parallel fit: this process's shard's statistics (from `rows` rows), to be combined with
+        the other processes' in `setup` before the probe is put in the conditioned coordinates."""
+        self._shard_statistics = (rows, mean, std, standardize)
+
+    def setup(self, stage: str) -> None:
+        if self._shard_statistics is None or self.group is not None:
+            return
+        self.group = FitGroup(self.device)
+        rows, mean, std, standardize = self._shard_statistics
+        count = torch.tensor([float(rows)], dtype=torch.float64, device=mean.device)
+        parts = self.group.all_gather(torch.cat([count, mean, std]).to(self.group.device))
+        dim = len(mean)
+        mean, std = combine_moments(parts[:, 0], parts[:, 1 : 1 + dim], parts[:, 1 + dim :])
+        self.precondition(mean, std, standardize=standardize)
+
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The objective of the batch, a float64 scalar."""
         return self.objective(self.probe, x, y)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor] | SplitBlocks, batch_idx: int) -> torch.Tensor:
         if isinstance(batch, SplitBlocks):  # full batch, read block by block at each evaluation
-            evaluate = StreamedEvaluation(self, self.loss_sum, self.penalty, batch, batch.rows)
-            return self._lbfgs_step(evaluate, batch.rows)
+            penalty = None if self.group is not None else self.penalty
+            rows = self.objective.n_train  # the whole split's, whatever this process holds
+            return self._lbfgs_step(StreamedEvaluation(self, self.loss_sum, penalty, batch, rows))
         x, y = batch
         if self.automatic_optimization:  # AdamW: one minibatch
             loss = self.loss(x, y)
             self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
             return loss
-        return self._lbfgs_step(Evaluation(self, lambda: self.loss(x, y), x.device), len(y))
+        if self.group is not None:
+            rows = self.objective.n_train
+            return self._lbfgs_step(Evaluation(self, lambda: self.loss_sum(x, y) / rows, x.device))
+        return self._lbfgs_step(Evaluation(self, lambda: self.loss(x, y), x.device))
 
     def loss_sum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The sum of the block's row losses over its rows and the columns, a float64 scalar."""
@@ -108,11 +136,13 @@ class ProbeModule(pl.LightningModule):
     def penalty(self) -> torch.Tensor:
         return self.objective.penalty(self.probe)
 
-    def _lbfgs_step(self, evaluate: Evaluation | StreamedEvaluation, rows: int) -> torch.Tensor:
+    def _lbfgs_step(self, local: Evaluation | StreamedEvaluation) -> torch.Tensor:
         """Full-batch L-BFGS to convergence in one manual optimizer step. L-BFGS-B calls the closure once
         per evaluation, each ending in a host sync, so the closure does only the evaluation (on a GPU
         one CUDA-graph replay of resident data, or one pass over the split's blocks): Lightning counts
-        the one step, and checkpointing follows it."""
+        the one step, and checkpointing follows it. In a data-parallel fit, `local` covers this
+        process's shard without the penalty, and every process takes the step together."""
+        evaluate = local if self.group is None else DataParallelEvaluation(self, local, self.penalty, self.group)
         optimizer = self.optimizers()
         lbfgs = optimizer.optimizer
         start = time.perf_counter()
@@ -122,8 +152,9 @@ class ProbeModule(pl.LightningModule):
         result = lbfgs.result
         self.lbfgs_iterations, self.lbfgs_evaluations = int(result.nit), int(result.nfev)
         self.lbfgs_converged = lbfgs.converged
-        if result.status != 0:
+        if result.status != 0 and (self.group is None or self.group.leads):
             (log.info if self.lbfgs_converged else log.warning)("L-BFGS-B stopped: %s", result.message)
+        rows = self.objective.n_train
         self.log("train_loss", float(loss), on_step=True, on_epoch=False, prog_bar=True, batch_size=rows)
         self.log("lbfgs_iterations", float(self.lbfgs_iterations), on_step=True, on_epoch=False)
         if self.lbfgs_converged:
@@ -146,13 +177,16 @@ class ProbeModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_name is OptimizerName.lbfgs:
-            return ScipyLBFGSB(
+            lbfgs = ScipyLBFGSB(
                 self.parameters(),
                 max_iter=self.max_iterations,
                 history_size=LBFGS_HISTORY,
                 tolerance_grad=LBFGS_TOLERANCE_GRAD,
                 tolerance_change=LBFGS_TOLERANCE_CHANGE,
             )
+            if self.group is not None:
+                lbfgs.control = LBFGSControl(self.group, lbfgs.trainable)
+            return lbfgs
         # weight_decay=0: the penalty is in the objective; AdamW's decay would be another objective.
         return torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=0.0)
 
@@ -165,11 +199,15 @@ def prepared_module(
     *,
     device: torch.device | str = "cpu",
     resident: torch.Tensor | None = None,
+    shard: tuple[ActivationDataset, Shard] | None = None,
 ) -> ProbeModule:
     """The module a fit on `train` starts from: one column per regularization value at the best
     constant predictor, on `device`, in the coordinates preconditioned by the training split's
-    statistics — taken from `resident` (the split held whole on `device`) when given, which on a GPU
-    only queues them."""
+    statistics — taken from `resident` (the split, or this process's shard, held whole on `device`)
+    when given, which on a GPU only queues them.
+
+    shard: in a data-parallel fit, the part of `train` this process holds; its statistics are combined
+    with the other processes' when the fit starts (`ProbeModule.setup`)."""
     module = ProbeModule.at_best_constant(
         train.dim,
         train.labels,
@@ -178,6 +216,12 @@ def prepared_module(
         learning_rate=config.learning_rate,
         max_iterations=config.max_iterations,
     ).to(device)
-    mean, std = preconditioner_statistics(train, resident, standardize=config.standardize, device=device)
-    module.precondition(mean, std, standardize=config.standardize)
+    part, where = shard if shard is not None else (train, None)
+    rows, mean, std = preconditioner_statistics(
+        part, resident, standardize=config.standardize, device=device, shard=where
+    )
+    if shard is not None:
+        module.precondition_with_shards(rows, mean, std, standardize=config.standardize)
+    else:
+        module.precondition(mean, std, standardize=config.standardize)
     return module

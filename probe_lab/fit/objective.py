@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from probe_lab.data.dataset import ActivationDataset
-from probe_lab.data.stats import device_moments, feature_moments
+from probe_lab.data.stats import device_moments, evenly_spaced_rows, feature_moments
+from probe_lab.fit.distributed import Shard
 from probe_lab.fit.linear_probe import LinearProbe
 
 # Rows sampled for the statistics of raw features, which only center and precondition (a few percent
@@ -48,6 +49,7 @@ class ProbeObjective(nn.Module):
 
     def __init__(self, regularization: list[float], n_train: int, dim: int) -> None:
         super().__init__()
+        self.n_train = n_train
         self.register_buffer("penalty_weights", torch.ones(len(regularization), dim))
         # reg / N per column in float64, for the preconditioner; derived, so not in checkpoints.
         reg_over_n = torch.tensor(regularization, dtype=torch.float64).reshape(-1, 1) / n_train
@@ -98,14 +100,25 @@ def preconditioner_statistics(
     *,
     standardize: bool,
     device: torch.device | str = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature (mean, std) of the training split, float64. Raw features take them from
-    PRECONDITIONER_ROWS evenly spaced rows: of the resident copy where it lives, else read from storage
-    and moved to `device`. Standardized features take every row: of the resident copy, else in one
-    streaming pass over the split."""
-    if resident is not None:
-        return device_moments(resident, sample_rows=None if standardize else PRECONDITIONER_ROWS)
+    shard: Shard | None = None,
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(rows, mean, std) of the training split's features, float64: how many rows they are estimated
+    from, and their statistics. Raw features take them from PRECONDITIONER_ROWS evenly spaced rows: of
+    the resident copy where it lives, else read from storage and moved to `device`. Standardized
+    features take every row: of the resident copy, else in one streaming pass over the split.
+
+    shard: `train` is this shard of the whole split (a data-parallel fit), and takes those of the
+    whole split's sampled rows that fall in it (every row, standardized); the shards' statistics
+    combine (`combine_moments`) into the whole split's.
+    """
     if standardize:
-        return feature_moments(train)
-    spaced = np.unique(np.linspace(0, len(train) - 1, min(len(train), PRECONDITIONER_ROWS)).round().astype(np.int64))
-    return device_moments(train.read(spaced).to(device))
+        mean, std = device_moments(resident) if resident is not None else feature_moments(train)
+        return len(train), mean, std
+    spaced = evenly_spaced_rows(shard.of if shard is not None else len(train), PRECONDITIONER_ROWS)
+    if shard is not None:
+        spaced = spaced[(spaced >= shard.rows.start) & (spaced < shard.rows.stop)] - shard.rows.start
+    if resident is not None:
+        mean, std = device_moments(resident, rows=spaced)
+    else:
+        mean, std = device_moments(train.read(spaced.numpy()).to(device))
+    return len(spaced), mean, std

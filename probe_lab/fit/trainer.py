@@ -9,7 +9,10 @@ check and the model summary, which a user's Trainer flag overrides. Its own fixe
 - `EarlyStopping` callbacks are dropped with `early_stopping=False`, progress bars with
   `progress_bar=False` (and Lightning's own bar is then off too);
 - its progress bar is `probe_lab.fit.progress_bar.lightning_progress_bar`'s (bars on a terminal only);
-- without any logger given, a `CSVLogger` writes `logs/metrics.csv` into the run folder.
+- without any logger given, a `CSVLogger` writes `logs/metrics.csv` into the run folder;
+- a data-parallel fit (`trainer.devices` × `trainer.num_nodes` processes) runs on a `DDPStrategy` it
+  builds, with collectives that time out after `collective_timeout_s` and without Lightning's
+  DistributedSampler (each process holds its own shard).
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.strategies import DDPStrategy
 
 from probe_lab.errors import ProbeLabError
 from probe_lab.fit.progress_bar import lightning_progress_bar
@@ -34,7 +39,6 @@ from probe_lab.settings.placement import Placement
 # Trainer arguments the placement and probe_lab's own pieces set; a Trainer flag cannot override them.
 DECIDED_ELSEWHERE = {
     "accelerator": "device=",
-    "devices": "device=cuda:<index>",
     "precision": "precision=",
     "callbacks": "the callbacks group",
     "logger": "the logger group",
@@ -107,6 +111,13 @@ def build_trainer(
     else:
         loggers = [CSVLogger(logs_dir, name="logs", version="")] if logs_dir is not None else False
     full_batch = placement.full_batch
+    options = dict(parts.trainer_options)
+    options.pop("devices", None)  # the placement's: one device, or the data-parallel processes per node
+    options.pop("strategy", None)
+    strategy: str | DDPStrategy = "auto"
+    if placement.processes.data_parallel:
+        strategy = DDPStrategy(timeout=timedelta(seconds=config.collective_timeout_s))
+        options.setdefault("use_distributed_sampler", False)
     chosen: dict[str, Any] = {
         "max_epochs": 1 if full_batch else config.max_iterations,
         "accumulate_grad_batches": 1 if full_batch else config.gradient_accumulation_steps,
@@ -116,9 +127,10 @@ def build_trainer(
         "default_root_dir": str(out_dir),
     }
     return parts.trainer_class(
-        **(chosen | parts.trainer_options),
+        **(chosen | options),
         accelerator=placement.accelerator,
         devices=placement.lightning_devices,
+        strategy=strategy,
         precision=placement.trainer_precision,
         callbacks=callbacks,
         logger=loggers,

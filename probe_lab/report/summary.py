@@ -33,7 +33,9 @@ def run_summary_lines(backend: str, reason: str, metrics: dict[str, Any], out_di
         lines.insert(
             2,
             f"  place    {placement['optimizer']}, training split {size_text(placement['train_gb'] * 1e9)} "
-            f"{placement['train']} ({HOMES[placement['train']]})" + _kept_on_device(placement),
+            + _per_process(placement)
+            + f"{placement['train']} ({HOMES[placement['train']]})"
+            + _kept_on_device(placement),
         )
     for point in metrics.get("regularization_path", []):
         chosen = "  ← chosen" if point["regularization"] == metrics["regularization"] else ""
@@ -74,6 +76,12 @@ def parity_lines(numbers: dict[str, Any]) -> list[str]:
         f"max |Δ p| {numbers['max_abs_delta_probability']:.4f}"
     )
     return lines
+
+
+def _per_process(placement: dict[str, Any]) -> str:
+    """A data-parallel fit's sizes are one process's shard."""
+    processes = placement.get("processes", 1)
+    return f"per process × {processes} processes, " if processes > 1 else ""
 
 
 def _kept_on_device(placement: dict[str, Any]) -> str:

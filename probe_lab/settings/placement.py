@@ -22,10 +22,17 @@ MemAvailable), and sizes in the data's stored dtype:
   GPU once when they fit B together, so training, validation and scoring never touch the host;
 - a single-layer store is then copied onto the GPU by the scan that verifies it (one read of the
   store) when twice the store fits B: the whole store is held until its splits are copied out.
+
+A data-parallel fit (`Processes`: `trainer.devices` × `trainer.num_nodes` processes) is decided the
+same way for one process's shard of the training and validation rows, against one device's B; the
+defaults of B on the CPU and of H (half the available RAM) are shared by the processes of a node.
+Its splits stay on the host until each process holds its own shard, and its device is bound per
+process (`for_process`) once the Trainer has said which device each process drives.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -36,6 +43,7 @@ from typing import Any
 import torch
 
 from probe_lab.errors import ProbeLabError
+from probe_lab.settings.parallel import Processes
 from probe_lab.settings.probe import OptimizerName
 from probe_lab.settings.training import ProbeTrainingConfig
 
@@ -72,15 +80,20 @@ class SplitBytes:
 class Placement:
     """Where and how one fit runs. See the module docstring for the rules that produce it."""
 
-    device: torch.device  # the training device: the CPU or one GPU
+    device: torch.device  # the training device: the CPU or one GPU (for a data-parallel fit, this process's)
     precision: str  # Lightning's precision for the run ("32", "16-mixed", "bf16-mixed")
     budget_bytes: int
     train_home: DataHome
     splits_on_device: bool  # every split loaded onto the GPU once
     scan_onto_device: bool  # a store's scan copies it onto the GPU as it reads
     optimizer: OptimizerName = OptimizerName.lbfgs  # lbfgs (full batch) or adamw (minibatches)
-    train_bytes: int = 0  # the training split's size in its stored dtype
+    train_bytes: int = 0  # the training split's size in its stored dtype (one process's shard of it)
     device_bytes: int = 0  # of a GPU fit's training split beyond the budget: the part kept on the GPU
+    processes: Processes = Processes()  # one, or the data-parallel group's
+
+    def for_process(self, device: torch.device) -> Placement:
+        """This placement for the process of a data-parallel fit that drives `device`."""
+        return dataclasses.replace(self, device=device)
 
     @property
     def full_batch(self) -> bool:
@@ -110,16 +123,21 @@ class Placement:
 
     @property
     def lightning_devices(self) -> list[int] | int:
-        """Lightning's `devices`: the one GPU by index, or 1 (the CPU)."""
+        """Lightning's `devices`: the one GPU by index, or 1 (the CPU); for a data-parallel fit, the
+        number of processes per node."""
+        if self.processes.data_parallel:
+            return self.processes.devices
         return [self.device.index or 0] if self.device.type == "cuda" else 1
 
     def describe(self) -> str:
         """The placement in one line, for the run's log and summary."""
         where = "on the device" if self.splits_on_device else "on the host"
         kept = f" ({size_text(self.device_bytes)} of it kept on the device)" if self.device_bytes else ""
+        count = self.processes.count
+        shard = f" per process ({count} processes, one shard each)" if count > 1 else ""
         return (
             f"{self.device}, precision {self.precision}, {self.optimizer.value}; training split "
-            f"{size_text(self.train_bytes)} {self.train_home.value}{kept}, splits held {where}, "
+            f"{size_text(self.train_bytes)}{shard} {self.train_home.value}{kept}, splits held {where}, "
             f"memory budget {self.budget_bytes / 1e9:.1f} GB"
         )
 
@@ -135,6 +153,7 @@ class Placement:
             "memory_budget_gb": self.budget_bytes / 1e9,
             "train_gb": self.train_bytes / 1e9,
             "train_on_device_gb": (self.train_bytes if self.train_resident else self.device_bytes) / 1e9,
+            "processes": self.processes.count,
         }
 
 
@@ -143,8 +162,15 @@ def size_text(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.1f} MB"
 
 
-def decide_placement(config: ProbeTrainingConfig, sizes: SplitBytes, *, backend: str = "pytorch") -> Placement:
-    """The placement of a fit with `config` on data of these sizes (see the module docstring).
+def decide_placement(
+    config: ProbeTrainingConfig,
+    sizes: SplitBytes,
+    *,
+    backend: str = "pytorch",
+    processes: Processes = Processes(),
+) -> Placement:
+    """The placement of a fit with `config` on data of these sizes (see the module docstring), in
+    `processes` (one by default; the sklearn backend always fits in one).
 
     The sklearn backend fits in host memory: its placement is the CPU, 32-bit, resident, whatever
     `config.device` asks for.
@@ -154,25 +180,41 @@ def decide_placement(config: ProbeTrainingConfig, sizes: SplitBytes, *, backend:
         budget = memory_budget(config.memory_budget_gb, cpu)
         return Placement(cpu, "32", budget, DataHome.resident, False, False, train_bytes=sizes.train)
     device = training_device(config.device)
+    if processes.data_parallel and device.index:
+        raise ProbeLabError(
+            f"device={config.device} names one GPU, but trainer.devices={processes.devices} asks for "
+            f"{processes.devices} processes per node, which use GPUs 0 to {processes.devices - 1}: use device=cuda"
+        )
+    if processes.data_parallel and config.optimizer is OptimizerName.adamw:
+        raise ProbeLabError(
+            "probe.optimizer=adamw trains in one process: a data-parallel fit (trainer.devices, "
+            "trainer.num_nodes) is full-batch L-BFGS (probe.optimizer=auto or lbfgs)"
+        )
     precision = resolve_precision(config, device)
-    budget = memory_budget(config.memory_budget_gb, device)
     on_gpu = device.type == "cuda"
+    node_share = processes.devices  # the processes of a node share its RAM
+    budget = memory_budget(config.memory_budget_gb, device, share=1 if on_gpu else node_share)
+    per_process = -(-sizes.train // processes.count), -(-sizes.val // processes.count)
+    train_bytes, val_bytes = per_process
     optimizer = OptimizerName.adamw if config.optimizer is OptimizerName.adamw else OptimizerName.lbfgs
     if optimizer is OptimizerName.adamw:
         home = DataHome.streamed
-    elif sizes.train + (sizes.val if on_gpu else 0) <= budget:
+    elif train_bytes + (val_bytes if on_gpu else 0) <= budget:
         home = DataHome.resident
-    elif on_gpu and sizes.train <= host_budget(config.host_budget_gb):
+    elif on_gpu and train_bytes <= host_budget(config.host_budget_gb, share=node_share):
         home = DataHome.host
     else:
         home = DataHome.streamed
-    splits_on_device = on_gpu and home is DataHome.resident and sizes.train + sizes.val + sizes.test <= budget
+    splits_on_device = (
+        on_gpu
+        and not processes.data_parallel
+        and home is DataHome.resident
+        and sizes.train + sizes.val + sizes.test <= budget
+    )
     scan = splits_on_device and sizes.store is not None and 2 * sizes.store <= budget
     # What the budget holds of a split beyond it stays on the GPU; only the rest is copied at each pass.
-    kept = (
-        min(sizes.train, budget) if on_gpu and optimizer is OptimizerName.lbfgs and home is not DataHome.resident else 0
-    )
-    return Placement(device, precision, budget, home, splits_on_device, scan, optimizer, sizes.train, kept)
+    kept = min(train_bytes, budget) if on_gpu and optimizer is OptimizerName.lbfgs and home is not DataHome.resident else 0
+    return Placement(device, precision, budget, home, splits_on_device, scan, optimizer, train_bytes, kept, processes)
 
 
 def training_device(requested: str) -> torch.device:
@@ -208,19 +250,20 @@ def warn_once(message: str) -> None:
     log.warning(message)
 
 
-def host_budget(configured_gb: float | None) -> int:
-    """Bytes of pinned host memory a training split beyond the device's budget may be held in."""
-    return int(configured_gb * 1e9) if configured_gb is not None else available_ram() // 2
+def host_budget(configured_gb: float | None, *, share: int = 1) -> int:
+    """Bytes of pinned host memory a training split beyond the device's budget may be held in: the
+    configured GB, or half the available RAM divided among `share` processes."""
+    return int(configured_gb * 1e9) if configured_gb is not None else available_ram() // 2 // share
 
 
-def memory_budget(configured_gb: float | None, device: torch.device) -> int:
+def memory_budget(configured_gb: float | None, device: torch.device, *, share: int = 1) -> int:
     """Bytes of activations the device may hold: the configured GB, or half the device's memory
-    (total GPU memory on CUDA, available RAM on the CPU)."""
+    (total GPU memory on CUDA, available RAM on the CPU divided among `share` processes)."""
     if configured_gb is not None:
         return int(configured_gb * 1e9)
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device.index or 0).total_memory // 2
-    return available_ram() // 2
+    return available_ram() // 2 // share
 
 
 def available_ram() -> int:

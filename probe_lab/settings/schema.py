@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from probe_lab.errors import ProbeLabError
 from probe_lab.settings.data import SCHEMAS, DataSettings
+from probe_lab.settings.parallel import DEFAULT_COLLECTIVE_TIMEOUT_S
 from probe_lab.settings.probe import ProbeSettings
 from probe_lab.settings.training import PRECISIONS
 
@@ -58,17 +59,22 @@ class DeviceConfig:
     full-batch L-BFGS; beyond it each evaluation streams the split from pinned host memory or storage.
     null: half the device's memory (total GPU memory on CUDA, available RAM on the CPU).
     host_budget_gb: on a GPU, how much pinned host memory a training split beyond memory_budget_gb may
-    be held in (null: half the available RAM; 0: none, the split is read from storage at every pass)."""
+    be held in (null: half the available RAM; 0: none, the split is read from storage at every pass).
+    collective_timeout_s: in a data-parallel fit, how long a process waits for the others (to start,
+    and at each evaluation's all-reduce) before it stops with an error instead of hanging."""
 
     name: DeviceName = DeviceName.auto
     memory_budget_gb: float | None = None
     host_budget_gb: float | None = None
+    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
             raise ProbeLabError(f"device.memory_budget_gb must be positive, got {self.memory_budget_gb}")
         if self.host_budget_gb is not None and not self.host_budget_gb >= 0:
             raise ProbeLabError(f"device.host_budget_gb must be >= 0, got {self.host_budget_gb}")
+        if not self.collective_timeout_s > 0:
+            raise ProbeLabError(f"device.collective_timeout_s must be positive, got {self.collective_timeout_s}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 from probe_lab.errors import ProbeLabError
 from probe_lab.settings.checks import require_positive
 from probe_lab.settings.data import StreamingSettings
+from probe_lab.settings.parallel import DEFAULT_COLLECTIVE_TIMEOUT_S
 from probe_lab.settings.probe import Penalty, ProbeSettings, SklearnSolver
 
 PRECISIONS = ("32", "16-mixed", "bf16-mixed")
@@ -38,6 +39,8 @@ class ProbeTrainingConfig(ProbeSettings):
     host_budget_gb: on a GPU, the pinned host memory a split beyond `memory_budget_gb` may be held in
     (None: half the available RAM; 0: none, it is read from storage at every evaluation).
     streaming: how minibatches stream (reader threads, read size, shuffling, prefetch).
+    collective_timeout_s: in a data-parallel fit, how long a process waits for the others before it
+    stops with an error.
     """
 
     validation_split: float = 0.2
@@ -48,6 +51,7 @@ class ProbeTrainingConfig(ProbeSettings):
     memory_budget_gb: float | None = None
     host_budget_gb: float | None = None
     streaming: StreamingSettings = field(default_factory=StreamingSettings)
+    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,6 +61,7 @@ class ProbeTrainingConfig(ProbeSettings):
             require_positive(self.memory_budget_gb, "memory_budget_gb")
         if self.host_budget_gb is not None and not self.host_budget_gb >= 0:
             raise ProbeLabError(f"host_budget_gb must be >= 0, got {self.host_budget_gb}")
+        require_positive(self.collective_timeout_s, "collective_timeout_s")
         if self.precision is not None:
             self.precision = str(self.precision)
             if self.precision not in PRECISIONS:
