@@ -91,7 +91,9 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
     sizes = source.split_bytes(settings.data.validation_split, settings.data.test_split)
     processes = Processes.from_trainer_flags(settings.trainer) if choice.name == "pytorch" else Processes()
     if settings.parity and processes.data_parallel:
-        raise ProbeLabError("experiment=parity trains in one process: leave trainer.devices and trainer.num_nodes unset")
+        raise ProbeLabError(
+            "experiment=parity trains in one process: leave trainer.devices and trainer.num_nodes unset"
+        )
     # Parity loads the data as the pytorch backend would; sklearn reads it from wherever it is held.
     backend = "pytorch" if settings.parity else choice.name
     placement = decide_placement(config, sizes, backend=backend, processes=processes)

@@ -24,6 +24,7 @@ from probe_lab.backends.base import FitResult, ProbeTrainer
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.errors import ProbeLabError
 from probe_lab.fit.datamodule import ProbeDataModule
+from probe_lab.fit.distributed import is_collective_failure, lost_process
 from probe_lab.fit.module import ProbeModule, prepared_module
 from probe_lab.fit.trainer import LightningParts, build_trainer, quiet_lightning
 from probe_lab.probe import ProbeWeights
@@ -124,8 +125,13 @@ class TorchProbeTrainer(ProbeTrainer):
                 shard=(datamodule.train, datamodule.train_shard) if processes > 1 else None,
             )
             stages = {"load_seconds": loaded - start, "statistics_seconds": time.perf_counter() - loaded}
-            with quiet_lightning():
-                trainer.fit(module, datamodule=datamodule)
+            try:
+                with quiet_lightning():
+                    trainer.fit(module, datamodule=datamodule)
+            except RuntimeError as err:  # Lightning's and DDP's own collectives fail this way too
+                if processes > 1 and is_collective_failure(err):
+                    raise lost_process(rank, processes, err) from None
+                raise
             if not placement.full_batch:  # a full-batch fit's one checkpoint holds the module's own state
                 _load_best_checkpoint(trainer, module)
             epochs, steps = trainer.current_epoch, trainer.global_step

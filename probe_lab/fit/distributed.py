@@ -77,13 +77,26 @@ class FitGroup:
         start = time.perf_counter()
         try:
             collective()
-        except (RuntimeError, dist.DistError) as err:  # gloo raises RuntimeError, NCCL DistBackendError
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ProbeLabError(
-                f"process {self.rank} of {self.size}: the data-parallel fit stopped because another process "
-                f"failed or did not answer within device.collective_timeout_s ({reason})"
-            ) from None
+        except (RuntimeError, dist.DistError) as err:
+            if not is_collective_failure(err):
+                raise
+            raise lost_process(self.rank, self.size, err) from None
         self.seconds += time.perf_counter() - start
+
+
+def is_collective_failure(err: BaseException) -> bool:
+    """Whether `err` is a collective that failed because another process did (NCCL raises DistError
+    and its subclasses; gloo a RuntimeError from its transport) rather than an error of this process."""
+    return isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and "gloo" in str(err))
+
+
+def lost_process(rank: int, size: int, err: BaseException) -> ProbeLabError:
+    """The one line a process of a data-parallel fit stops with when a collective failed."""
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return ProbeLabError(
+        f"process {rank} of {size}: the data-parallel fit stopped because another process failed or did "
+        f"not answer within device.collective_timeout_s ({reason})"
+    )
 
 
 @dataclass(frozen=True)

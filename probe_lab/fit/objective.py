@@ -25,7 +25,6 @@ K regularization values are K independent objectives summed over the columns of 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -51,6 +51,9 @@ class Processes:
         return cls(devices, nodes)
 
 
+ONE_PROCESS = Processes()
+
+
 def _count(flags: dict[str, Any], name: str) -> int:
     value = flags.get(name)
     if value is None:

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from probe_lab.errors import ProbeLabError
-from probe_lab.settings.parallel import Processes
+from probe_lab.settings.parallel import ONE_PROCESS, Processes
 from probe_lab.settings.probe import OptimizerName
 from probe_lab.settings.training import ProbeTrainingConfig
 
@@ -89,7 +89,7 @@ class Placement:
     optimizer: OptimizerName = OptimizerName.lbfgs  # lbfgs (full batch) or adamw (minibatches)
     train_bytes: int = 0  # the training split's size in its stored dtype (one process's shard of it)
     device_bytes: int = 0  # of a GPU fit's training split beyond the budget: the part kept on the GPU
-    processes: Processes = Processes()  # one, or the data-parallel group's
+    processes: Processes = ONE_PROCESS  # one, or the data-parallel group's
 
     def for_process(self, device: torch.device) -> Placement:
         """This placement for the process of a data-parallel fit that drives `device`."""
@@ -167,7 +167,7 @@ def decide_placement(
     sizes: SplitBytes,
     *,
     backend: str = "pytorch",
-    processes: Processes = Processes(),
+    processes: Processes = ONE_PROCESS,
 ) -> Placement:
     """The placement of a fit with `config` on data of these sizes (see the module docstring), in
     `processes` (one by default; the sklearn backend always fits in one).
@@ -213,7 +213,8 @@ def decide_placement(
     )
     scan = splits_on_device and sizes.store is not None and 2 * sizes.store <= budget
     # What the budget holds of a split beyond it stays on the GPU; only the rest is copied at each pass.
-    kept = min(train_bytes, budget) if on_gpu and optimizer is OptimizerName.lbfgs and home is not DataHome.resident else 0
+    beyond = on_gpu and optimizer is OptimizerName.lbfgs and home is not DataHome.resident
+    kept = min(train_bytes, budget) if beyond else 0
     return Placement(device, precision, budget, home, splits_on_device, scan, optimizer, train_bytes, kept, processes)
 
 
