@@ -104,3 +104,19 @@ def test_data_parallel_settings_it_cannot_honour_are_refused_in_one_line(cli, fl
     assert message in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
     assert not (result.run_dir / "metrics.json").exists()
+
+
+def test_torchrun_starts_the_processes_and_only_the_first_writes(single, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "probe_lab", "progress_bar=false", *DATA, "trainer.devices=2", f"hydra.run.dir={run_dir}"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("probe_lab: pytorch backend") == 1
+    assert _cosine(_weights(run_dir), _weights(single.run_dir)) >= 0.99999
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the other process wrote nothing
+    assert sorted(p.name for p in run_dir.glob("*.log")) == ["probe_lab.log"]

@@ -135,8 +135,12 @@ class PredictConfig:
 
 
 def register_configs() -> None:
-    """The app schemas, and one schema per data source (`data/<source>_schema`, which each
-    conf/data/<source>.yaml names first in its defaults)."""
+    """The app schemas, one schema per data source (`data/<source>_schema`, which each
+    conf/data/<source>.yaml names first in its defaults), and the resolver the SLURM launcher uses."""
+    # hydra/launcher=slurm's tasks and GPUs per node: trainer.devices, one when unset.
+    OmegaConf.register_new_resolver(
+        "probe_lab.per_node", lambda devices: 1 if devices is None else int(devices), replace=True
+    )
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     store.store(name="predict_schema", node=PredictConfig)
