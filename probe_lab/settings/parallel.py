@@ -87,3 +87,10 @@ def _number(text: str) -> int:
         return int(text)
     except ValueError:
         return 0
+
+
+def launched_processes() -> int:
+    """How many processes a launcher started for this command (torchrun's and Lightning's WORLD_SIZE,
+    SLURM's SLURM_NTASKS); 1 when it was started on its own."""
+    env = os.environ
+    return max(_number(env.get("WORLD_SIZE", "1")), _number(env.get("SLURM_NTASKS", "1")), 1)

@@ -24,6 +24,7 @@ from probe_lab.report.run_log import print_block
 from probe_lab.report.sweep.collect import backend_pairs, collect_rows
 from probe_lab.report.sweep.job import FAILED, PARITY_FILE, JobRow, error_line
 from probe_lab.report.sweep.render import SUMMARY_FILES, terminal_lines, write_csv, write_markdown
+from probe_lab.settings.parallel import follower_process
 
 
 class SweepSummary(Callback):
@@ -34,6 +35,8 @@ class SweepSummary(Callback):
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if follower_process():  # the first process of a data-parallel sweep summarizes it
+            return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         output_subdir = config.hydra.output_subdir
         if output_subdir is None:
