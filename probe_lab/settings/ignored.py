@@ -24,6 +24,7 @@ PYTORCH_ONLY = (
     "probe.early_stopping_patience",
     "device.memory_budget_gb",
     "device.host_budget_gb",
+    "device.collective_timeout_s",
 )
 SKLEARN_ONLY = ("probe.solver",)
 # What only minibatch AdamW reads: full-batch L-BFGS takes one step per epoch over resident data.
