@@ -28,7 +28,7 @@ from probe_lab.cli_help import answer_help_or_version, training_help
 from probe_lab.errors import ProbeLabError
 from probe_lab.report.run_log import RUN_LOG
 from probe_lab.report.sweep.job import ERROR_FILE, error_line, record_failure, start_job
-from probe_lab.settings.parallel import Processes, follower_process, launched_processes
+from probe_lab.settings.parallel import follower_process
 from probe_lab.settings.schema import RunConfig, register_configs, to_settings
 
 register_configs()
@@ -84,13 +84,6 @@ def sweep_job(cfg: DictConfig, out_dir: Path) -> float:
     follower = follower_process()  # a SLURM task of a data-parallel job other than the first
     job_id = None if follower else start_job(out_dir)
     try:
-        processes = Processes.from_trainer_flags(cfg.get("trainer") or {})
-        if processes.data_parallel and launched_processes() == 1:
-            # Lightning's own launcher would start the others by rerunning this command: the whole sweep.
-            raise ProbeLabError(
-                f"trainer.devices={processes.devices} in a sweep: a sweep job's processes are started by its "
-                "launcher (hydra/launcher=slurm, one task per process) or by torchrun"
-            )
         result = run(cfg, out_dir, job_id)
     except Exception as err:
         report_failure(out_dir, err, job_id, record=not follower)

@@ -35,7 +35,7 @@ from probe_lab.report.sweep.job import JOB_ID_KEY
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.backend import BackendChoice, resolve_backend
 from probe_lab.settings.ignored import ignored_trainer_flags
-from probe_lab.settings.parallel import Processes, follower_process
+from probe_lab.settings.parallel import Processes, follower_process, launched_processes
 from probe_lab.settings.placement import Placement, decide_placement
 from probe_lab.settings.schema import ModelConfig, RunConfig, to_settings
 
@@ -90,6 +90,12 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
     )
     sizes = source.split_bytes(settings.data.validation_split, settings.data.test_split)
     processes = Processes.from_trainer_flags(settings.trainer) if choice.name == "pytorch" else Processes()
+    if job_id is not None and processes.data_parallel and launched_processes() == 1:
+        # Lightning's own launcher would start the other processes by rerunning this command: the whole sweep.
+        raise ProbeLabError(
+            f"trainer.devices={processes.devices} in a sweep: a sweep job's processes are started by its "
+            "launcher (hydra/launcher=slurm, one task per process) or by torchrun"
+        )
     if settings.parity and processes.data_parallel:
         raise ProbeLabError(
             "experiment=parity trains in one process: leave trainer.devices and trainer.num_nodes unset"

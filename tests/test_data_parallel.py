@@ -120,3 +120,14 @@ def test_torchrun_starts_the_processes_and_only_the_first_writes(single, tmp_pat
     assert _cosine(_weights(run_dir), _weights(single.run_dir)) >= 0.99999
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the other process wrote nothing
     assert sorted(p.name for p in run_dir.glob("*.log")) == ["probe_lab.log"]
+
+
+def test_a_sweep_job_does_not_start_its_own_processes(tmp_path) -> None:
+    from tests.conftest import run_module
+
+    sweep = tmp_path / "sweep"
+    flags = ("backend=pytorch", "device=cpu", "data.n=400", "trainer.devices=2", "progress_bar=false")
+    result = run_module("probe_lab", "-m", *flags, f"hydra.sweep.dir={sweep}", run_dir=tmp_path / "run")
+    assert result.returncode != 0
+    assert "trainer.devices=2 in a sweep: a sweep job's processes are started by its launcher" in result.stdout
+    assert (sweep / "0" / "error.txt").exists() and not (sweep / "0" / "metrics.json").exists()
