@@ -2,6 +2,7 @@
 streamed from an activation store — side by side, each evaluation against the floor of its home.
 
     python benchmarks/streamed_lbfgs.py [--store PATH] [--n 786432] [--dim 8192] [--budget-gb 2] [--adamw]
+                                        [--threads 2 4 8]
 
 Writes a float16 store of activation-like rows (drawn on the GPU when there is one) unless `--store`
 already holds one, then fits the pytorch backend on its training split (60% of the rows):
@@ -10,7 +11,8 @@ already holds one, then fits the pytorch backend on its training split (60% of t
   the GPU at every evaluation;
 - streamed: the same budget with no host memory to spare, the split read from the store at every
   evaluation (page cache warm from the write: no cache is dropped);
-- with `--adamw`, minibatch AdamW streaming the same split to its early stop (the old fallback).
+- with `--adamw`, minibatch AdamW streaming the same split to its early stop (the old fallback);
+- with `--threads`, the streamed fit once per number of reader threads (`data.num_workers`).
 
 Floors, measured in the same run: the device's read of the resident split (one reduction over it),
 the pinned host→device copy of 1 GiB, and one sequential read of the store's files. For each home it
@@ -32,7 +34,7 @@ import torch
 from probe_lab.backends.pytorch import TorchProbeTrainer
 from probe_lab.data.splits import split_dataset
 from probe_lab.data.synthetic import activation_like, activation_like_tensor
-from probe_lab.settings import ProbeTrainingConfig
+from probe_lab.settings import ProbeTrainingConfig, StreamingSettings
 from probe_lab.store import ActivationStore
 
 BLOCK_ROWS = 16384
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=8192)
     parser.add_argument("--budget-gb", type=float, default=2.0)
     parser.add_argument("--adamw", action="store_true")
+    parser.add_argument("--threads", type=int, nargs="+", default=[StreamingSettings().num_workers])
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory(prefix="probe_lab-streamed-")
     store_path = args.store or Path(scratch.name) / "store"
@@ -129,14 +132,18 @@ def main() -> None:
     runs["resident"] = fit(splits)
     if gpu:
         runs["host"] = fit(splits, memory_budget_gb=args.budget_gb)
-    runs["streamed"] = fit(splits, memory_budget_gb=args.budget_gb, host_budget_gb=0)
+    for threads in args.threads:
+        streaming = StreamingSettings(num_workers=threads)
+        runs[f"streamed, {threads} threads"] = fit(
+            splits, memory_budget_gb=args.budget_gb, host_budget_gb=0, streaming=streaming
+        )
     if args.adamw:
         runs["adamw"] = fit(splits, optimizer="adamw", memory_budget_gb=args.budget_gb, learning_rate=0.01)
 
     reference = runs["resident"].coef_
     print("| home | optimizer | evaluations | s per evaluation | × floor | fit s | iterations | cosine to resident |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for trainer in runs.values():
+    for name, trainer in runs.items():
         details = trainer.fit_details
         cosine = float(trainer.coef_ @ reference / np.linalg.norm(trainer.coef_) / np.linalg.norm(reference))
         if details["optimizer"] == "lbfgs":
@@ -148,7 +155,7 @@ def main() -> None:
         else:
             evals, iterations, timing = f"{details['epochs']} epochs", "-", "- | -"
         print(
-            f"| {trainer.placement.train_home.value} | {details['optimizer']} | {evals} | {timing} | "
+            f"| {name} | {details['optimizer']} | {evals} | {timing} | "
             f"{trainer.fit_seconds:.2f} | {iterations} | {cosine:.6f} |"
         )
     scratch.cleanup()

@@ -104,7 +104,7 @@ class ProbeDataModule(pl.LightningDataModule):
                 self.train,
                 self.placement.device,
                 read_rows=self.read_rows if block_mb is None else max(1, int(block_mb * 2**20) // row_bytes),
-                threads=max(1, self.streaming.num_workers),
+                threads=max(1, self.streaming.reader_threads(full_batch=True)),
                 prefetch=self.streaming.prefetch_batches + 1,
                 hold_on_host=self.placement.train_home is DataHome.host,
                 device_bytes=self.placement.device_bytes,
@@ -135,7 +135,7 @@ class ProbeDataModule(pl.LightningDataModule):
         # come from reader threads in this process; validation batches are read straight from storage.
         # Rows already on a GPU come as they are read there, so there is nothing to pin.
         pin = torch.cuda.is_available() and dataset.device.type == "cpu"
-        workers = self.streaming.num_workers
+        workers = self.streaming.reader_threads(full_batch=False)
         if part not in self._streams:
             self._streams[part] = StreamedBatches(
                 dataset,

@@ -9,6 +9,7 @@ composition. `StreamingSettings` is declared once: the data group carries its fi
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -29,21 +30,33 @@ class StreamingSettings:
     """How a training split that is not resident streams from host memory or disk: AdamW's minibatches,
     or the blocks each full-batch L-BFGS evaluation reads (num_workers threads, read_mb per block).
 
-    num_workers: reader threads; read_mb: MB per contiguous read; shuffle_reads: reads shuffled
-    together; prefetch_batches: batches each reader thread keeps ready.
+    num_workers: reader threads (None: `reader_threads`' defaults); read_mb: MB per contiguous read;
+    shuffle_reads: reads shuffled together; prefetch_batches: batches each reader thread keeps ready.
     """
 
-    num_workers: int = field(default=2, metadata={"help": "streaming: reader threads"})
+    num_workers: int | None = field(
+        default=None,
+        metadata={"help": "streaming: reader threads (null: 2 for AdamW, up to 8 for full-batch passes)"},
+    )
     read_mb: float = field(default=16.0, metadata={"help": "streaming: MB per contiguous read"})
     shuffle_reads: int = field(default=4, metadata={"help": "AdamW streaming: reads shuffled together"})
     prefetch_batches: int = field(default=1, metadata={"help": "streaming: batches (blocks) each thread keeps ready"})
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ProbeLabError(f"data.num_workers must be a non-negative integer, got {self.num_workers!r}")
+        workers = self.num_workers
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+            raise ProbeLabError(f"data.num_workers must be a non-negative integer or null, got {workers!r}")
         require_positive(self.read_mb, "data.read_mb")
         for name in ("shuffle_reads", "prefetch_batches"):
             require_positive(getattr(self, name), f"data.{name}", integer=True)
+
+    def reader_threads(self, *, full_batch: bool) -> int:
+        """`num_workers`, or by default 2 for AdamW's minibatches and min(8, CPU cores) for the passes
+        of full-batch L-BFGS, each of which reads the whole split: on a GPU machine 2 threads read a
+        store at 2.8× a sequential read's time per pass and 8 at 1.0× (BENCHMARKS.md)."""
+        if self.num_workers is not None:
+            return self.num_workers
+        return min(8, os.cpu_count() or 1) if full_batch else 2
 
     def streaming(self) -> StreamingSettings:
         """These settings on their own (a data schema's streaming fields, without the rest)."""
