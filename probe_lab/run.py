@@ -35,7 +35,7 @@ from probe_lab.report.sweep.job import JOB_ID_KEY
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.backend import BackendChoice, resolve_backend
 from probe_lab.settings.ignored import ignored_trainer_flags
-from probe_lab.settings.parallel import Processes, follower_process, launched_processes
+from probe_lab.settings.parallel import ONE_PROCESS, Processes, follower_process, launched_processes
 from probe_lab.settings.placement import Placement, decide_placement
 from probe_lab.settings.schema import ModelConfig, RunConfig, to_settings
 
@@ -89,7 +89,7 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
         layer,
     )
     sizes = source.split_bytes(settings.data.validation_split, settings.data.test_split)
-    processes = Processes.from_trainer_flags(settings.trainer) if choice.name == "pytorch" else Processes()
+    processes = Processes.from_trainer_flags(settings.trainer) if choice.name == "pytorch" else ONE_PROCESS
     if job_id is not None and processes.data_parallel and launched_processes() == 1:
         # Lightning's own launcher would start the other processes by rerunning this command: the whole sweep.
         raise ProbeLabError(

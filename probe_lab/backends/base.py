@@ -28,7 +28,7 @@ from probe_lab.errors import ProbeLabError
 from probe_lab.probe import ProbeWeights, decision_functions, load_probe, save_probe
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.ignored import ignored_settings
-from probe_lab.settings.parallel import Processes
+from probe_lab.settings.parallel import ONE_PROCESS, Processes
 from probe_lab.settings.placement import Placement, SplitBytes, decide_placement
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class ProbeTrainer(ABC):
     @property
     def processes(self) -> Processes:
         """The processes a fit runs in (one, unless the backend trains data-parallel)."""
-        return Processes()
+        return ONE_PROCESS
 
     # -- training -------------------------------------------------------------------------------
     def fit(

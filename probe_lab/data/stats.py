@@ -43,18 +43,10 @@ def combine_moments(counts: torch.Tensor, means: torch.Tensor, stds: torch.Tenso
     """(mean, std) of the union of parts with these row counts (P,), means and stds (P, D), combined
     in float64 with Chan's formula in the parts' order (the same answer on every process that has them
     all)."""
-    count = 0.0
-    mean = torch.zeros_like(means[0], dtype=torch.float64)
-    m2 = torch.zeros_like(mean)
-    for k, part_mean, part_std in zip(counts.double().tolist(), means.double(), stds.double(), strict=True):
-        if k == 0:
-            continue
-        delta = part_mean - mean
-        total = count + k
-        mean += delta * (k / total)
-        m2 += part_std**2 * k + delta**2 * (count * k / total)
-        count = total
-    return mean, (m2 / max(count, 1.0)).sqrt()
+    moments = _Moments(means.shape[1], means.device)
+    for k, part_mean, part_std in zip(counts.long().tolist(), means.double(), stds.double(), strict=True):
+        moments.add(k, part_mean, part_std**2)
+    return moments.mean_std()
 
 
 def device_moments(
@@ -90,21 +82,35 @@ def _block_bytes(device: torch.device) -> int:
     return _GPU_BLOCK_BYTES if device.type == "cuda" else _CPU_BLOCK_BYTES
 
 
+class _Moments:
+    """Running (count, mean, sum of squared deviations) in float64, parts added by Chan's formula."""
+
+    def __init__(self, dim: int, device: torch.device) -> None:
+        self.count = 0
+        self.mean = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros_like(self.mean)
+
+    def add(self, k: int, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """A part of `k` rows with this mean and population variance."""
+        if k == 0:
+            return
+        delta = mean.double() - self.mean
+        total = self.count + k
+        self.mean += delta * (k / total)
+        self.m2 += var.double() * k + delta**2 * (self.count * k / total)
+        self.count = total
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mean, (self.m2 / max(self.count, 1)).sqrt()
+
+
 def _combined(
     blocks: Iterable[torch.Tensor], dim: int, device: torch.device, work: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chan's combination of each block's (mean, sum of squared deviations), in float64."""
-    count = 0
-    mean = torch.zeros(dim, dtype=torch.float64, device=device)
-    m2 = torch.zeros_like(mean)
+    moments = _Moments(dim, device)
     for block in blocks:
-        k = len(block)
-        if k == 0:
-            continue
-        block_var, block_mean = torch.var_mean(block.to(work), dim=0, correction=0)
-        delta = block_mean.double() - mean
-        total = count + k
-        mean += delta * (k / total)
-        m2 += block_var.double() * k + delta**2 * (count * k / total)
-        count = total
-    return mean, (m2 / max(count, 1)).sqrt()
+        if len(block):
+            block_var, block_mean = torch.var_mean(block.to(work), dim=0, correction=0)
+            moments.add(len(block), block_mean, block_var)
+    return moments.mean_std()

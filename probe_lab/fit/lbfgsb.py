@@ -16,7 +16,6 @@ runs the same algorithm and line search as sklearn, whose optimum the pytorch ba
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -179,8 +178,8 @@ class ScipyLBFGSB(torch.optim.Optimizer):
         load(result.x)
         self.result = result
         if self.control is not None:
-            outcome = LBFGSOutcome(float(result.fun), int(result.nit), int(result.nfev), int(result.status), False)
-            self.control.finish(dataclasses.replace(outcome, converged=self.converged))
+            fun, nit, nfev, status = float(result.fun), int(result.nit), int(result.nfev), int(result.status)
+            self.control.finish(LBFGSOutcome(fun, nit, nfev, status, self.converged))
         return self._count(result)
 
     def _follow(self, closure: Callable[[], torch.Tensor], control: LBFGSControl) -> torch.Tensor:
