@@ -268,3 +268,73 @@ def test_statistics_and_preconditioner_do_not_sync(splits) -> None:
         finally:
             torch.cuda.set_sync_debug_mode("default")
         assert torch.isfinite(module.probe.scale).all()
+
+
+def _fused_reference(x, y, weight, bias):
+    """Σ loss, ∂/∂w, ∂/∂b in float64 of the same (rounded) rows."""
+    weight64 = weight.double().requires_grad_()
+    bias64 = bias.double().requires_grad_()
+    logits = x.double() @ weight64 + bias64
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y.double(), reduction="sum")
+    loss.backward()
+    return loss.detach(), weight64.grad, bias64.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("rows", "dim"), [(20011, 1000), (3001, 8192), (5, 20000)])
+@pytest.mark.parametrize("launch", ["default", "one row per group", "more programs than groups"])
+def test_fused_loss_and_gradient_match_float64(dtype: torch.dtype, rows: int, dim: int, launch: str) -> None:
+    """One read of the rows gives the loss to float64's sum of float32 row losses and the gradient to
+    float32's order of error, for widths and row counts that are no multiple of the blocks, features
+    of very different scales, and more programs than groups of rows."""
+    from probe_lab.fit import fused_logistic
+
+    torch.manual_seed(dim)
+    x = (torch.randn(rows, dim, device="cuda") * torch.logspace(-2, 1.5, dim, device="cuda") + 1.0).to(dtype)
+    y = (torch.rand(rows, device="cuda") < 0.3).float()
+    weight = torch.randn(dim, device="cuda") * torch.logspace(-3, -1, dim, device="cuda")
+    bias = torch.randn(1, device="cuda")
+    padded = fused_logistic.launch_shape(x.device, dim).block_dim
+    shapes = {
+        "default": None,
+        "one row per group": fused_logistic.LaunchShape(100, 1, padded),
+        "more programs than groups": fused_logistic.LaunchShape(rows, 2, padded),
+    }
+    loss, grad_weight, grad_bias = fused_logistic.loss_and_gradient(x, y, weight, bias, launch=shapes[launch])
+    ref_loss, ref_weight, ref_bias = _fused_reference(x, y, weight, bias)
+    assert loss.dtype == torch.float64 and grad_weight.shape == (dim,) and grad_bias.shape == (1,)
+    assert abs(float(loss - ref_loss)) <= 1e-6 * float(ref_loss)
+    assert float((grad_weight.double() - ref_weight).norm() / ref_weight.norm()) <= 1e-5
+    assert abs(float(grad_bias.double() - ref_bias)) <= 1e-5 * float(ref_bias.abs()) + 1e-3
+
+
+def test_the_objective_reads_half_precision_rows_once_to_float64_accuracy() -> None:
+    """ProbeObjective.loss_sum takes the fused path for one probe on float16 rows on the GPU, with the
+    loss and gradient of float64 arithmetic (closer than the two products); a regularization path
+    keeps the two products."""
+    from probe_lab.data.synthetic import activation_like_tensor
+    from probe_lab.fit import fused_logistic
+    from probe_lab.fit.module import prepared_module
+    from probe_lab.settings import OptimizerName
+
+    x, labels = activation_like_tensor(30000, 384, seed=1, device="cuda")
+    y = torch.from_numpy(labels).float().cuda()
+    train = ActivationDataset(x, labels, name="train")
+    assert fused_logistic.applies(x, 1) and not fused_logistic.applies(x, 3)
+    assert not fused_logistic.applies(x.float(), 1)
+    module = prepared_module(train, [100.0], ProbeTrainingConfig(), OptimizerName.lbfgs, device="cuda", resident=x)
+    with torch.no_grad():
+        module.probe.linear.weight.normal_(std=0.3)
+    weight, bias = module.probe.folded()
+    logits = x.double() @ weight.double() + bias.double()
+    reference = torch.nn.functional.binary_cross_entropy_with_logits(logits, y.double(), reduction="mean")
+    reference.backward()
+    expected = module.probe.linear.weight.grad.double().clone()
+    for loss_sum, error in ((module.objective.loss_sum, 1e-5), (module.objective.two_product_loss_sum, 1e-3)):
+        module.zero_grad()
+        loss = loss_sum(module.probe, x, y) / len(x)
+        loss.backward()
+        assert abs(float(loss) - float(reference)) <= 1e-6 * float(reference)
+        # The two products carry the residuals to 2⁻²² of the largest, which cancellation amplifies.
+        grad = module.probe.linear.weight.grad.double()
+        assert float((grad - expected).norm() / expected.norm()) <= error

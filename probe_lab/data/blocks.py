@@ -10,13 +10,18 @@ split the device's budget holds); the rest has one of two homes:
   CUDA, into pinned memory, then copied to the GPU without blocking);
 - `host` (a GPU fit): the split is read once into pinned host memory, in blocks of their own (no
   allocation is rounded up to a power of two), and each pass copies them to the GPU.
+
+On a GPU, blocks from the host (pinned, either home) are copied on a side stream into two device
+buffers used in turn: the copy of the next block runs while the current one is computed on, and a
+buffer is written again only after the computation on its previous block (`_copied_to_device`).
 """
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -70,8 +75,37 @@ class SplitBlocks:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from zip(self.on_device, self.labels[: len(self.on_device)], strict=True)
         rest = iter(self.host) if self.host is not None else self._read_ahead(self.rest)
+        if self.pin:
+            rest = self._copied_to_device(rest)
         for block, labels in zip(rest, self.labels[len(self.on_device) :], strict=True):
             yield block.to(self.device, non_blocking=True), labels
+
+    def _copied_to_device(self, blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Pinned host `blocks` as views of two device buffers, each block's copy queued on the side
+        stream one block ahead; the current stream waits for a block's copy before it is yielded."""
+        compute = torch.cuda.current_stream(self.device)
+        side = _copy_stream(self.device)
+        largest = max((len(self.segments[index]) for index in self.rest), default=0) * self.dataset.dim
+        buffers: list[torch.Tensor] = []
+        released: list[torch.cuda.Event | None] = [None, None]  # each buffer's last use, as queued
+        queued: tuple[torch.Tensor, torch.cuda.Event, int] | None = None
+        for index, block in enumerate(blocks):
+            slot = index % 2
+            if len(buffers) <= slot:
+                buffers.append(torch.empty(largest, dtype=block.dtype, device=self.device))
+                buffers[slot].record_stream(side)  # not reused while a copy into it may be running
+            target = buffers[slot][: block.numel()].view(block.shape)
+            with torch.cuda.stream(side):
+                if released[slot] is not None:
+                    side.wait_event(released[slot])
+                target.copy_(block, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record(side)
+            if queued is not None:
+                yield from _computed_on(queued, compute, released)
+            queued = (target, copied, slot)
+        if queued is not None:
+            yield from _computed_on(queued, compute, released)
 
     def _read(self, index: int) -> torch.Tensor:
         segment = self.segments[index]
@@ -107,3 +141,22 @@ class SplitBlocks:
             stop.set()
             for reader in readers:
                 reader.join(timeout=5)
+
+
+@functools.cache
+def _copy_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for host-to-device copies of blocks, kept for the process."""
+    return torch.cuda.Stream(device)
+
+
+def _computed_on(
+    queued: tuple[torch.Tensor, torch.cuda.Event, int], compute: torch.cuda.Stream, released: list
+) -> Iterator[torch.Tensor]:
+    """Yield the copied block once `compute` waits for its copy; when the consumer asks for the next
+    one (its work on this block is queued), record that point as the last use of the block's buffer."""
+    block, copied, slot = queued
+    compute.wait_event(copied)
+    yield block
+    done = torch.cuda.Event()
+    done.record(compute)
+    released[slot] = done

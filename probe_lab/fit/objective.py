@@ -31,6 +31,7 @@ from torch import nn
 
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.stats import device_moments, evenly_spaced_rows, feature_moments
+from probe_lab.fit import fused_logistic
 from probe_lab.fit.distributed import Shard
 from probe_lab.fit.linear_probe import LinearProbe
 
@@ -80,8 +81,18 @@ class ProbeObjective(nn.Module):
         the sum over their blocks divided by N, plus `penalty` once.
 
         Each row's loss is float32; their sum is float64, so the objective's rounding stays far below
-        the decreases L-BFGS's line search has to see near the optimum.
+        the decreases L-BFGS's line search has to see near the optimum. For one probe, half-precision
+        rows on a GPU are read once for the loss and its gradient (`fused_logistic`); otherwise the
+        two products read them twice.
         """
+        if fused_logistic.applies(x, probe.outputs):
+            weight, bias = probe.folded()
+            return fused_logistic.fused_loss_sum(x, y, weight, bias)
+        return self.two_product_loss_sum(probe, x, y)
+
+    def two_product_loss_sum(self, probe: LinearProbe, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """`loss_sum` through the probe's forward pass and autograd: one product for the logits, one for
+        the gradient."""
         logits = probe(x)
         targets = y.float()[:, None].expand_as(logits) if logits.ndim == 2 else y.float()
         row_losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
