@@ -338,3 +338,27 @@ def test_the_objective_reads_half_precision_rows_once_to_float64_accuracy() -> N
         # The two products carry the residuals to 2⁻²² of the largest, which cancellation amplifies.
         grad = module.probe.linear.weight.grad.double()
         assert float((grad - expected).norm() / expected.norm()) <= error
+
+
+@pytest.mark.parametrize("hold_on_host", [True, False])  # page-locked host blocks, or read from the store per pass
+def test_blocks_copied_through_two_device_buffers_arrive_intact(store_splits, hold_on_host: bool) -> None:
+    """Every pass yields the split's rows in storage order on the GPU, also when each block is copied
+    on a side stream into a device buffer that the block before the last was computed on."""
+    from probe_lab.data.blocks import SplitBlocks
+
+    train = store_splits["float16"].train
+    kept = sum(len(s) for s in train.segments(300)[:2]) * train.dim * 2
+    blocks = SplitBlocks(
+        train, torch.device("cuda"), read_rows=300, threads=3, hold_on_host=hold_on_host, device_bytes=kept
+    )
+    assert len(blocks.on_device) == 2 and len(blocks.segments) > 8
+    if hold_on_host:
+        assert all(block.is_pinned() for block in blocks.host)
+    expected = train.read(np.concatenate(blocks.segments)).cuda()
+    work = torch.randn(train.dim, 4096, device="cuda")
+    for _ in range(2):
+        arrived = []
+        for x, _ in blocks:
+            torch.mm(x.float(), work)  # the GPU is busy with this block while the next ones are copied
+            arrived.append(x.clone())
+        assert torch.equal(torch.cat(arrived), expected)

@@ -8,8 +8,9 @@ split the device's budget holds); the rest has one of two homes:
 - `streamed`: each pass reads the rows from where they are stored (memory-mapped files, a store's
   shards, per-sample files), `threads` reader threads reading ahead in large contiguous reads (with
   CUDA, into pinned memory, then copied to the GPU without blocking);
-- `host` (a GPU fit): the split is read once into pinned host memory, in blocks of their own (no
-  allocation is rounded up to a power of two), and each pass copies them to the GPU.
+- `host` (a GPU fit): the split is read once into host memory, in blocks of their own (no allocation
+  is rounded up to a power of two), each block page-locked by the thread that read it
+  (`page_locked`), and each pass copies them to the GPU.
 
 On a GPU, blocks from the host (pinned, either home) are copied on a side stream into two device
 buffers used in turn: the copy of the next block runs while the current one is computed on, and a
@@ -21,12 +22,13 @@ from __future__ import annotations
 import functools
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.page_locked import page_locked
 from probe_lab.data.streaming import put_unless_stopped
 
 
@@ -57,11 +59,15 @@ class SplitBlocks:
         self.labels = [labels[segment].to(device) for segment in self.segments]  # small: kept where they are used
         row_bytes = dataset.dim * dataset.storage_dtype.itemsize
         kept = int(np.searchsorted(np.cumsum([len(s) * row_bytes for s in self.segments]), device_bytes, "right"))
-        self.on_device = [block.to(device) for block in self._read_ahead(range(kept))]
+        kept_segments = self.segments[:kept]
+        self.on_device: list[torch.Tensor] = []
+        if kept_segments:  # read once, the way whole splits are loaded onto the device
+            whole = dataset.subset(np.concatenate(kept_segments)).to_device(device)
+            self.on_device = list(torch.split(whole, [len(segment) for segment in kept_segments]))
         self.rest = range(kept, len(self.segments))
         self.host: list[torch.Tensor] | None = None
         if hold_on_host:
-            self.host = list(self._read_ahead(self.rest))
+            self.host = self._held_on_host()
 
     @property
     def rows(self) -> int:
@@ -113,9 +119,27 @@ class SplitBlocks:
         self.dataset.read_into(segment, out)
         return out
 
-    def _read_ahead(self, indices: range) -> Iterator[torch.Tensor]:
-        """The blocks of `indices` in order, read by `threads` threads (thread t reads the t-th, the
-        (t + threads)-th, ...), each keeping up to `prefetch` blocks ready; a reader's error is raised here."""
+    def _held_on_host(self) -> list[torch.Tensor]:
+        """The blocks beyond the device's part, read once into host memory, page-locked by their readers.
+
+        The memory is written (zeroed, in parallel by torch) before the reads: fresh pages faulted in by
+        the reader threads' copies, beside those threads' faults and releases of the mapped files, made
+        the reads several times slower than into memory already touched (BENCHMARKS.md)."""
+        dim, dtype = self.dataset.dim, self.dataset.storage_dtype
+        landing = {index: torch.zeros((len(self.segments[index]), dim), dtype=dtype) for index in self.rest}
+
+        def read(index: int) -> torch.Tensor:
+            block = landing.pop(index)
+            self.dataset.read_into(self.segments[index], block)
+            return page_locked(block) if self.pin else block
+
+        return list(self._read_ahead(self.rest, read=read))
+
+    def _read_ahead(self, indices: range, read: Callable[[int], torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
+        """The blocks of `indices` in order, read by `threads` threads with `read` (default `_read`;
+        thread t reads the t-th, the (t + threads)-th, ...), each keeping up to `prefetch` blocks ready;
+        a reader's error is raised here."""
+        read = read or self._read
         count = len(indices)
         queues: list[queue.Queue] = [queue.Queue(maxsize=self.prefetch) for _ in range(self.threads)]
         stop = threading.Event()
@@ -123,7 +147,7 @@ class SplitBlocks:
         def produce(part: int) -> None:
             try:
                 for position in range(part, count, self.threads):
-                    if not put_unless_stopped(queues[part], self._read(indices[position]), stop):
+                    if not put_unless_stopped(queues[part], read(indices[position]), stop):
                         return
             except BaseException as err:  # handed to the consumer, which raises it
                 put_unless_stopped(queues[part], err, stop)

@@ -6,8 +6,9 @@ resident (read once in its stored dtype; data already there is used in place; on
 validation split is held whole beside it), else a `SplitBlocks` that the module reads block by block
 at every evaluation (from pinned host memory, or from storage). For AdamW it comes as minibatches from
 `StreamedBatches`: large contiguous reads, shuffled by segment and within a buffer, seeded, by reader
-threads that gather batches (into pinned memory with CUDA). Validation batches not held on the
-device are read straight from storage.
+threads that gather batches (into pinned memory with CUDA). A validation split not held on the device
+comes as `SplitBlocks` too after a full-batch fit, and as batches read straight from storage in AdamW's
+epochs.
 
 In a data-parallel fit each process's DataModule holds its own contiguous shard of the training and
 of the validation rows (`rank` of `processes`), held as the placement says for one shard; the
@@ -16,10 +17,12 @@ processes' validation metrics are combined by torchmetrics.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from probe_lab.data.blocks import SplitBlocks
 from probe_lab.data.dataset import ActivationDataset
@@ -43,6 +46,16 @@ class _OneItem(Dataset):
 
     def __getitem__(self, index: int) -> object:
         return self.item
+
+
+class _Blocks(IterableDataset):
+    """The blocks of a `SplitBlocks`, one batch each, for a DataLoader."""
+
+    def __init__(self, blocks: SplitBlocks) -> None:
+        self.blocks = blocks
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.blocks)
 
 
 class ProbeDataModule(pl.LightningDataModule):
@@ -96,20 +109,29 @@ class ProbeDataModule(pl.LightningDataModule):
         """A full-batch training split that is not resident, as the blocks each evaluation reads (held
         in pinned host memory once, for the `host` home)."""
         if self._blocks is None:
-            # On a GPU a block's compute takes far less than its copy, and each block costs a few launches
-            # and an autograd call: blocks of GPU_BLOCK_MB keep that overhead small against the copy.
-            block_mb = max(self.streaming.read_mb, GPU_BLOCK_MB) if self.placement.device.type == "cuda" else None
-            row_bytes = self.train.dim * self.train.storage_dtype.itemsize
-            self._blocks = SplitBlocks(
+            self._blocks = self._split_blocks(
                 self.train,
-                self.placement.device,
-                read_rows=self.read_rows if block_mb is None else max(1, int(block_mb * 2**20) // row_bytes),
-                threads=max(1, self.streaming.reader_threads(full_batch=True)),
-                prefetch=self.streaming.prefetch_batches + 1,
                 hold_on_host=self.placement.train_home is DataHome.host,
                 device_bytes=self.placement.device_bytes,
             )
         return self._blocks
+
+    def _split_blocks(
+        self, dataset: ActivationDataset, *, hold_on_host: bool = False, device_bytes: int = 0
+    ) -> SplitBlocks:
+        # On a GPU a block's compute takes far less than its copy, and each block costs a few launches
+        # and an autograd call: blocks of GPU_BLOCK_MB keep that overhead small against the copy.
+        block_mb = max(self.streaming.read_mb, GPU_BLOCK_MB) if self.placement.device.type == "cuda" else None
+        row_bytes = dataset.dim * dataset.storage_dtype.itemsize
+        return SplitBlocks(
+            dataset,
+            self.placement.device,
+            read_rows=self.read_rows if block_mb is None else max(1, int(block_mb * 2**20) // row_bytes),
+            threads=max(1, self.streaming.reader_threads(full_batch=True)),
+            prefetch=self.streaming.prefetch_batches + 1,
+            hold_on_host=hold_on_host,
+            device_bytes=device_bytes,
+        )
 
     def train_dataloader(self) -> DataLoader:
         if self.placement.full_batch and self.placement.train_resident:
@@ -121,6 +143,8 @@ class ProbeDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self.placement.val_beside_train:
             return DataLoader(_OneItem(self._whole("val", self.val)), batch_size=None)
+        if self.placement.full_batch:  # validated once, read as the training blocks are
+            return DataLoader(_Blocks(self._split_blocks(self.val)), batch_size=None)
         return self._loader("val", self.val, shuffle=False)
 
     def _whole(self, part: str, dataset: ActivationDataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,8 @@ def _loss_and_residual(logits, labels):
     return loss, tl.sigmoid(logits) - labels
 
 
-@triton.jit
+# The row count varies from block to block (the last is short): one compiled kernel serves them all.
+@triton.jit(do_not_specialize=["rows"])
 def loss_and_gradient_sums(
     x_ptr,
     y_ptr,
