@@ -16,7 +16,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from probe_lab.settings.data import StreamingSettings
@@ -120,6 +120,68 @@ def predict_help(overrides: Sequence[str]) -> str:
         HYDRA_FLAGS,
     ]
     return "\n".join(lines if problem is None else [f"(overrides not applied: {problem})", *lines])
+
+
+def extract_help(overrides: Sequence[str]) -> str:
+    """`python -m probe_lab.extract [overrides] --help`."""
+    cfg, _, problem = _composed("extract", overrides)
+    comments = _nested_comments("extract")
+    settings = []
+    for key, value in _leaves(cfg):
+        if isinstance(value, ListConfig):
+            shown = f"[{','.join(map(str, value))}]"
+        else:
+            shown = OmegaConf.to_yaml(OmegaConf.create({"v": value})).removeprefix("v: ").strip()
+        settings.append(f"  {f'{key}={shown}':<38}{comments.get(key, '')}".rstrip())
+    lines = [
+        f"{version_line('probe_lab.extract')}: activations of a Hugging Face model over labelled texts, into a store",
+        "",
+        "usage: python -m probe_lab.extract model.path=M dataset.path=D.csv output=STORE [layers=[...]] [pooling=last]",
+        "",
+        "  Layer k is hidden_states[k] (0: the embeddings, -1: the last). Nothing is downloaded: model.path is a",
+        "  folder or a hub name in the local cache. Run the same command again to resume an interrupted one.",
+        "",
+        "Settings (key=value):",
+        *settings,
+        "",
+        "Then: python -m probe_lab data=store data.path=STORE [data.layer=I]  (I: the I-th extracted layer)",
+        "",
+        "Hydra:",
+        HYDRA_FLAGS,
+    ]
+    return "\n".join(lines if problem is None else [f"(overrides not applied: {problem})", *lines])
+
+
+def _leaves(cfg: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every setting but Hydra's own, missing ones as ???."""
+    for key in cfg:
+        name = f"{prefix}{key}"
+        if name == "hydra":
+            continue
+        if OmegaConf.is_missing(cfg, key):
+            yield name, "???"
+        elif isinstance(cfg[key], DictConfig):
+            yield from _leaves(cfg[key], f"{name}.")
+        else:
+            yield name, cfg[key]
+
+
+def _nested_comments(option: str) -> dict[str, str]:
+    """{dotted key: trailing comment} of an app config whose sections nest one level (`model:` then
+    indented keys)."""
+    found, section = {}, ""
+    for line in _yaml_text("", option).splitlines():
+        indented = line.startswith(" ")
+        match = re.match(r"^\s*([A-Za-z_][\w-]*):\s*(.*?)\s*(?:#\s?(.*))?$", line)
+        if not match or line.lstrip().startswith("#"):
+            continue
+        key, value, comment = match.groups()
+        if not indented:
+            section = key if not value else ""
+        name = f"{section}.{key}" if indented and section else key
+        if comment:
+            found[name] = comment.strip()
+    return found
 
 
 def _composed(config_name: str, overrides: Sequence[str]) -> tuple[DictConfig, dict[str, Any], str | None]:

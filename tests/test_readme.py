@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO
 
 README = (REPO / "README.md").read_text()
-EXAMPLE_FILES = ("acts.npy", "labels.npy", "layers.npy", "activations", "labels.txt")
+EXAMPLE_FILES = ("acts.npy", "labels.npy", "layers.npy", "activations", "labels.txt", "tiny-llama", "reviews.csv")
 # Commands needing an optional extra run only where it is installed.
 EXTRAS = {
     "logger=wandb": "wandb",
@@ -50,6 +50,8 @@ def outputs(words: list[str]) -> set[str]:
     """What a command writes that a later one may read: a convert's store, a named run folder."""
     if words[2] == "probe_lab.convert":
         return {words[4].rstrip("/")}
+    if words[2] == "probe_lab.extract":
+        return {word.split("=", 1)[1].rstrip("/") for word in words if word.startswith("output=")}
     return {word.split("=", 1)[1].rstrip("/") for word in words if word.startswith("hydra.run.dir=")}
 
 
@@ -59,12 +61,13 @@ def reads(words: list[str]) -> set[str]:
 
 @pytest.fixture(scope="session")
 def example_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The README's example-data snippet, run in a folder of its own."""
-    snippet = re.search(r"<!-- example-data -->\n```python\n(.*?)```", README, flags=re.S)
-    assert snippet is not None, "README.md has no example-data snippet"
+    """The README's example-data and example-model snippets, run in a folder of their own."""
     folder = tmp_path_factory.mktemp("readme_data")
-    done = subprocess.run([sys.executable, "-c", snippet.group(1)], cwd=folder, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    for name in ("example-data", "example-model"):
+        snippet = re.search(rf"<!-- {name} -->\n```python\n(.*?)```", README, flags=re.S)
+        assert snippet is not None, f"README.md has no {name} snippet"
+        done = subprocess.run([sys.executable, "-c", snippet.group(1)], cwd=folder, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
     assert all((folder / name).exists() for name in EXAMPLE_FILES)
     return folder
 
@@ -97,7 +100,7 @@ def run_command(words: list[str], folder: Path) -> subprocess.CompletedProcess:
 
 def test_the_readme_has_its_examples() -> None:
     programs = {words[2] for words in COMMANDS}
-    assert programs == {"probe_lab", "probe_lab.predict", "probe_lab.convert"}
+    assert programs == {"probe_lab", "probe_lab.predict", "probe_lab.convert", "probe_lab.extract"}
     assert len(COMMANDS) >= 20
 
 

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from probe_lab.errors import ProbeLabError
 from probe_lab.settings.data import SCHEMAS, DataSettings
+from probe_lab.settings.extract import ExtractConfig
 from probe_lab.settings.parallel import DEFAULT_COLLECTIVE_TIMEOUT_S
 from probe_lab.settings.probe import ProbeSettings
 from probe_lab.settings.training import PRECISIONS
@@ -144,6 +145,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     store.store(name="predict_schema", node=PredictConfig)
+    store.store(name="extract_schema", node=ExtractConfig)
     for source, schema in SCHEMAS.items():
         store.store(group="data", name=f"{source.value}_schema", node=schema)
 

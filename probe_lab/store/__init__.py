@@ -5,6 +5,10 @@ A store is a directory:
     manifest.json            format_version, dim, layers, dtype, rows, labels (file, checksum) and
                              shards (file, rows, checksum); written last
     labels.npy               int8 0/1, one per row
+    samples.npy              optional, int64 (rows, 2): each row's sample index and token position (−1:
+                             a pooled row), for stores an extraction wrote; the manifest also records
+                             its provenance (model, layers, pooling, dataset checksum, ...)
+    extraction.json          only while an extraction runs: its settings' identity and complete shards
     shard-00000.safetensors  one tensor "activations" of shape (rows, D) or (rows, L, D)
     ...
 

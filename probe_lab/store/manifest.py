@@ -16,6 +16,10 @@ from probe_lab.errors import ProbeLabError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LABELS = "labels.npy"
+# Optional: per row, the sample it came from and its token position (-1 for a pooled row), int64 (N, 2).
+SAMPLES = "samples.npy"
+# An extraction's record of its complete shards while it runs (probe_lab.extract); gone once complete.
+JOURNAL = "extraction.json"
 # The one tensor of a shard, and its dtype names in the safetensors header.
 TENSOR_NAME = "activations"
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
@@ -28,10 +32,10 @@ def shard_name(index: int) -> str:
 
 def is_store_file(name: str) -> bool:
     """Whether a file of this name is one a store writer makes (the only files overwriting deletes)."""
-    # `.manifest.json.partial…`: a manifest being written (probe_lab.artifacts.atomic_write_bytes).
+    # `.manifest.json.partial…`: a manifest being written (probe_lab.artifacts.atomic_write_bytes), or a journal.
     return (
-        name in (MANIFEST, LABELS)
-        or name.startswith(f".{MANIFEST}.partial")
+        name in (MANIFEST, LABELS, SAMPLES, JOURNAL)
+        or name.startswith((f".{MANIFEST}.partial", f".{JOURNAL}.partial"))
         or (name.startswith("shard-") and name.endswith(".safetensors"))
     )
 
@@ -53,6 +57,9 @@ class Manifest:
     labels: str
     labels_sha256: str  # of the labels file
     shards: tuple[ShardInfo, ...]
+    samples: str | None = None  # SAMPLES, when the rows record where they came from
+    samples_sha256: str | None = None
+    provenance: dict[str, Any] | None = None  # how the activations were made (model, layers, dataset, ...)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -69,6 +76,9 @@ class Manifest:
     def to_json(self) -> str:
         values = asdict(self)
         values["shards"] = [asdict(shard) for shard in self.shards]
+        for optional in ("samples", "samples_sha256", "provenance"):
+            if values[optional] is None:
+                del values[optional]
         return json.dumps(values, indent=1) + "\n"
 
     @classmethod
@@ -91,6 +101,9 @@ class Manifest:
                     ShardInfo(_field(s, "file", str), _field(s, "rows", int), _field(s, "sha256", str))
                     for s in _field(values, "shards", list)
                 ),
+                samples=_field(values, "samples", str, optional=True),
+                samples_sha256=_field(values, "samples_sha256", str, optional=True),
+                provenance=_field(values, "provenance", dict, optional=True),
             )
         except (TypeError, AttributeError) as err:
             raise ProbeLabError(f"{path}: malformed manifest ({err})") from None
@@ -107,7 +120,9 @@ class Manifest:
         held = sum(shard.rows for shard in self.shards)
         if held != self.rows:
             raise ProbeLabError(f"{path}: its shards hold {held} rows, not the {self.rows} it lists")
-        for name in [self.labels] + [shard.file for shard in self.shards]:
+        if (self.samples is None) != (self.samples_sha256 is None):
+            raise ProbeLabError(f"{path}: malformed manifest (samples and samples_sha256 go together)")
+        for name in [self.labels, *([self.samples] if self.samples else []), *(shard.file for shard in self.shards)]:
             if Path(name).name != name:
                 raise ProbeLabError(f"{path}: {name!r} must be a plain file name inside the store")
 

@@ -14,7 +14,7 @@ import torch
 from probe_lab.data.dataset import ActivationDataset, check_labels
 from probe_lab.data.tables import NUMPY_STORAGE, ArrayTable, DeviceTable, MappedFile, RowTable
 from probe_lab.errors import ProbeLabError
-from probe_lab.store.manifest import MANIFEST, SAFETENSORS_DTYPES, TENSOR_NAME, Manifest, ShardInfo
+from probe_lab.store.manifest import JOURNAL, MANIFEST, SAFETENSORS_DTYPES, TENSOR_NAME, Manifest, ShardInfo
 from probe_lab.store.scan import scan_shards
 from probe_lab.store.writer import DEFAULT_SHARD_MB, StoreWriter
 
@@ -47,6 +47,10 @@ class ActivationStore:
             raise ProbeLabError(f"{root}: store directory not found")
         manifest_path = root / MANIFEST
         if not manifest_path.is_file():
+            if (root / JOURNAL).is_file():
+                raise ProbeLabError(
+                    f"{root}: an unfinished extraction (no {MANIFEST} yet); run the same extraction again to resume it"
+                )
             raise ProbeLabError(f"{root}: no {MANIFEST}; not an activation store, or its writing was interrupted")
         manifest = Manifest.read(manifest_path)
         shards = [open_shard(root / shard.file, shard, manifest) for shard in manifest.shards]
@@ -68,6 +72,26 @@ class ActivationStore:
     @property
     def dtype(self) -> torch.dtype:
         return self.manifest.torch_dtype
+
+    @property
+    def provenance(self) -> dict:
+        """How the activations were made, as the manifest records it (empty when it does not)."""
+        return dict(self.manifest.provenance or {})
+
+    def samples(self) -> np.ndarray | None:
+        """int64 (rows, 2): each row's sample index and token position (−1 for a pooled row), checked
+        against the manifest's checksum; None for a store that does not record them."""
+        if self.manifest.samples is None:
+            return None
+        path = self.path / self.manifest.samples
+        if not path.is_file():
+            raise ProbeLabError(f"{path}: samples file listed in {MANIFEST} is missing")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != self.manifest.samples_sha256:
+            raise ProbeLabError(f"{path}: checksum mismatch; the file is corrupt or changed since it was written")
+        values = np.load(path, allow_pickle=False)
+        if values.shape != (self.rows, 2) or values.dtype != np.int64:
+            raise ProbeLabError(f"{path}: expected int64 ({self.rows}, 2), got {values.dtype} {values.shape}")
+        return values
 
     def table(self) -> ShardedTable:
         return ShardedTable([ArrayTable(shard, self.dtype) for shard in self._shards])

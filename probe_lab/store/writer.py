@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ from probe_lab.data.tables import DTYPE_NAMES, DTYPES
 from probe_lab.errors import ProbeLabError
 from probe_lab.store.manifest import (
     FORMAT_VERSION,
+    JOURNAL,
     LABELS,
     MANIFEST,
     SAFETENSORS_DTYPES,
+    SAMPLES,
     TENSOR_NAME,
     Manifest,
     ShardInfo,
@@ -42,24 +45,40 @@ class StoreWriter:
     """
 
     def __init__(
-        self, path: Path, dim: int, layers: int | None, dtype: str, *, shard_mb: float, overwrite: bool
+        self,
+        path: Path,
+        dim: int,
+        layers: int | None,
+        dtype: str,
+        *,
+        shard_mb: float,
+        overwrite: bool,
+        kept: Sequence[ShardInfo] = (),
+        kept_labels: np.ndarray | None = None,
     ) -> None:
+        """kept: shards already complete in `path` (an interrupted writing resumed), whose rows have
+        `kept_labels`; the writer goes on after them. Without `kept`, `path` is made a new store."""
         if dtype not in DTYPES:
             raise ProbeLabError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if dim < 1 or (layers is not None and layers < 1) or shard_mb <= 0:
             raise ProbeLabError(f"{path}: dim, layers and shard_mb must be positive")
-        prepare_directory(path, overwrite)
+        if kept:
+            for name in {p.name for p in path.iterdir()} - {shard.file for shard in kept} - {JOURNAL}:
+                if is_store_file(name):  # what an interrupted writer left unfinished
+                    (path / name).unlink()
+        else:
+            prepare_directory(path, overwrite)
         self.path, self.dim, self.layers, self.dtype = path, dim, layers, DTYPES[dtype]
         self.row_shape = (dim,) if layers is None else (layers, dim)
         row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
         self.shard_rows = max(1, int(shard_mb * 2**20) // row_bytes)
-        self._shards: list[ShardInfo] = []
-        self._labels: list[np.ndarray] = []
+        self._shards: list[ShardInfo] = list(kept)
+        self._labels: list[np.ndarray] = [] if kept_labels is None else [np.asarray(kept_labels, dtype=np.int8)]
         self._file: Any = None
         self._current_name = ""
         self._hash: Any = None
         self._rows_in_shard = 0
-        self.rows = 0
+        self.rows = sum(shard.rows for shard in kept)
         self.closed = False
 
     def __enter__(self) -> StoreWriter:
@@ -112,18 +131,38 @@ class StoreWriter:
         self._labels.append(labels)
         self.rows += len(values)
 
-    def close(self) -> Manifest:
-        """Finish the last shard, write labels.npy, then manifest.json (atomically, last)."""
+    @property
+    def shards(self) -> tuple[ShardInfo, ...]:
+        """The shards finished so far."""
+        return tuple(self._shards)
+
+    def end_shard(self) -> None:
+        """Finish the shard being written now, if it holds rows: the next rows start a new one."""
+        if self._file is not None and self._rows_in_shard:
+            self._finish_shard()
+
+    def interrupt(self) -> None:
+        """Stop writing, deleting only the shard being written: finished shards stay for a resume."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            (self.path / self._current_name).unlink(missing_ok=True)
+        self.closed = True
+
+    def close(self, *, samples: np.ndarray | None = None, provenance: dict[str, Any] | None = None) -> Manifest:
+        """Finish the last shard, write labels.npy (and `samples`, int64 (N, 2): each row's sample and
+        token position, as samples.npy), then manifest.json (atomically, last) with `provenance`."""
         if self.closed:
             raise ProbeLabError(f"{self.path}: the store is already closed")
         if self.rows == 0:
             raise ProbeLabError(f"{self.path}: no rows were appended")
         if self._file is not None:
             self._finish_shard()
-        with open(self.path / LABELS, "wb") as file:
-            np.save(file, np.concatenate(self._labels))
-            file.flush()
-            os.fsync(file.fileno())
+        _write_npy(self.path / LABELS, np.concatenate(self._labels))
+        if samples is not None:
+            if samples.shape != (self.rows, 2):
+                raise ValueError(f"samples must be ({self.rows}, 2), got {samples.shape}")
+            _write_npy(self.path / SAMPLES, samples.astype(np.int64))
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             dim=self.dim,
@@ -131,10 +170,14 @@ class StoreWriter:
             dtype=DTYPE_NAMES[self.dtype],
             rows=self.rows,
             labels=LABELS,
-            labels_sha256=hashlib.sha256((self.path / LABELS).read_bytes()).hexdigest(),
+            labels_sha256=_sha256(self.path / LABELS),
             shards=tuple(self._shards),
+            samples=SAMPLES if samples is not None else None,
+            samples_sha256=_sha256(self.path / SAMPLES) if samples is not None else None,
+            provenance=provenance,
         )
         atomic_write_bytes(self.path / MANIFEST, manifest.to_json().encode())
+        (self.path / JOURNAL).unlink(missing_ok=True)
         self.closed = True
         return manifest
 
@@ -165,6 +208,17 @@ class StoreWriter:
         self._shards.append(ShardInfo(self._current_name, rows, self._hash.hexdigest()))
         self._file = None
         self._current_name = ""
+
+
+def _write_npy(path: Path, values: np.ndarray) -> None:
+    with open(path, "wb") as file:
+        np.save(file, values)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def prepare_directory(path: Path, overwrite: bool) -> None:

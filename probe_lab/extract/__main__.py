@@ -1,0 +1,42 @@
+"""`python -m probe_lab.extract model.path=M dataset.path=D.csv layers=[...] pooling=last output=STORE`."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from probe_lab.cli_help import answer_help_or_version, extract_help
+from probe_lab.errors import ProbeLabError
+from probe_lab.settings.extract import ExtractConfig
+from probe_lab.settings.schema import register_configs, to_settings
+
+register_configs()
+
+
+@hydra.main(version_base=None, config_path="pkg://probe_lab.conf", config_name="extract")
+def _hydra_main(cfg: DictConfig) -> None:
+    from probe_lab.extract.run import extract
+
+    try:
+        summary = extract(to_settings(cfg, ExtractConfig))
+    except ProbeLabError as err:
+        print(f"probe_lab.extract: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(
+            "probe_lab.extract: interrupted; its complete shards are kept: run the same command again to resume",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+    print(summary.line())
+
+
+def main() -> None:
+    if not answer_help_or_version(sys.argv[1:], "probe_lab.extract", extract_help):
+        _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

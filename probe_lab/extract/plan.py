@@ -1,0 +1,67 @@
+"""How an extraction walks its texts: chunks, one shard each, and length-sorted batches within a chunk.
+
+A chunk is a run of consecutive texts whose rows fill at most one shard (`shard_rows`; a single text
+with more token rows than that is a chunk of its own). Its rows are written in text order, and the
+shard is ended with the chunk: an interrupted extraction resumes at the first chunk whose shard is
+missing, and the plan — a function of the token counts and the settings alone — is the same when
+the command runs again. Within a chunk, texts are sorted by length and cut into batches of at most
+`batch_tokens` tokens, padding included, and `max_batch_size` texts, so little compute goes to padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Chunk:
+    first: int  # the chunk's texts are first..stop-1
+    stop: int
+    rows: int
+
+
+def rows_per_text(lengths: np.ndarray, per_token: bool) -> np.ndarray:
+    """Rows each text gives: its token count when every token is a row, else one."""
+    return lengths.astype(np.int64) if per_token else np.ones(len(lengths), dtype=np.int64)
+
+
+def chunks(rows: np.ndarray, shard_rows: int) -> list[Chunk]:
+    """Consecutive texts grouped so that each group's rows fit `shard_rows` (at least one text each)."""
+    out: list[Chunk] = []
+    first, held = 0, 0
+    for index, count in enumerate(rows.tolist()):
+        if held and held + count > shard_rows:
+            out.append(Chunk(first, index, held))
+            first, held = index, 0
+        held += count
+    if held or first < len(rows):
+        out.append(Chunk(first, len(rows), held))
+    return out
+
+
+def batches(lengths: np.ndarray, batch_tokens: int, max_batch_size: int) -> list[np.ndarray]:
+    """Indices into `lengths`, longest texts first, cut so that each batch's size × its longest length
+    stays within `batch_tokens` (one text at least) and its size within `max_batch_size`."""
+    order = np.argsort(-lengths, kind="stable")
+    out: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        longest = max(1, int(lengths[order[start]]))
+        size = max(1, min(max_batch_size, batch_tokens // longest))
+        out.append(order[start : start + size])
+        start += size
+    return out
+
+
+def sample_positions(lengths: np.ndarray, per_token: bool) -> np.ndarray:
+    """int64 (rows, 2): each row's text index and token position (−1 for a text's one pooled row)."""
+    texts = np.arange(len(lengths), dtype=np.int64)
+    if not per_token:
+        return np.stack([texts, np.full(len(lengths), -1, dtype=np.int64)], axis=1)
+    counts = lengths.astype(np.int64)
+    text_of_row = np.repeat(texts, counts)
+    starts = np.cumsum(counts) - counts
+    positions = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
+    return np.stack([text_of_row, positions], axis=1)

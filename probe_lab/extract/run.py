@@ -1,0 +1,281 @@
+"""One extraction: texts through the model into an activation store, chunk by chunk, resumable.
+
+`extract(settings)` checks everything it can before the model loads (the texts, the layers against
+the model's depth, the output against an unfinished extraction there), then runs the plan
+(`probe_lab.extract.plan`): each chunk's texts in length-sorted batches, each batch's layers pooled
+as they are produced (`probe_lab.extract.capture`), the chunk's rows written in text order as one
+shard, and the journal (`extraction.json`: the settings' identity and the shards complete so far)
+replaced after each. A run that stops — an error, Ctrl-C, a killed process — leaves its complete
+shards and the journal; the same command then continues after them, and a command with another
+model, dataset or settings is refused (`overwrite=true` starts afresh). The manifest is written last,
+so an unfinished store is never read as complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from probe_lab.artifacts import atomic_write_bytes
+from probe_lab.errors import ProbeLabError
+from probe_lab.extract import model as models
+from probe_lab.extract import plan
+from probe_lab.extract.capture import LayerCapture, model_depth, pooling, resolve_layers
+from probe_lab.extract.texts import read_texts
+from probe_lab.report.progress import progress_counter
+from probe_lab.settings.extract import CHAT_TEMPLATE, ExtractConfig, PaddingSide, Pooling
+from probe_lab.store.manifest import JOURNAL, MANIFEST, ShardInfo
+from probe_lab.store.writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractionSummary:
+    output: Path
+    texts: int
+    rows: int
+    layers: list[int]
+    dim: int
+    dtype: str
+    gigabytes: float
+    tokens: int
+    truncated: int
+    seconds: float
+    resumed_shards: int
+
+    def line(self) -> str:
+        rate = self.tokens / self.seconds if self.seconds > 0 else float("inf")
+        layers = ",".join(map(str, self.layers))
+        return (
+            f"extracted {self.texts} texts ({self.tokens} tokens, {self.truncated} cut to max_length) → "
+            f"{self.rows} rows × layers [{layers}] × {self.dim} {self.dtype}, {self.gigabytes:.3f} GB in "
+            f"{self.seconds:.1f} s ({rate:,.0f} tokens/s) → {self.output}"
+            + (f" (resumed after {self.resumed_shards} complete shards)" if self.resumed_shards else "")
+        )
+
+
+def extract(settings: ExtractConfig) -> ExtractionSummary:
+    """Run `settings`' extraction into `settings.output`; see the module docstring."""
+    start = time.perf_counter()
+    output = Path(settings.output)
+    source = models.locate(settings.model)
+    config = models.load_config(source)
+    depth = model_depth(config)
+    layers = resolve_layers(settings.layers, depth)
+    tokenizer = models.load_tokenizer(source)
+    texts = read_texts(settings.dataset, chat=_chat_template(tokenizer, settings))
+    ids, truncated = _tokenized(tokenizer, texts.texts, settings)
+    lengths = np.array([len(row) for row in ids], dtype=np.int64)
+    if (lengths == 0).any():
+        raise ProbeLabError(f"dataset.path ({settings.dataset.path}): row {int(np.argmin(lengths))} has no tokens")
+    dim = _hidden_size(config)
+    per_token = settings.pooling is Pooling.tokens
+    rows = plan.rows_per_text(lengths, per_token)
+    row_bytes = len(layers) * dim * getattr(torch, settings.model.dtype.value).itemsize
+    shard_rows = max(1, int(settings.shard_mb * 2**20) // row_bytes)
+    chunks = plan.chunks(rows, shard_rows)
+    identity = _identity(settings, source, texts.sha256, layers)
+    kept, resuming = _resumable(output, identity, settings.overwrite)
+    done = _chunks_done(kept, chunks)
+    labels_per_row = np.repeat(texts.labels, rows)
+    kept_rows = sum(shard.rows for shard in kept)
+    writer = StoreWriter(
+        output,
+        dim,
+        len(layers) if len(layers) > 1 else None,
+        settings.model.dtype.value,
+        shard_mb=settings.shard_mb,
+        overwrite=settings.overwrite or resuming,  # an unfinished extraction of no complete shard restarts
+        kept=kept,
+        kept_labels=labels_per_row[:kept_rows],
+    )
+    _write_journal(output, identity, writer.shards)
+    todo = chunks[done:]
+    try:
+        model = models.load_model(source, settings.model)
+        with (
+            LayerCapture(model, layers, depth) as capture,
+            progress_counter(
+                int(lengths[chunks[done].first :].sum()) if todo else 0,
+                desc="extract",
+                unit="tok",
+                unit_scale=True,
+                enabled=settings.progress,
+            ) as progress,
+            torch.inference_mode(),
+        ):
+            for chunk in todo:
+                x = _chunk_rows(capture, model, ids[chunk.first : chunk.stop], settings, tokenizer, progress)
+                writer.append(x, labels_per_row[_row_range(rows, chunk)])
+                writer.end_shard()
+                _write_journal(output, identity, writer.shards)
+    except BaseException:
+        writer.interrupt()
+        raise
+    provenance = identity | {"tokens": int(lengths.sum()), "truncated": truncated, "texts": len(ids)}
+    manifest = writer.close(samples=plan.sample_positions(lengths, per_token), provenance=provenance)
+    return ExtractionSummary(
+        output=output,
+        texts=len(ids),
+        rows=manifest.rows,
+        layers=layers,
+        dim=dim,
+        dtype=manifest.dtype,
+        gigabytes=manifest.nbytes / 1e9,
+        tokens=int(lengths[chunks[done].first :].sum()) if todo else 0,
+        truncated=truncated,
+        seconds=time.perf_counter() - start,
+        resumed_shards=len(kept),
+    )
+
+
+def _chunk_rows(
+    capture: LayerCapture,
+    model: torch.nn.Module,
+    ids: list[list[int]],
+    settings: ExtractConfig,
+    tokenizer: Any,
+    progress: Any,
+) -> torch.Tensor:
+    """The chunk's rows in text order, (rows, D) for one layer or (rows, L, D)."""
+    lengths = np.array([len(row) for row in ids])
+    pieces: list[list[torch.Tensor] | None] = [None] * len(ids)
+    device = models.input_device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    for batch in plan.batches(lengths, settings.batch_tokens, settings.max_batch_size):
+        inputs, mask = _padded([ids[i] for i in batch], pad, settings.model.padding_side, capture.accepts)
+        inputs = {name: value.to(device) for name, value in inputs.items()}
+        layers = capture.run(pooling(settings.pooling.value, mask), **inputs)
+        stacked = torch.stack([layer.to("cpu") for layer in layers], dim=1)  # (rows of the batch, L, D)
+        if settings.pooling is Pooling.tokens:
+            for i, part in zip(batch, torch.split(stacked, lengths[batch].tolist()), strict=True):
+                pieces[i] = part
+        else:
+            for i, row in zip(batch, stacked, strict=True):
+                pieces[i] = row[None]
+        progress.update(int(lengths[batch].sum()))
+    x = torch.cat(pieces)  # type: ignore[arg-type]
+    return x[:, 0] if x.shape[1] == 1 else x
+
+
+def _padded(
+    ids: list[list[int]], pad: int, side: PaddingSide, accepts: set[str]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(model inputs, attention mask) of a batch padded on `side`; with left padding the positions of
+    each text's tokens are passed as counted from its first token, where the model takes them."""
+    longest = max(len(row) for row in ids)
+    tokens = torch.full((len(ids), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), longest), dtype=torch.long)
+    for i, row in enumerate(ids):
+        span = slice(0, len(row)) if side is PaddingSide.right else slice(longest - len(row), longest)
+        tokens[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    inputs = {"input_ids": tokens, "attention_mask": mask}
+    if side is PaddingSide.left and "position_ids" in accepts:
+        inputs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
+    return inputs, mask
+
+
+def _row_range(rows: np.ndarray, chunk: plan.Chunk) -> slice:
+    first = int(rows[: chunk.first].sum())
+    return slice(first, first + chunk.rows)
+
+
+def _tokenized(tokenizer: Any, texts: list[str], settings: ExtractConfig) -> tuple[list[list[int]], int]:
+    """Token ids per text (special tokens as the tokenizer adds them, unless a chat template did),
+    cut to dataset.max_length; and how many texts were cut."""
+    special = settings.dataset.template != CHAT_TEMPLATE
+    ids = tokenizer(texts, add_special_tokens=special)["input_ids"]
+    limit = settings.dataset.max_length
+    truncated = sum(len(row) > limit for row in ids)
+    if truncated:
+        log.warning(
+            "%d of %d texts are longer than dataset.max_length=%d tokens and were cut", truncated, len(ids), limit
+        )
+    return [list(row[:limit]) for row in ids], truncated
+
+
+def _chat_template(tokenizer: Any, settings: ExtractConfig) -> Any:
+    if settings.dataset.template != CHAT_TEMPLATE or not getattr(tokenizer, "chat_template", None):
+        return None
+
+    def apply(text: str) -> str:
+        messages = [{"role": "user", "content": text}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    return apply
+
+
+def _hidden_size(config: Any) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    size = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+    if not isinstance(size, int):
+        raise ProbeLabError("model.path: its config names no hidden size")
+    return size
+
+
+def _identity(settings: ExtractConfig, source: models.ModelSource, dataset_sha256: str, layers: list[int]) -> dict:
+    """What makes two extractions the same: recorded in the journal and, with counts, the manifest."""
+    dataset = asdict(settings.dataset) | {"sha256": dataset_sha256}
+    return {
+        "model": source.identity()
+        | {"dtype": settings.model.dtype.value, "padding_side": settings.model.padding_side.value},
+        "dataset": {key: str(value) if isinstance(value, Path) else value for key, value in dataset.items()},
+        "layers": layers,
+        "pooling": settings.pooling.value,
+        "batch_tokens": settings.batch_tokens,
+        "max_batch_size": settings.max_batch_size,
+        "shard_mb": settings.shard_mb,
+        "probe_lab": metadata.version("probe-lab"),
+    }
+
+
+def _resumable(output: Path, identity: dict, overwrite: bool) -> tuple[list[ShardInfo], bool]:
+    """(the complete shards of an unfinished extraction at `output` with the same identity, whether
+    there is one); ([], False) when there is none, or with `overwrite`. Refuses one with another
+    identity."""
+    journal = output / JOURNAL
+    if overwrite or not journal.is_file() or (output / MANIFEST).is_file():
+        return [], False  # nothing to resume (a complete store is refused by the writer unless overwrite)
+    try:
+        recorded = json.loads(journal.read_text())
+        kept = [ShardInfo(**shard) for shard in recorded["shards"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ProbeLabError(f"{journal}: unreadable ({err}); overwrite=true starts afresh") from None
+    if recorded.get("identity") != identity:
+        differs = [key for key in identity if recorded.get("identity", {}).get(key) != identity[key]]
+        raise ProbeLabError(
+            f"output ({output}): an unfinished extraction with another {', '.join(differs) or 'setup'}; "
+            "run it with its own settings to resume it, or overwrite=true to start afresh"
+        )
+    for shard in kept:
+        if not (output / shard.file).is_file():
+            raise ProbeLabError(f"{output / shard.file}: listed in {JOURNAL} but missing; overwrite=true starts afresh")
+    return kept, True
+
+
+def _chunks_done(kept: list[ShardInfo], chunks: list[plan.Chunk]) -> int:
+    """How many chunks the kept shards hold (each chunk ends a shard; a long text may fill several)."""
+    held, done, total = sum(shard.rows for shard in kept), 0, 0
+    for chunk in chunks:
+        if total + chunk.rows > held:
+            break
+        total += chunk.rows
+        done += 1
+    if total != held:
+        raise ProbeLabError(f"{JOURNAL}: its shards end inside a chunk of this plan; overwrite=true starts afresh")
+    return done
+
+
+def _write_journal(output: Path, identity: dict, shards: tuple[ShardInfo, ...]) -> None:
+    record = {"identity": identity, "shards": [asdict(shard) for shard in shards]}
+    atomic_write_bytes(output / JOURNAL, (json.dumps(record, indent=1) + "\n").encode())

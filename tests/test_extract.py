@@ -1,0 +1,268 @@
+"""Extraction from Hugging Face models into a store: values, pooling, padding, resume, bad input, CLI.
+
+Every model is a tiny random-initialised one built here (tests/tiny_models.py): nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import save_model, write_texts
+
+from probe_lab.errors import ProbeLabError
+from probe_lab.extract import run as extraction
+from probe_lab.extract.capture import LayerCapture, find_blocks, resolve_layers
+from probe_lab.extract.texts import read_texts
+from probe_lab.settings.extract import (
+    ExtractConfig,
+    ExtractDatasetSettings,
+    ExtractModelSettings,
+    ModelDtype,
+    PaddingSide,
+    Pooling,
+)
+from probe_lab.store import ActivationStore
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {kind: save_model(root / kind, kind) for kind in ("llama", "gpt2", "bert")}
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("texts") / "texts.csv"
+    write_texts(path, n=40)
+    return path
+
+
+def settings(model: Path, dataset: Path, output: Path, **values) -> ExtractConfig:
+    model_values = {key: values.pop(key) for key in ("dtype", "padding_side") if key in values}
+    dataset_values = {key: values.pop(key) for key in ("template", "max_length", "text_column") if key in values}
+    return ExtractConfig(
+        model=ExtractModelSettings(path=str(model), device="cpu", **{"dtype": ModelDtype.float32, **model_values}),
+        dataset=ExtractDatasetSettings(path=str(dataset), **dataset_values),
+        output=str(output),
+        progress=False,
+        **values,
+    )
+
+
+class ReferenceModels:
+    """Hugging Face's own models and tokenizers, loaded once per folder, for the expected values."""
+
+    loaded: ClassVar[dict[Path, tuple]] = {}
+
+    @classmethod
+    def hidden_states(cls, path: Path, text: str) -> tuple[torch.Tensor, ...]:
+        """hidden_states of one text, unbatched, float32, with output_hidden_states=True."""
+        from transformers import AutoModel, AutoTokenizer
+
+        if path not in cls.loaded:
+            cls.loaded[path] = (AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval())
+        tokenizer, model = cls.loaded[path]
+        with torch.no_grad():
+            ids = torch.tensor([tokenizer(text)["input_ids"]])
+            return tuple(h[0] for h in model(ids, output_hidden_states=True).hidden_states)
+
+
+@pytest.mark.parametrize(
+    ("kind", "padding_side", "pooling"),
+    [
+        ("llama", PaddingSide.right, Pooling.last),
+        ("llama", PaddingSide.left, Pooling.last),
+        ("llama", PaddingSide.left, Pooling.tokens),
+        ("llama", PaddingSide.right, Pooling.mean),
+        ("gpt2", PaddingSide.right, Pooling.tokens),
+        ("gpt2", PaddingSide.left, Pooling.mean),
+        ("gpt2", PaddingSide.left, Pooling.last),
+        ("bert", PaddingSide.right, Pooling.last),
+        ("bert", PaddingSide.left, Pooling.tokens),
+        ("bert", PaddingSide.right, Pooling.mean),
+    ],
+)
+def test_extracted_rows_equal_hugging_face_hidden_states(models, texts, tmp_path, kind, padding_side, pooling) -> None:
+    """Batched with texts of other lengths, padded on either side, each text's rows are those of its
+    own unbatched forward pass: hidden_states[k] for k = 0 (embeddings), 1, and the last."""
+    out = tmp_path / "store"
+    summary = extraction.extract(
+        settings(models[kind], texts, out, layers=[0, 1, -1], pooling=pooling, padding_side=padding_side)
+    )
+    store = ActivationStore.open(out)
+    depth = 3 if kind == "llama" else 2
+    assert summary.layers == [0, 1, depth] and store.layers == 3 and store.dtype == torch.float32
+    assert store.provenance["layers"] == [0, 1, depth] and store.provenance["pooling"] == pooling.value
+    store.scan()  # the checksums hold
+    table, every = store.table(), np.arange(store.rows)
+    rows = torch.stack([table.read(every, layer) for layer in range(3)], dim=1)
+    samples = store.samples()
+    written = read_texts(ExtractDatasetSettings(path=str(texts)))
+    for index in (0, 7, 19, 39):
+        expected = ReferenceModels.hidden_states(models[kind], written.texts[index])
+        mine = rows[samples[:, 0] == index]
+        for position, k in enumerate((0, 1, depth)):
+            states = expected[k]
+            want = {"last": states[-1:], "mean": states.mean(0, keepdim=True), "tokens": states}[pooling.value]
+            torch.testing.assert_close(mine[:, position], want, atol=2e-5, rtol=1e-4)
+    if pooling is Pooling.tokens:
+        counts = np.bincount(samples[:, 0])
+        assert all(np.array_equal(samples[samples[:, 0] == i, 1], np.arange(count)) for i, count in enumerate(counts))
+    else:
+        np.testing.assert_array_equal(samples, np.stack([np.arange(40), np.full(40, -1)], axis=1))
+    np.testing.assert_array_equal(np.asarray(store.labels), written.labels[samples[:, 0]])
+
+
+def test_the_forward_pass_stops_after_the_deepest_block_asked_for(models) -> None:
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(models["llama"]).eval()
+    blocks = find_blocks(model, 3)
+    ran = []
+    for index, block in enumerate(blocks):
+        block.register_forward_hook(lambda *_, index=index: ran.append(index))
+    ids = torch.tensor([[2, 10, 11, 12]])
+    with LayerCapture(model, [0, 1], 3) as capture, torch.no_grad():
+        taken = capture.run(lambda h: h[0], input_ids=ids, attention_mask=torch.ones_like(ids))
+    assert ran == [0] and capture.stops_early  # hidden_states[1] is block 0's output: blocks 1 and 2 never ran
+    expected = model(ids, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(taken[1], expected[1][0])
+
+
+def test_layers_resolve_from_indices_fractions_and_all() -> None:
+    assert resolve_layers([-1, 0, 0.5, 2], 4) == [0, 2, 4]
+    assert resolve_layers("all", 2) == [0, 1, 2]
+    with pytest.raises(ProbeLabError, match=r"layers: 5 is beyond the model's depth \(hidden_states 0..4"):
+        resolve_layers([5], 4)
+    with pytest.raises(ProbeLabError, match="layers: -6 is beyond"):
+        resolve_layers([-6], 4)
+
+
+def test_a_resumed_extraction_writes_the_store_an_uninterrupted_one_does(models, texts, tmp_path, monkeypatch) -> None:
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    config = {"layers": [1, -1], "pooling": Pooling.tokens, "shard_mb": 0.01}  # 80 rows a shard: several shards
+    extraction.extract(settings(models["gpt2"], texts, whole, **config))
+    journal = extraction._write_journal
+    writes = []
+
+    def crash_after_three_shards(*args) -> None:
+        journal(*args)
+        writes.append(args)
+        if len(writes) == 4:  # the journal of the empty store, then of three complete shards
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(extraction, "_write_journal", crash_after_three_shards)
+    with pytest.raises(KeyboardInterrupt):
+        extraction.extract(settings(models["gpt2"], texts, resumed, **config))
+    monkeypatch.undo()
+    with pytest.raises(ProbeLabError, match=r"an unfinished extraction.*run the same extraction again to resume"):
+        ActivationStore.open(resumed)
+    (resumed / "shard-00003.safetensors").write_bytes(b"half a shard")  # as a killed process leaves it
+    with pytest.raises(ProbeLabError, match="an unfinished extraction with another pooling"):
+        extraction.extract(settings(models["gpt2"], texts, resumed, **(config | {"pooling": Pooling.mean})))
+    summary = extraction.extract(settings(models["gpt2"], texts, resumed, **config))
+    assert summary.resumed_shards == 3
+    assert sorted(p.name for p in resumed.iterdir()) == sorted(p.name for p in whole.iterdir())
+    for file in whole.iterdir():
+        assert (resumed / file.name).read_bytes() == file.read_bytes(), file.name
+    assert not (resumed / "extraction.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"text_column": "sentence"}, r"no column 'sentence' \(dataset.text_column\); it has 'text', 'label'"),
+        ({"layers": [9]}, r"layers: 9 is beyond the model's depth"),
+        ({"model": "missing-model"}, r"model.path \(missing-model\): not a folder, and not in the local .*nothing is"),
+        ({"rows": ["the movie,2"]}, r"row 0: label '2' in 'label' is not 0 or 1"),
+        ({"rows": []}, r"holds no rows"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(models, tmp_path, change, message) -> None:
+    dataset = tmp_path / "texts.csv"
+    rows = change.pop("rows", ["the movie was good,1", "bad,0"])
+    dataset.write_text("\n".join(["text,label", *rows]) + "\n")
+    model = models["llama"] if "model" not in change else Path(change.pop("model"))
+    with pytest.raises(ProbeLabError, match=message):
+        extraction.extract(settings(model, dataset, tmp_path / "store", **change))
+    assert not (tmp_path / "store").exists()
+
+
+def test_texts_read_alike_from_csv_jsonl_and_parquet(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts, labels = write_texts(tmp_path / "texts.csv", n=12)
+    with open(tmp_path / "texts.jsonl", "w") as file:
+        for text, label in zip(texts, labels.tolist(), strict=True):
+            file.write(json.dumps({"text": text, "label": label, "source": "x"}) + "\n")
+    pq.write_table(pa.table({"text": texts, "label": labels}), tmp_path / "texts.parquet")
+    for suffix in ("csv", "jsonl", "parquet"):
+        read = read_texts(ExtractDatasetSettings(path=str(tmp_path / f"texts.{suffix}"), template="Review: {text}"))
+        assert read.texts == [f"Review: {text}" for text in texts]
+        np.testing.assert_array_equal(read.labels, labels)
+
+
+def test_the_chat_template_and_max_length_shape_the_tokens(models, texts, tmp_path) -> None:
+    plain = extraction.extract(settings(models["llama"], texts, tmp_path / "plain", pooling=Pooling.tokens))
+    chat = extraction.extract(
+        settings(models["llama"], texts, tmp_path / "chat", pooling=Pooling.tokens, template="chat", max_length=8)
+    )
+    assert chat.truncated > 0 and plain.truncated == 0
+    store = ActivationStore.open(tmp_path / "chat")
+    assert store.provenance["dataset"]["template"] == "chat" and store.provenance["truncated"] == chat.truncated
+    assert np.bincount(store.samples()[:, 0]).max() == 8
+
+
+def run_cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", module, *args, f"hydra.run.dir={cwd / 'run'}"]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_extract_then_train_from_the_command_line(models, tmp_path) -> None:
+    texts = tmp_path / "texts.csv"
+    write_texts(texts, n=120)
+    store = tmp_path / "store"
+    done = run_cli(
+        "probe_lab.extract",
+        f"model.path={models['llama']}",
+        f"dataset.path={texts}",
+        "layers=[1,-1]",
+        f"output={store}",
+        "model.dtype=bfloat16",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "extracted 120 texts" in done.stdout and "× layers [1,3] × 32 bfloat16" in done.stdout
+    assert ActivationStore.open(store).dtype == torch.bfloat16
+    again = run_cli(
+        "probe_lab.extract", f"model.path={models['llama']}", f"dataset.path={texts}", f"output={store}", cwd=tmp_path
+    )
+    assert again.returncode == 2 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    trained = run_cli("probe_lab", "data=store", f"data.path={store}", "data.layer=1", "backend=sklearn", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["auroc"] > 0.5
+
+
+def test_a_template_without_its_placeholder_is_refused_from_the_command_line(models, texts, tmp_path) -> None:
+    done = run_cli(
+        "probe_lab.extract",
+        f"model.path={models['llama']}",
+        f"dataset.path={texts}",
+        "dataset.template='Review: text'",
+        f"output={tmp_path / 'store'}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == "probe_lab.extract: error: dataset.template must hold the placeholder {text} (or be chat)"
+    )
+    assert not (tmp_path / "store").exists()
