@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
@@ -37,3 +39,18 @@ def evaluate(
     if with_recall:
         metrics["recall_at_1pct_fpr"] = recall_at_fpr(labels, probabilities, LOW_FPR)
     return metrics
+
+
+def per_sample(labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """Metrics of samples scored from their rows (every token of a text): `max` takes a sample's
+    highest row score, `mean` the mean of its row scores; {samples, max: {auroc, ap}, mean: {auroc, ap}}."""
+    samples, first, row_sample = np.unique(groups, return_index=True, return_inverse=True)
+    counts = np.bincount(row_sample)
+    highest = np.full(len(samples), -np.inf)
+    np.maximum.at(highest, row_sample, probabilities)
+    mean = np.bincount(row_sample, weights=probabilities) / counts
+    sample_labels = labels[first]
+    return {"samples": len(samples)} | {
+        name: {"auroc": auroc(sample_labels, scores), "ap": float(average_precision_score(sample_labels, scores))}
+        for name, scores in (("max", highest), ("mean", mean))
+    }

@@ -60,6 +60,7 @@ class Evaluation:
     test_proba: np.ndarray
     val: dict[str, float]
     test: dict[str, float]
+    test_per_sample: dict[str, Any] | None = None  # rows that come several to a sample (token stores)
 
 
 def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: RunConfig | None = None) -> RunResult:
@@ -230,6 +231,8 @@ def train_backend(
         "test": evaluation.test,
         "timings": timings,
     }
+    if evaluation.test_per_sample is not None:
+        run_metrics["test_per_sample"] = evaluation.test_per_sample
     if trainer.regularization_path:
         run_metrics["regularization_path"] = trainer.regularization_path
     if fit.job_id is not None:
@@ -299,6 +302,11 @@ def evaluate(weights: ProbeWeights, splits: Splits) -> Evaluation:
         test_proba=test_proba,
         val=metrics_lib.evaluate(splits.val.labels, val_proba, threshold, with_recall=False),
         test=metrics_lib.evaluate(splits.test.labels, test_proba, threshold),
+        test_per_sample=(
+            None
+            if splits.test.groups is None
+            else metrics_lib.per_sample(splits.test.labels, test_proba, splits.test.groups)
+        ),
     )
 
 

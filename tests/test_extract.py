@@ -266,3 +266,37 @@ def test_a_template_without_its_placeholder_is_refused_from_the_command_line(mod
         == "probe_lab.extract: error: dataset.template must hold the placeholder {text} (or be chat)"
     )
     assert not (tmp_path / "store").exists()
+
+
+def test_a_token_store_splits_by_sample_and_reports_test_metrics_per_sample(models, tmp_path) -> None:
+    from probe_lab.data.splits import split_dataset
+
+    texts = tmp_path / "texts.csv"
+    write_texts(texts, n=80)
+    store_path = tmp_path / "tokens"
+    extraction.extract(settings(models["gpt2"], texts, store_path, layers=[1], pooling=Pooling.tokens))
+    dataset = ActivationStore.open(store_path).dataset()
+    assert dataset.groups is not None and len(dataset) > 80
+    splits = split_dataset(dataset, 0.2, 0.2, seed=42)  # the training run's default seed
+    sides = [set(part.groups.tolist()) for part in (splits.train, splits.val, splits.test)]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])  # no sample on two sides
+    assert [len(side) for side in sides] == [48, 16, 16]  # the fractions count samples
+    assert sum(len(part) for part in (splits.train, splits.val, splits.test)) == len(dataset)
+    trained = run_cli("probe_lab", "data=store", f"data.path={store_path}", "backend=sklearn", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test_per_sample"]["samples"] == 16 and metrics["n_test"] == int(
+        np.isin(dataset.groups, sorted(sides[2])).sum()
+    )
+    assert set(metrics["test_per_sample"]) == {"samples", "max", "mean"}
+    assert "16 test samples: AUROC" in trained.stdout
+
+
+def test_rows_of_one_sample_with_two_labels_are_refused() -> None:
+    from probe_lab.data.dataset import ActivationDataset
+    from probe_lab.data.splits import split_dataset
+
+    dataset = ActivationDataset(np.zeros((40, 2), dtype=np.float32), np.tile([0, 1], 20), name="rows")
+    dataset.groups = np.repeat(np.arange(20), 2)
+    with pytest.raises(ProbeLabError, match="rows: sample 0 has rows of both labels"):
+        split_dataset(dataset, 0.2, 0.2, seed=0)

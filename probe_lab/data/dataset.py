@@ -45,6 +45,8 @@ class ActivationDataset(Dataset):
     `device` is accepted for the seed guide's signature and ignored: the rows stay where they are
     (a DataLoader's user moves batches; `on_device` holds the data on a GPU).
     Items are (x float32 tensor (D,), y float32 scalar); `__getitems__` reads whole batches at once.
+    `groups` (N,), when set, says which sample each row comes from (rows of one text's tokens): splits
+    then keep a sample's rows together, and test metrics are also given per sample.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class ActivationDataset(Dataset):
         if labels is not None:
             labels = _as_numpy(labels) if isinstance(labels, torch.Tensor) else np.asarray(labels)
         self.labels = None if labels is None else check_labels(labels, self.table.n_rows, name)
+        self.groups: np.ndarray | None = None
 
     # -- size and views -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -108,6 +111,8 @@ class ActivationDataset(Dataset):
         view._rows = self._rows[np.asarray(indices)]
         if self.labels is not None:
             view.labels = self.labels[np.asarray(indices)]
+        if self.groups is not None:
+            view.groups = self.groups[np.asarray(indices)]
         return view
 
     def segments(self, max_rows: int) -> list[np.ndarray]:
@@ -225,6 +230,7 @@ class ActivationDataset(Dataset):
         table = DeviceTable(self.to_device(device), nonfinite=known)
         moved = ActivationDataset(table, self.labels, name=self.name)
         moved._checked_finite = self._checked_finite
+        moved.groups = self.groups
         return moved
 
     # -- finiteness -----------------------------------------------------------------------------

@@ -49,16 +49,18 @@ class ExtractionSummary:
     gigabytes: float
     tokens: int
     truncated: int
-    seconds: float
+    seconds: float  # the whole extraction, the model's loading included
+    loop_seconds: float  # running the texts through the model and writing their rows
+    write_seconds: float  # of which writing the shards
     resumed_shards: int
 
     def line(self) -> str:
-        rate = self.tokens / self.seconds if self.seconds > 0 else float("inf")
+        rate = self.tokens / self.loop_seconds if self.loop_seconds > 0 else float("inf")
         layers = ",".join(map(str, self.layers))
         return (
             f"extracted {self.texts} texts ({self.tokens} tokens, {self.truncated} cut to max_length) → "
             f"{self.rows} rows × layers [{layers}] × {self.dim} {self.dtype}, {self.gigabytes:.3f} GB in "
-            f"{self.seconds:.1f} s ({rate:,.0f} tokens/s) → {self.output}"
+            f"{self.seconds:.1f} s ({rate:,.0f} tokens/s through the model) → {self.output}"
             + (f" (resumed after {self.resumed_shards} complete shards)" if self.resumed_shards else "")
         )
 
@@ -113,11 +115,15 @@ def extract(settings: ExtractConfig) -> ExtractionSummary:
             ) as progress,
             torch.inference_mode(),
         ):
+            looping, writing = time.perf_counter(), 0.0
             for chunk in todo:
                 x = _chunk_rows(capture, model, ids[chunk.first : chunk.stop], settings, tokenizer, progress)
+                written = time.perf_counter()
                 writer.append(x, labels_per_row[_row_range(rows, chunk)])
                 writer.end_shard()
                 _write_journal(output, identity, writer.shards)
+                writing += time.perf_counter() - written
+            looped = time.perf_counter() - looping
     except BaseException:
         writer.interrupt()
         raise
@@ -134,6 +140,8 @@ def extract(settings: ExtractConfig) -> ExtractionSummary:
         tokens=int(lengths[chunks[done].first :].sum()) if todo else 0,
         truncated=truncated,
         seconds=time.perf_counter() - start,
+        loop_seconds=looped,
+        write_seconds=writing,
         resumed_shards=len(kept),
     )
 
@@ -152,7 +160,7 @@ def _chunk_rows(
     device = models.input_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     for batch in plan.batches(lengths, settings.batch_tokens, settings.max_batch_size):
-        inputs, mask = _padded([ids[i] for i in batch], pad, settings.model.padding_side, capture.accepts)
+        inputs, mask = padded_batch([ids[i] for i in batch], pad, settings.model.padding_side, capture.accepts)
         inputs = {name: value.to(device) for name, value in inputs.items()}
         layers = capture.run(pooling(settings.pooling.value, mask), **inputs)
         stacked = torch.stack([layer.to("cpu") for layer in layers], dim=1)  # (rows of the batch, L, D)
@@ -167,7 +175,7 @@ def _chunk_rows(
     return x[:, 0] if x.shape[1] == 1 else x
 
 
-def _padded(
+def padded_batch(
     ids: list[list[int]], pad: int, side: PaddingSide, accepts: set[str]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """(model inputs, attention mask) of a batch padded on `side`; with left padding the positions of

@@ -44,7 +44,13 @@ def run_summary_lines(backend: str, reason: str, metrics: dict[str, Any], out_di
     if test:
         lines.append(
             f"  test     AUROC {test['auroc']:.4f}  AP {test['ap']:.4f}  accuracy {test['accuracy']:.4f}  "
-            f"recall@1%FPR {test['recall_at_1pct_fpr']:.4f}"
+            f"recall@1%FPR {test['recall_at_1pct_fpr']:.4f}" + (" (per token)" if "test_per_sample" in metrics else "")
+        )
+    if "test_per_sample" in metrics:
+        by_sample = metrics["test_per_sample"]
+        lines.append(
+            f"  samples  {by_sample['samples']} test samples: AUROC {by_sample['max']['auroc']:.4f} by their "
+            f"highest token score, {by_sample['mean']['auroc']:.4f} by their mean"
         )
     timings = metrics.get("timings") or {}
     if timings:

@@ -93,6 +93,14 @@ class ActivationStore:
             raise ProbeLabError(f"{path}: expected int64 ({self.rows}, 2), got {values.dtype} {values.shape}")
         return values
 
+    def row_samples(self) -> np.ndarray | None:
+        """The sample each row comes from, for a store of several rows per sample (every token of a
+        text); None when each row is a sample of its own, or the store does not say."""
+        samples = self.samples()
+        if samples is None or len(np.unique(samples[:, 0])) == len(samples):
+            return None
+        return samples[:, 0]
+
     def table(self) -> ShardedTable:
         return ShardedTable([ArrayTable(shard, self.dtype) for shard in self._shards])
 
@@ -113,13 +121,16 @@ class ActivationStore:
         """
         table = self.table()
         dataset = ActivationDataset(table, self.labels, layer=layer, name=f"data.path ({self.path})")  # checks layer
+        dataset.groups = self.row_samples()
         fused = device is not None and torch.device(device).type == "cuda" and self.layers is None
         target = torch.empty((self.rows, self.dim), dtype=self.dtype, device=device) if fused else None
         table.nonfinite = self.scan(verify=verify, progress=progress, into=target)
         if target is None:
             return dataset
         held = DeviceTable(target, nonfinite=table.nonfinite)
-        return ActivationDataset(held, self.labels, name=dataset.name)
+        on_device = ActivationDataset(held, self.labels, name=dataset.name)
+        on_device.groups = dataset.groups
+        return on_device
 
     def scan(self, *, verify: bool = True, progress: bool = False, into: torch.Tensor | None = None) -> np.ndarray:
         """Read every shard once, sequentially: verify its checksum (unless `verify=False`) and return
