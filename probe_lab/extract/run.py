@@ -4,11 +4,12 @@
 the model's depth, the output against an unfinished extraction there), then runs the plan
 (`probe_lab.extract.plan`): each chunk's texts in length-sorted batches, each batch's layers pooled
 as they are produced (`probe_lab.extract.capture`), the chunk's rows written in text order as one
-shard, and the journal (`extraction.json`: the settings' identity and the shards complete so far)
-replaced after each. A run that stops — an error, Ctrl-C, a killed process — leaves its complete
-shards and the journal; the same command then continues after them, and a command with another
-model, dataset or settings is refused (`overwrite=true` starts afresh). The manifest is written last,
-so an unfinished store is never read as complete.
+shard by a writer thread while the next chunk runs through the model, and the journal
+(`extraction.json`: the settings' identity and the shards complete so far) replaced after each.
+A run that stops — an error, Ctrl-C, a killed process — leaves its complete shards and the
+journal; the same command then continues after them, and a command with another model, dataset or
+settings is refused (`overwrite=true` starts afresh). The manifest is written last, so an unfinished
+store is never read as complete.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -51,7 +53,7 @@ class ExtractionSummary:
     truncated: int
     seconds: float  # the whole extraction, the model's loading included
     loop_seconds: float  # running the texts through the model and writing their rows
-    write_seconds: float  # of which writing the shards
+    write_seconds: float  # writing the shards (hashed and written in a thread beside the model's work)
     resumed_shards: int
 
     def line(self) -> str:
@@ -102,6 +104,19 @@ def extract(settings: ExtractConfig) -> ExtractionSummary:
     )
     _write_journal(output, identity, writer.shards)
     todo = chunks[done:]
+
+    def write(x: torch.Tensor, chunk: plan.Chunk) -> float:
+        """The chunk's shard, then the journal that lists it; returns the seconds it took."""
+        started = time.perf_counter()
+        writer.append(x, labels_per_row[_row_range(rows, chunk)])
+        writer.end_shard()
+        _write_journal(output, identity, writer.shards)
+        return time.perf_counter() - started
+
+    # One writer thread: a chunk's shard is hashed and written while the next chunk runs through the
+    # model (at most two chunks held), in order, so the journal always lists a prefix of the chunks.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe_lab-extract-writer")
+    pending: Future[float] | None = None
     try:
         model = models.load_model(source, settings.model)
         with (
@@ -118,15 +133,19 @@ def extract(settings: ExtractConfig) -> ExtractionSummary:
             looping, writing = time.perf_counter(), 0.0
             for chunk in todo:
                 x = _chunk_rows(capture, model, ids[chunk.first : chunk.stop], settings, tokenizer, progress)
-                written = time.perf_counter()
-                writer.append(x, labels_per_row[_row_range(rows, chunk)])
-                writer.end_shard()
-                _write_journal(output, identity, writer.shards)
-                writing += time.perf_counter() - written
+                if pending is not None:
+                    writing += pending.result()
+                pending = pool.submit(write, x, chunk)
+            if pending is not None:
+                writing += pending.result()
             looped = time.perf_counter() - looping
     except BaseException:
+        if pending is not None:
+            wait([pending])  # the shard being written is finished or removed, never left half-listed
         writer.interrupt()
         raise
+    finally:
+        pool.shutdown(wait=True)
     provenance = identity | {"tokens": int(lengths.sum()), "truncated": truncated, "texts": len(ids)}
     manifest = writer.close(samples=plan.sample_positions(lengths, per_token), provenance=provenance)
     return ExtractionSummary(
