@@ -3,7 +3,7 @@
     python benchmarks/extraction.py [--hidden 2048] [--blocks 16] [--texts 2048] [--max-words 512]
                                     [--batch-tokens 65536] [--dtype bfloat16]
 
-Builds a random-initialised Llama-style model (default ~1.1B parameters: 2048 wide, 16 blocks,
+Builds a random-initialised Llama-style model (default 0.84B parameters: 2048 wide, 16 blocks,
 5632-wide MLP, 32 heads, 4 KV heads, a 32,000-word word-level tokenizer) and texts of random words,
 saves it to a temporary folder, then on the same texts and the same length-sorted batches measures:
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 
 import torch
 from gpu_scale import Data, backend_fit, copy_bandwidth
+from half_products import timed
 
 from probe_lab.data.synthetic import activation_like_tensor
 from probe_lab.fit import fused_logistic
@@ -36,18 +36,8 @@ from probe_lab.settings import OptimizerName, ProbeTrainingConfig
 
 
 def timed_ms(call, repeats: int) -> float:
-    """Median milliseconds of `call()` over `repeats` runs, timed with CUDA events after two warm-ups."""
-    for _ in range(2):
-        call()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median milliseconds of `call()` over `repeats` runs, timed with CUDA events after a warm-up."""
+    return timed(call, repeats) * 1e3
 
 
 def read_floor_ms(x: torch.Tensor, repeats: int) -> tuple[float, dict[str, float]]:

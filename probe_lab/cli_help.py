@@ -45,11 +45,13 @@ _REQUIRED = re.compile(r"^([A-Za-z_][\w.-]*):\s*\?\?\?")  # `key: ???`: the user
 
 OTHER_COMMANDS = """\
 Other commands:
+  python -m probe_lab.extract model.path=MODEL dataset.path=TEXTS.csv output=STORE [layers=[...]]
+                         activations of a Hugging Face model over labelled texts, into a store
   python -m probe_lab.predict probe=RUN_FOLDER data=npy data.x=X.npy [data.y=Y.npy]
                          score activations with a trained probe (--help for its settings)
   python -m probe_lab.convert SOURCE STORE --labels LABELS [--dtype float16|bfloat16|float32]
                          write an activation store from an .npy file or a folder of tensor files
-  probe-lab, probe-lab-predict, probe-lab-convert   the same commands as console scripts"""
+  probe-lab, probe-lab-predict, probe-lab-convert, probe-lab-extract   the same commands as console scripts"""
 
 SWEEP_FLAG = """\
   -m KEY=A,B ...         a sweep: one job per combination (hydra/launcher=parallel | slurm,

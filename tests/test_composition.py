@@ -245,7 +245,8 @@ def test_help_describes_each_setting(training_help: str) -> None:
 
 
 def test_help_names_the_other_entry_points(training_help: str) -> None:
-    assert "python -m probe_lab.predict" in training_help and "python -m probe_lab.convert" in training_help
+    for command in ("probe_lab.predict", "probe_lab.convert", "probe_lab.extract"):
+        assert f"python -m {command}" in training_help
 
 
 def test_help_follows_the_overrides_given(cli) -> None:

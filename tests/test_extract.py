@@ -6,6 +6,7 @@ Every model is a tiny random-initialised one built here (tests/tiny_models.py): 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -242,10 +243,9 @@ def test_extract_then_train_from_the_command_line(models, tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert "extracted 120 texts" in done.stdout and "× layers [1,3] × 32 bfloat16" in done.stdout
     assert ActivationStore.open(store).dtype == torch.bfloat16
-    again = run_cli(
-        "probe_lab.extract", f"model.path={models['llama']}", f"dataset.path={texts}", f"output={store}", cwd=tmp_path
-    )
-    assert again.returncode == 2 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    with pytest.raises(ProbeLabError, match=r"already exists and is not empty"):  # a complete store stays
+        extraction.extract(settings(models["llama"], texts, store))
+    assert ActivationStore.open(store).rows == 120
     trained = run_cli("probe_lab", "data=store", f"data.path={store}", "data.layer=1", "backend=sklearn", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["auroc"] > 0.5
@@ -300,3 +300,27 @@ def test_rows_of_one_sample_with_two_labels_are_refused() -> None:
     dataset.groups = np.repeat(np.arange(20), 2)
     with pytest.raises(ProbeLabError, match="rows: sample 0 has rows of both labels"):
         split_dataset(dataset, 0.2, 0.2, seed=0)
+
+
+def test_extract_help_describes_each_setting_and_follows_the_overrides() -> None:
+    from probe_lab.cli_help import extract_help
+
+    text = extract_help(["pooling=tokens", "layers=[2,-1]"])
+    for setting in ("model.path=???", "dataset.path=???", "output=???", "pooling=tokens", "layers=[2,-1]"):
+        assert re.search(rf"^  {re.escape(setting)}\s+\S", text, re.MULTILINE), setting
+    assert re.search(r"^  model\.padding_side=right\s+right \| left", text, re.MULTILINE), text
+    assert "python -m probe_lab data=store data.path=STORE" in text and "hydra" not in text.split("Hydra:")[0]
+
+
+def test_a_model_spread_by_accelerate_gives_the_same_rows(models, texts, tmp_path) -> None:
+    """model.device_map=auto (accelerate places the blocks; here all on the CPU) changes nothing."""
+    plain = tmp_path / "plain"
+    extraction.extract(settings(models["llama"], texts, plain, layers=[1, -1]))
+    spread = settings(models["llama"], texts, tmp_path / "spread", layers=[1, -1])
+    spread.model.device_map = "auto"
+    extraction.extract(spread)
+    first, second = ActivationStore.open(plain), ActivationStore.open(tmp_path / "spread")
+    rows = np.arange(first.rows)
+    for layer in range(2):
+        torch.testing.assert_close(second.table().read(rows, layer), first.table().read(rows, layer))
+    assert second.provenance["model"] == first.provenance["model"]
