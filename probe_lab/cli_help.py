@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from probe_lab.settings.data import StreamingSettings
+from probe_lab.settings.schema import register_configs
 from probe_lab.version import version_line
 
 CONFIG_MODULE = "probe_lab.conf"
@@ -190,6 +191,7 @@ def _composed(config_name: str, overrides: Sequence[str]) -> tuple[DictConfig, d
     """The config composed with the overrides (without them if they do not compose, with the reason),
     and each group's chosen option."""
     problem = None
+    register_configs()  # the apps' schemas, which their config files name first
     with initialize_config_module(CONFIG_MODULE, version_base=None):
         try:
             cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)

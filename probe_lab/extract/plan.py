@@ -1,11 +1,13 @@
-"""How an extraction walks its texts: chunks, one shard each, and length-sorted batches within a chunk.
+"""How an extraction walks its texts: chunks of a few shards each, and length-sorted batches within a chunk.
 
-A chunk is a run of consecutive texts whose rows fill at most one shard (`shard_rows`; a single text
-with more token rows than that is a chunk of its own). Its rows are written in text order, and the
-shard is ended with the chunk: an interrupted extraction resumes at the first chunk whose shard is
-missing, and the plan — a function of the token counts and the settings alone — is the same when
-the command runs again. Within a chunk, texts are sorted by length and cut into batches of at most
-`batch_tokens` tokens, padding included, and `max_batch_size` texts, so little compute goes to padding.
+A chunk is a run of consecutive texts whose rows fill at most CHUNK_SHARDS shards (a single text with
+more rows than that is a chunk of its own). Its rows are written in text order, and its last shard is
+ended with the chunk: an interrupted extraction resumes at the first chunk whose shards are missing,
+and the plan — a function of the token counts and the settings alone — is the same when the command
+runs again. A chunk spans several shards so that sorting its texts by length leaves little padding
+even when every token is a row (a 256 MB shard of 8192-wide rows holds only ~60 texts of 256 tokens).
+Within a chunk, texts are sorted by length and cut into batches of at most `batch_tokens` tokens,
+padding included, and `max_batch_size` texts, so little compute goes to padding.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+CHUNK_SHARDS = 4  # shards of rows one chunk holds at most: the window texts are sorted by length in
 
 
 @dataclass(frozen=True)
@@ -27,12 +31,12 @@ def rows_per_text(lengths: np.ndarray, per_token: bool) -> np.ndarray:
     return lengths.astype(np.int64) if per_token else np.ones(len(lengths), dtype=np.int64)
 
 
-def chunks(rows: np.ndarray, shard_rows: int) -> list[Chunk]:
-    """Consecutive texts grouped so that each group's rows fit `shard_rows` (at least one text each)."""
+def chunks(rows: np.ndarray, chunk_rows: int) -> list[Chunk]:
+    """Consecutive texts grouped so that each group's rows fit `chunk_rows` (at least one text each)."""
     out: list[Chunk] = []
     first, held = 0, 0
     for index, count in enumerate(rows.tolist()):
-        if held and held + count > shard_rows:
+        if held and held + count > chunk_rows:
             out.append(Chunk(first, index, held))
             first, held = index, 0
         held += count

@@ -86,7 +86,7 @@ def extract(settings: ExtractConfig) -> ExtractionSummary:
     rows = plan.rows_per_text(lengths, per_token)
     row_bytes = len(layers) * dim * getattr(torch, settings.model.dtype.value).itemsize
     shard_rows = max(1, int(settings.shard_mb * 2**20) // row_bytes)
-    chunks = plan.chunks(rows, shard_rows)
+    chunks = plan.chunks(rows, shard_rows * plan.CHUNK_SHARDS)
     identity = _identity(settings, source, texts.sha256, layers)
     kept, resuming = _resumable(output, identity, settings.overwrite)
     done = _chunks_done(kept, chunks)
