@@ -173,25 +173,27 @@ def _chunk_rows(
     tokenizer: Any,
     progress: Any,
 ) -> torch.Tensor:
-    """The chunk's rows in text order, (rows, D) for one layer or (rows, L, D)."""
+    """The chunk's rows in text order, (rows, D) for one layer or (rows, L, D): each batch's rows go
+    to the device's host in one copy, then straight to their places."""
     lengths = np.array([len(row) for row in ids])
-    pieces: list[list[torch.Tensor] | None] = [None] * len(ids)
+    per_token = settings.pooling is Pooling.tokens
+    counts = plan.rows_per_text(lengths, per_token)
+    starts = np.cumsum(counts) - counts
+    out: torch.Tensor | None = None
     device = models.input_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     for batch in plan.batches(lengths, settings.batch_tokens, settings.max_batch_size):
         inputs, mask = padded_batch([ids[i] for i in batch], pad, settings.model.padding_side, capture.accepts)
         inputs = {name: value.to(device) for name, value in inputs.items()}
         layers = capture.run(pooling(settings.pooling.value, mask), **inputs)
-        stacked = torch.stack([layer.to("cpu") for layer in layers], dim=1)  # (rows of the batch, L, D)
-        if settings.pooling is Pooling.tokens:
-            for i, part in zip(batch, torch.split(stacked, lengths[batch].tolist()), strict=True):
-                pieces[i] = part
-        else:
-            for i, row in zip(batch, stacked, strict=True):
-                pieces[i] = row[None]
+        rows = torch.stack([layer.to(layers[0].device) for layer in layers], dim=1).cpu()  # (batch rows, L, D)
+        if out is None:
+            out = torch.empty((int(counts.sum()), *rows.shape[1:]), dtype=rows.dtype)
+        places = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in batch])
+        out[torch.from_numpy(places)] = rows
         progress.update(int(lengths[batch].sum()))
-    x = torch.cat(pieces)  # type: ignore[arg-type]
-    return x[:, 0] if x.shape[1] == 1 else x
+    assert out is not None
+    return out[:, 0] if out.shape[1] == 1 else out
 
 
 def padded_batch(
