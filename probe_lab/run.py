@@ -34,6 +34,7 @@ from probe_lab.report.summary import parity_run_lines, run_summary_lines
 from probe_lab.report.sweep.job import JOB_ID_KEY
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.backend import BackendChoice, resolve_backend
+from probe_lab.settings.data import LAYER_ALL
 from probe_lab.settings.ignored import ignored_trainer_flags
 from probe_lab.settings.parallel import ONE_PROCESS, Processes, follower_process, launched_processes
 from probe_lab.settings.placement import Placement, decide_placement
@@ -68,6 +69,10 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
     job's id, recorded in metrics.json / parity.json so that the sweep summary knows them for its own.
     settings: `cfg` already checked as a RunConfig (`to_settings`), when the caller has it."""
     settings = settings or to_settings(cfg, RunConfig)
+    if settings.data.layer == LAYER_ALL:
+        from probe_lab.layers import run_every_layer
+
+        return run_every_layer(cfg, out_dir, job_id, settings)
     if settings.data.test_split <= 0:
         raise ProbeLabError("data.test_split must be > 0 for a training run (test metrics need rows)")
     config = training_config(settings)

@@ -128,6 +128,18 @@ def plot_regularization_path(path: Path, points: list[dict[str, float]], best: f
     save_figure(fig, path)
 
 
+def plot_layers(path: Path, rows: list[dict[str, Any]], best: int) -> None:
+    """Validation and test AUROC by layer (data.layer=all), the best layer by validation marked."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    layers = [row["layer"] for row in rows]
+    ax.plot(layers, [row["val_auroc"] for row in rows], marker="o", label="validation AUROC")
+    ax.plot(layers, [row["test_auroc"] for row in rows], marker="s", label="test AUROC")
+    ax.axvline(best, color="grey", linestyle=":", label=f"best on validation: layer {best}")
+    ax.set(xlabel="layer (index into the data's layer axis)", ylabel="AUROC", title="AUROC by layer")
+    ax.legend(loc="best")
+    save_figure(fig, path)
+
+
 def plot_parity(path: Path, a: BackendOutcome, b: BackendOutcome) -> None:
     """The backends' test probabilities against each other (see `parity_figure`) as a PNG file."""
     save_figure(parity_figure(a, b), path)

@@ -12,9 +12,12 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from probe_lab.errors import ProbeLabError
 from probe_lab.settings.checks import require_positive
+
+LAYER_ALL = "all"  # data.layer=all: one probe per layer of N×L×D activations
 
 
 class DataSource(StrEnum):
@@ -121,7 +124,15 @@ class SeedTaskData(DataSettings):
 class LayeredData(DataSettings):
     """Sources whose activations may hold a layer axis (N×L×D): `layer` picks one."""
 
-    layer: int | None = None  # type: ignore[assignment]  # a field here, a property on the base
+    # An index (negative from the end), or "all": one probe per layer (probe_lab.layers). Typed Any
+    # because the config's types cannot say "an int or this word"; checked here instead.
+    layer: Any = None  # type: ignore[assignment]  # a field here, a property on the base
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        index = isinstance(self.layer, int) and not isinstance(self.layer, bool)
+        if self.layer is not None and self.layer != LAYER_ALL and not index:
+            raise ProbeLabError(f"data.layer must be a layer index or {LAYER_ALL}, got {self.layer!r}")
 
 
 @dataclass

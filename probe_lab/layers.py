@@ -1,0 +1,78 @@
+"""`data.layer=all`: one probe per layer of N×L×D activations, in one run.
+
+Each layer is a training run of its own (`probe_lab.run.run`) in the run folder's `layer_KK/`, with
+its probe, metrics and plots; all use the same split of rows (the seed's), so their metrics compare.
+A store's checksums are verified once, with the first layer. The run folder then gets `layers.csv`
+and `layers.json` (per layer: val and test AUROC and AP, the folder of its probe) and `layers.png`
+(AUROC by layer, validation and test), and the summary ends with the table and the best layer by
+validation AUROC.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+from probe_lab.artifacts import staged_artifacts, write_json
+from probe_lab.data.sources import layer_count
+from probe_lab.errors import ProbeLabError
+from probe_lab.report.run_log import print_summary
+from probe_lab.settings.data import StoreData
+from probe_lab.settings.schema import RunConfig
+
+LAYERS_FILES = ("layers.csv", "layers.json", "layers.png")
+
+
+def run_every_layer(cfg: DictConfig, out_dir: Path, job_id: str | None, settings: RunConfig) -> Any:
+    """Train a probe on each layer into `out_dir/layer_KK/`, then write the layer table and plot."""
+    from probe_lab.report.plots import plot_layers
+    from probe_lab.run import RunResult, run
+
+    count = layer_count(settings.data)
+    if count is None:
+        raise ProbeLabError(f"data.layer=all: data={settings.data.source.value} holds no layer axis (N×D rows)")
+    if settings.parity:
+        raise ProbeLabError("data.layer=all trains one backend per layer: leave experiment=parity out")
+    rows = []
+    for layer in range(count):
+        verified = layer > 0 and isinstance(settings.data, StoreData)  # checksums already checked
+        data = dataclasses.replace(settings.data, layer=layer, **({"verify": False} if verified else {}))
+        layer_cfg = cfg.copy()
+        with open_dict(layer_cfg):
+            layer_cfg.data.layer = layer
+        folder = out_dir / f"layer_{layer:02d}"
+        result = run(layer_cfg, folder, job_id, dataclasses.replace(settings, data=data))
+        metrics = result.metrics
+        rows.append(
+            {
+                "layer": layer,
+                "val_auroc": metrics["val"]["auroc"],
+                "val_ap": metrics["val"]["ap"],
+                "test_auroc": metrics["test"]["auroc"],
+                "test_ap": metrics["test"]["ap"],
+                "probe": str(folder / "probe.safetensors"),
+            }
+        )
+    best = max(rows, key=lambda row: row["val_auroc"])
+    with staged_artifacts(out_dir) as staging:
+        with open(staging / "layers.csv", "w", newline="") as file:
+            table = csv.DictWriter(file, fieldnames=list(rows[0]))
+            table.writeheader()
+            table.writerows(rows)
+        write_json(staging / "layers.json", {"best_layer": best["layer"], "layers": rows})
+        plot_layers(staging / "layers.png", rows, best["layer"])
+    print_summary(layer_lines(rows, best, out_dir))
+    return RunResult(out_dir, {"layers": rows, "best_layer": best["layer"]}, best["val_auroc"])
+
+
+def layer_lines(rows: list[dict[str, Any]], best: dict[str, Any], out_dir: Path) -> list[str]:
+    lines = [f"probe_lab: one probe per layer ({len(rows)} layers)", "  layer  val AUROC  test AUROC"]
+    for row in rows:
+        mark = "  ← best (validation)" if row is best else ""
+        lines.append(f"  {row['layer']:>5}  {row['val_auroc']:.4f}     {row['test_auroc']:.4f}{mark}")
+    lines.append(f"  outputs  {out_dir}: layer_KK/ (each layer's run), {', '.join(LAYERS_FILES)}")
+    return lines

@@ -1,0 +1,51 @@
+"""`data.layer=all`: one probe per layer in one run, with the layer table, plot and each layer's probe."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from test_composition import refusal
+
+
+def layered_npy(folder: Path) -> tuple[Path, Path]:
+    """600 rows × 4 layers × 16 dims; only layer 2 holds the label."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 600)
+    x = rng.standard_normal((600, 4, 16)).astype(np.float32)
+    x[:, 2, :3] += 1.5 * y[:, None]
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", y)
+    return folder / "x.npy", folder / "y.npy"
+
+
+def test_every_layer_gets_its_probe_and_the_table_finds_the_informative_one(cli, tmp_path) -> None:
+    x, y = layered_npy(tmp_path)
+    result = cli("data=npy", f"data.x={x}", f"data.y={y}", "data.layer=all", "backend=sklearn")
+    assert result.returncode == 0, result.stderr
+    table = list(csv.DictReader((result.run_dir / "layers.csv").read_text().splitlines()))
+    assert [int(row["layer"]) for row in table] == [0, 1, 2, 3]
+    record = json.loads((result.run_dir / "layers.json").read_text())
+    assert record["best_layer"] == 2 and float(table[2]["test_auroc"]) > 0.95
+    assert all(float(row["test_auroc"]) < 0.7 for i, row in enumerate(table) if i != 2)
+    assert (result.run_dir / "layers.png").stat().st_size > 0
+    for layer in range(4):
+        folder = result.run_dir / f"layer_{layer:02d}"
+        assert json.loads((folder / "probe.json").read_text())["layer"] == layer
+        assert (folder / "probe.safetensors").is_file()
+    splits = {
+        json.dumps([m["n_train"], m["n_val"], m["n_test"]])
+        for m in (json.loads((result.run_dir / f"layer_{k:02d}" / "metrics.json").read_text()) for k in range(4))
+    }
+    assert len(splits) == 1  # one split of the rows for every layer
+    assert "← best (validation)" in result.stdout and "layers.csv, layers.json, layers.png" in result.stdout
+
+
+def test_data_layer_all_without_a_layer_axis_and_a_bad_layer_are_refused(cli, tmp_path) -> None:
+    np.save(tmp_path / "flat.npy", np.zeros((100, 4), dtype=np.float32))
+    np.save(tmp_path / "y.npy", np.tile([0, 1], 50))
+    data = ("data=npy", f"data.x={tmp_path / 'flat.npy'}", f"data.y={tmp_path / 'y.npy'}")
+    assert "data.layer=all: data=npy holds no layer axis" in refusal(cli(*data, "data.layer=all"))
+    assert refusal(cli(*data, "data.layer=top")) == "data.layer must be a layer index or all, got 'top'"
