@@ -15,6 +15,7 @@ driver or system limit), the tensor is copied into memory from the caching host 
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 
@@ -35,12 +36,18 @@ def page_locked(tensor: torch.Tensor) -> torch.Tensor:
     pointer = tensor.data_ptr()
     status = cudart.cudaHostRegister(pointer, nbytes, 0)
     if status != cudart.cudaError.success:
-        log.warning("could not page-lock %.2f GB of host memory in place (%s): pinning a copy", nbytes / 1e9, status)
+        _warn_once(status)
         return tensor.pin_memory()
     # The registration ends before the tensor's memory can be freed: the finalizer runs when the tensor
     # object dies, while it still holds its storage. Not at interpreter exit, when CUDA may be gone.
     weakref.finalize(tensor, _unregister, pointer).atexit = False
     return tensor
+
+
+@functools.cache
+def _warn_once(status: object) -> None:
+    """One line per process and kind of refusal, however many blocks are refused."""
+    log.warning("could not page-lock host memory in place (%s): pinning copies instead", status)
 
 
 def _unregister(pointer: int) -> None:

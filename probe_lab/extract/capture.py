@@ -21,15 +21,6 @@ from probe_lab.errors import ProbeLabError
 Pool = Callable[[torch.Tensor], torch.Tensor]  # hidden states (B, T, D) → rows (k, D)
 
 
-def model_depth(config: Any) -> int:
-    """L: the number of blocks of the model's text stack."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    depth = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
-    if not isinstance(depth, int) or depth < 1:
-        raise ProbeLabError("model.path: its config names no number of layers (num_hidden_layers)")
-    return depth
-
-
 def resolve_layers(spec: Any, depth: int) -> list[int]:
     """`layers` as hidden_states indices in 0..depth, ascending and distinct: `all`, or a list of
     indices (negative ones count from the end, -1 = depth) and fractions of depth (0.5 = the middle)."""
@@ -37,7 +28,7 @@ def resolve_layers(spec: Any, depth: int) -> list[int]:
         if spec != "all":
             raise ProbeLabError(f"layers must be a list of indices or fractions, or all; got {spec!r}")
         return list(range(depth + 1))
-    items = list(spec) if isinstance(spec, Sequence) or hasattr(spec, "__iter__") else [spec]
+    items = list(spec) if hasattr(spec, "__iter__") else [spec]  # a list, or Hydra's ListConfig
     if not items:
         raise ProbeLabError("layers is empty")
     chosen = set()

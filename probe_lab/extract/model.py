@@ -86,6 +86,29 @@ def load_config(source: ModelSource) -> Any:
         raise ProbeLabError(f"model.path ({source.name}): unreadable config ({str(err).splitlines()[0]})") from None
 
 
+def depth(config: Any) -> int:
+    """L: the number of blocks of the model's text stack."""
+    text = _text_config(config)
+    depth = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
+    if not isinstance(depth, int) or depth < 1:
+        raise ProbeLabError("model.path: its config names no number of layers (num_hidden_layers)")
+    return depth
+
+
+def hidden_size(config: Any) -> int:
+    """D: the width of the model's hidden states."""
+    text = _text_config(config)
+    size = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+    if not isinstance(size, int):
+        raise ProbeLabError("model.path: its config names no hidden size")
+    return size
+
+
+def _text_config(config: Any) -> Any:
+    """The config of the text stack (a multimodal model's holds one per part)."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def load_model(source: ModelSource, settings: ExtractModelSettings) -> torch.nn.Module:
     """The base model in eval mode, in `settings.dtype`, where the settings put it."""
     from transformers import AutoModel

@@ -30,7 +30,7 @@ from probe_lab.artifacts import atomic_write_bytes
 from probe_lab.errors import ProbeLabError
 from probe_lab.extract import model as models
 from probe_lab.extract import plan
-from probe_lab.extract.capture import LayerCapture, model_depth, pooling, resolve_layers
+from probe_lab.extract.capture import LayerCapture, pooling, resolve_layers
 from probe_lab.extract.texts import read_texts
 from probe_lab.report.progress import progress_counter
 from probe_lab.settings.extract import CHAT_TEMPLATE, ExtractConfig, PaddingSide, Pooling
@@ -73,7 +73,7 @@ def extract(settings: ExtractConfig) -> ExtractionSummary:
     output = Path(settings.output)
     source = models.locate(settings.model)
     config = models.load_config(source)
-    depth = model_depth(config)
+    depth = models.depth(config)
     layers = resolve_layers(settings.layers, depth)
     tokenizer = models.load_tokenizer(source)
     texts = read_texts(settings.dataset, chat=_chat_template(tokenizer, settings))
@@ -81,7 +81,7 @@ def extract(settings: ExtractConfig) -> ExtractionSummary:
     lengths = np.array([len(row) for row in ids], dtype=np.int64)
     if (lengths == 0).any():
         raise ProbeLabError(f"dataset.path ({settings.dataset.path}): row {int(np.argmin(lengths))} has no tokens")
-    dim = _hidden_size(config)
+    dim = models.hidden_size(config)
     per_token = settings.pooling is Pooling.tokens
     rows = plan.rows_per_text(lengths, per_token)
     row_bytes = len(layers) * dim * getattr(torch, settings.model.dtype.value).itemsize
@@ -91,6 +91,7 @@ def extract(settings: ExtractConfig) -> ExtractionSummary:
     kept, resuming = _resumable(output, identity, settings.overwrite)
     done = _chunks_done(kept, chunks)
     labels_per_row = np.repeat(texts.labels, rows)
+    first_rows = np.cumsum(rows) - rows  # each text's first row in the store
     kept_rows = sum(shard.rows for shard in kept)
     writer = StoreWriter(
         output,
@@ -104,11 +105,13 @@ def extract(settings: ExtractConfig) -> ExtractionSummary:
     )
     _write_journal(output, identity, writer.shards)
     todo = chunks[done:]
+    todo_tokens = int(lengths[todo[0].first :].sum()) if todo else 0
 
     def write(x: torch.Tensor, chunk: plan.Chunk) -> float:
         """The chunk's shard, then the journal that lists it; returns the seconds it took."""
         started = time.perf_counter()
-        writer.append(x, labels_per_row[_row_range(rows, chunk)])
+        first = int(first_rows[chunk.first])
+        writer.append(x, labels_per_row[first : first + chunk.rows])
         writer.end_shard()
         _write_journal(output, identity, writer.shards)
         return time.perf_counter() - started
@@ -122,7 +125,7 @@ def extract(settings: ExtractConfig) -> ExtractionSummary:
         with (
             LayerCapture(model, layers, depth) as capture,
             progress_counter(
-                int(lengths[chunks[done].first :].sum()) if todo else 0,
+                todo_tokens,
                 desc="extract",
                 unit="tok",
                 unit_scale=True,
@@ -156,7 +159,7 @@ def extract(settings: ExtractConfig) -> ExtractionSummary:
         dim=dim,
         dtype=manifest.dtype,
         gigabytes=manifest.nbytes / 1e9,
-        tokens=int(lengths[chunks[done].first :].sum()) if todo else 0,
+        tokens=todo_tokens,
         truncated=truncated,
         seconds=time.perf_counter() - start,
         loop_seconds=looped,
@@ -214,11 +217,6 @@ def padded_batch(
     return inputs, mask
 
 
-def _row_range(rows: np.ndarray, chunk: plan.Chunk) -> slice:
-    first = int(rows[: chunk.first].sum())
-    return slice(first, first + chunk.rows)
-
-
 def _tokenized(tokenizer: Any, texts: list[str], settings: ExtractConfig) -> tuple[list[list[int]], int]:
     """Token ids per text (special tokens as the tokenizer adds them, unless a chat template did),
     cut to dataset.max_length; and how many texts were cut."""
@@ -242,14 +240,6 @@ def _chat_template(tokenizer: Any, settings: ExtractConfig) -> Any:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     return apply
-
-
-def _hidden_size(config: Any) -> int:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    size = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
-    if not isinstance(size, int):
-        raise ProbeLabError("model.path: its config names no hidden size")
-    return size
 
 
 def _identity(settings: ExtractConfig, source: models.ModelSource, dataset_sha256: str, layers: list[int]) -> dict:
