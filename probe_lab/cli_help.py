@@ -24,7 +24,7 @@ from probe_lab.settings.schema import register_configs
 from probe_lab.version import version_line
 
 CONFIG_MODULE = "probe_lab.conf"
-TRAINING_GROUPS = ("backend", "device", "data", "precision", "model", "probe", "trainer", "callbacks", "logger")
+TRAINING_GROUPS = ("backend", "device", "data", "precision", "model", "probe", "eval", "trainer", "callbacks", "logger")
 SWEEP_GROUPS = ("hydra/launcher", "hydra/sweeper")
 # The `name` of these groups repeats the option chosen; listing it again would say nothing.
 NAMED_BY_OPTION = ("backend", "device", "precision", "model")
@@ -131,10 +131,7 @@ def extract_help(overrides: Sequence[str]) -> str:
     comments = _nested_comments("extract")
     settings = []
     for key, value in _leaves(cfg):
-        if isinstance(value, ListConfig):
-            shown = f"[{','.join(map(str, value))}]"
-        else:
-            shown = OmegaConf.to_yaml(OmegaConf.create({"v": value})).removeprefix("v: ").strip()
+        shown = _shown(value)
         settings.append(f"  {f'{key}={shown}':<38}{comments.get(key, '')}".rstrip())
     lines = [
         f"{version_line('probe_lab.extract')}: activations of a Hugging Face model over labelled texts, into a store",
@@ -302,11 +299,16 @@ def _open_group_lines(group: str, node: DictConfig, chosen: Any) -> Iterator[str
 
 
 def _setting_line(name: str, node: DictConfig, key: str, help_text: str) -> str:
-    if OmegaConf.is_missing(node, key) or help_text.startswith("(required)"):
-        value = "???"
-    else:
-        value = OmegaConf.to_yaml(OmegaConf.create({"v": node[key]})).removeprefix("v: ").strip()
+    missing = OmegaConf.is_missing(node, key) or help_text.startswith("(required)")
+    value = "???" if missing else _shown(node[key])
     return f"  {f'{name}={value}':<38}{help_text}".rstrip()
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as it is written on the command line (a list as [a,b])."""
+    if isinstance(value, ListConfig):
+        return f"[{','.join(map(str, value))}]"
+    return OmegaConf.to_yaml(OmegaConf.create({"v": value})).removeprefix("v: ").strip()
 
 
 def _field_help(node: DictConfig, key: str) -> str:

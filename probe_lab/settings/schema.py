@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from probe_lab.errors import ProbeLabError
 from probe_lab.settings.data import SCHEMAS, DataSettings
+from probe_lab.settings.evaluation import EvalSettings
 from probe_lab.settings.extract import ExtractConfig
 from probe_lab.settings.parallel import DEFAULT_COLLECTIVE_TIMEOUT_S
 from probe_lab.settings.probe import ProbeSettings
@@ -113,6 +114,7 @@ class RunConfig:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
     trainer: dict[str, Any] = field(default_factory=dict)
     callbacks: dict[str, Any] = field(default_factory=dict)
     logger: dict[str, Any] = field(default_factory=dict)
