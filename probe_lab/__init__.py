@@ -14,6 +14,7 @@ _EXPORTS = {
     "ActivationStore": "probe_lab.store",
     "LinearProbe": "probe_lab.fit.linear_probe",
     "Probe": "probe_lab.detector",
+    "ProbeClassifier": "probe_lab.estimator",
     "ProbeDetector": "probe_lab.detector",
     "ProbeLabError": "probe_lab.errors",
     "ProbeTrainerFactory": "probe_lab.api",
@@ -31,6 +32,7 @@ __all__ = [
     "ActivationStore",
     "LinearProbe",
     "Probe",
+    "ProbeClassifier",
     "ProbeDetector",
     "ProbeLabError",
     "ProbeTrainerFactory",
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from probe_lab.data.dataset import ActivationDataset
     from probe_lab.detector import Probe, ProbeDetector
     from probe_lab.errors import ProbeLabError
+    from probe_lab.estimator import ProbeClassifier
     from probe_lab.fit.linear_probe import LinearProbe
     from probe_lab.probe import ProbeWeights, load_probe, save_probe
     from probe_lab.settings import ProbeTrainingConfig

@@ -1,9 +1,11 @@
 """`python -m probe_lab.predict probe=<run folder or .safetensors> data=...`: score activations.
 
 Writes scores.csv (row, logit, probability, prediction) and scores.npy (probabilities) into the
-run folder; with labels, metrics.json too. The threshold is the one the training run picked on its
-validation split (probe.json beside the probe), else 0.5. The layer scored is the one the probe was
-trained on unless data.layer names another and allow_other_layer=true (`scoring_layer`).
+run folder; with labels, metrics.json too. The threshold is, in this order: `threshold=` (a
+probability), `at_fpr=` (the training run's threshold at that false-positive rate, probe.json's
+`thresholds`), or the one the training run picked on its validation split, else 0.5. The layer
+scored is the one the probe was trained on unless data.layer names another and allow_other_layer=true
+(`scoring_layer`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +57,25 @@ class ProbeRecord:
     layer: int | None
     known_layer: bool
     layers: int | None = None
+    at_fpr: tuple[dict[str, Any], ...] = ()  # the run's thresholds at false-positive rates
+
+    def decision(self, threshold: float | None, at_fpr: float | None) -> Decision:
+        """The rule predictions follow: `threshold` (a probability), the run's threshold at `at_fpr`,
+        or the run's balanced validation threshold."""
+        if threshold is not None and at_fpr is not None:
+            raise ProbeLabError("threshold and at_fpr both set: choose one")
+        if threshold is not None:
+            if not 0.0 <= threshold <= 1.0:
+                raise ProbeLabError(f"threshold={threshold}: a probability in [0, 1]")
+            return Decision(threshold, _logit(threshold), f"threshold={threshold:g}")
+        if at_fpr is None:
+            return Decision(self.threshold, _logit(self.threshold), "the run's balanced validation threshold")
+        for point in self.at_fpr:
+            if math.isclose(float(point["target_fpr"]), at_fpr, rel_tol=1e-9):
+                how = f"at_fpr={at_fpr:g}, set on the run's {point['source']}"
+                return Decision(float(point["probability"]), float(point["logit"]), how)
+        known = ", ".join(f"{float(point['target_fpr']):g}" for point in self.at_fpr) or "none"
+        raise ProbeLabError(f"at_fpr={at_fpr:g}: the probe's run set thresholds at false-positive rates {known}")
 
     @classmethod
     def read(cls, header: dict[str, Any], sidecar: Path | None) -> ProbeRecord:
@@ -75,7 +97,29 @@ class ProbeRecord:
                     raise ValueError(f"{name} must be an integer or null, got {value!r}")
         except (TypeError, ValueError) as err:
             raise ProbeLabError(f"{sidecar or 'probe metadata'}: not a probe_lab probe.json ({err})") from None
-        return cls(threshold, layer, "layer" in record, layers)
+        at_fpr = record.get("thresholds") or []
+        if not isinstance(at_fpr, list) or not all(
+            isinstance(point, dict) and {"target_fpr", "logit", "probability"} <= set(point) for point in at_fpr
+        ):
+            raise ProbeLabError(f"{sidecar or 'probe metadata'}: not a probe_lab probe.json (bad thresholds)")
+        return cls(threshold, layer, "layer" in record, layers, tuple(at_fpr))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Rows are flagged when their logit is at or above `logit` (the probability `threshold`)."""
+
+    threshold: float
+    logit: float
+    how: str
+
+
+def _logit(probability: float) -> float:
+    if probability <= 0.0:
+        return -math.inf
+    if probability >= 1.0:
+        return math.inf
+    return math.log(probability) - math.log1p(-probability)
 
 
 def scoring_layer(record: ProbeRecord, requested: int | None, layers: int | None, allow_other: bool) -> int | None:
@@ -134,7 +178,8 @@ def predict(cfg: DictConfig, out_dir: Path) -> dict:
     probe_path, sidecar = probe_files(settings.probe_path)
     weights, header = load_probe(probe_path)
     record = ProbeRecord.read(header, sidecar)
-    threshold = record.threshold
+    decision = record.decision(settings.threshold, settings.at_fpr)
+    threshold = decision.threshold
     data = settings.data
     layers = layer_count(data)
     layer = scoring_layer(record, data.layer, layers, settings.allow_other_layer)
@@ -149,8 +194,15 @@ def predict(cfg: DictConfig, out_dir: Path) -> dict:
     dataset.check_finite()
     logits = weights.decision_function(dataset)
     probabilities = sigmoid(logits)
-    predictions = (probabilities >= threshold).astype(np.int64)
-    result: dict = {"probe": str(probe_path), "n": len(dataset), "layer": layer, "threshold": threshold}
+    predictions = (logits >= decision.logit).astype(np.int64)
+    result: dict = {
+        "probe": str(probe_path),
+        "n": len(dataset),
+        "layer": layer,
+        "threshold": threshold,
+        "threshold_logit": decision.logit,
+        "threshold_from": decision.how,
+    }
     with staged_artifacts(out_dir) as staging:
         np.save(staging / "scores.npy", probabilities)
         rows = np.column_stack([np.arange(len(logits)), logits, probabilities, predictions])
@@ -164,12 +216,18 @@ def predict(cfg: DictConfig, out_dir: Path) -> dict:
         )
         if dataset.labels is not None:
             if len(np.unique(dataset.labels)) == 2:
-                result["metrics"] = metrics_lib.evaluate(dataset.labels, probabilities, threshold)
+                result["metrics"] = metrics_lib.evaluate(dataset.labels, probabilities, threshold) | {
+                    "accuracy": float(np.mean(predictions == dataset.labels))
+                }
             else:  # ranking metrics need both classes; accuracy still says how many were caught
                 result["metrics"] = {"accuracy": float(np.mean(predictions == dataset.labels))}
                 log.warning("%s: labels hold one class only; AUROC and AP are undefined", dataset.name)
             write_json(staging / "metrics.json", result)
     print(f"probe_lab.predict: scored {len(dataset)} rows with {probe_path}")
+    print(
+        f"  flagged  {int(predictions.sum())} of {len(dataset)} rows at probability >= {threshold:.4g} "
+        f"({decision.how})"
+    )
     if layer is not None and layers is not None:
         trained = "N×D activations" if record.layer is None else f"layer {record.layer}"
         own = record.layer is not None and record.layers in (None, layers) and layer == record.layer % layers
@@ -180,7 +238,7 @@ def predict(cfg: DictConfig, out_dir: Path) -> dict:
         print(f"  layer    N×D rows; the probe was trained on layer {record.layer}, which these rows are taken to be")
     if "metrics" in result:
         shown = "  ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
-        print(f"  {shown}  (threshold {threshold:.4f})")
+        print(f"  {shown}")
     print(f"  outputs  {out_dir}: scores.csv, scores.npy{', metrics.json' if 'metrics' in result else ''}")
     return result
 

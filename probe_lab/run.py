@@ -12,21 +12,22 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from probe_lab import metrics as metrics_lib
 from probe_lab.artifacts import staged_artifacts, write_json
+from probe_lab.assessment import Evaluation, assess, check_control, control_probes
 from probe_lab.backends import backend_class
 from probe_lab.backends.base import ProbeTrainer
-from probe_lab.data.sources import Source, open_source
+from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.sources import Source, load_dataset, open_source
 from probe_lab.data.splits import Splits, hold_splits, split_dataset
 from probe_lab.errors import ProbeLabError
-from probe_lab.probe import FORMAT_VERSION, ProbeWeights, save_probe
+from probe_lab.probe import FORMAT_VERSION, save_probe
 from probe_lab.report.parity import TEST_SCORES, BackendOutcome, compare
 from probe_lab.report.plots import plot_parity, plot_regularization_path, plot_roc
 from probe_lab.report.run_log import RUN_LOG, print_summary
@@ -35,6 +36,7 @@ from probe_lab.report.sweep.job import JOB_ID_KEY
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.backend import BackendChoice, resolve_backend
 from probe_lab.settings.data import LAYER_ALL
+from probe_lab.settings.evaluation import EvalSettings
 from probe_lab.settings.ignored import ignored_trainer_flags
 from probe_lab.settings.parallel import ONE_PROCESS, Processes, follower_process, launched_processes
 from probe_lab.settings.placement import Placement, decide_placement
@@ -50,18 +52,6 @@ class RunResult:
     out_dir: Path
     metrics: dict[str, Any]
     val_auroc: float  # of the exported probe; with experiment=parity, the better backend's
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Scores of the trained probe on the held-out splits, with the threshold picked on validation."""
-
-    threshold: float
-    val_proba: np.ndarray
-    test_proba: np.ndarray
-    val: dict[str, float]
-    test: dict[str, float]
-    test_per_sample: dict[str, Any] | None = None  # rows that come several to a sample (token stores)
 
 
 def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: RunConfig | None = None) -> RunResult:
@@ -136,7 +126,12 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
 
         return {"lightning": lightning_parts(cfg, folder)}
 
-    fit = Fit(config, placement, settings.progress_bar, lightning_for, resolved_config, job_id)
+    control = None
+    if settings.eval.control is not None:
+        control = load_dataset(settings.eval.control, settings.seed, require_labels=False)
+        check_control(control, source.dim)
+        RUN_LOG.info("control  %s: %d negative rows for the false-positive-rate thresholds", control.name, len(control))
+    fit = Fit(config, placement, settings.progress_bar, lightning_for, resolved_config, job_id, settings.eval, control)
     if settings.parity:
         return run_parity(fit, splits, data, timings, out_dir)
     if follower_process():  # a data-parallel fit's process other than the first: it writes nothing
@@ -168,8 +163,8 @@ def training_config(settings: RunConfig) -> ProbeTrainingConfig:
 @dataclass(frozen=True)
 class Fit:
     """What every backend's fit in this run shares: its config, its placement, whether to show
-    progress, how to build the pytorch backend's Lightning parts for a run folder, and the resolved
-    config that probe.json records."""
+    progress, how to build the pytorch backend's Lightning parts for a run folder, the resolved
+    config that probe.json records, and how the probe is judged (the eval group, its control set)."""
 
     config: ProbeTrainingConfig
     placement: Placement
@@ -177,6 +172,8 @@ class Fit:
     lightning_for: Callable[[Path], dict[str, Any]]
     resolved_config: Any
     job_id: str | None = None
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+    control: ActivationDataset | None = None  # eval.control's negatives, read
 
 
 @dataclass(frozen=True)
@@ -210,7 +207,9 @@ def train_backend(
     timings["fit_seconds"] = trainer.fit_seconds
 
     start = time.perf_counter()
-    evaluation = evaluate(weights, splits)
+    evaluation = assess(
+        weights, splits, fit.evaluation, seed=fit.config.seed, val_logits=trainer.val_scores, control=fit.control
+    )
     timings["evaluate_seconds"] = time.perf_counter() - start
 
     run_metrics: dict[str, Any] = {
@@ -228,7 +227,9 @@ def train_backend(
         "n_test": len(splits.test) if splits.test is not None else 0,
         "input_dim": data.dim,
         "fit_seconds": trainer.fit_seconds,
+        "kind": fit.config.kind.value,
         "regularization": trainer.regularization,
+        "standardize": trainer.standardized,
         "fit": trainer.fit_details,
         "placement": trainer.placement.to_dict() if trainer.placement is not None else None,
         "threshold": evaluation.threshold,
@@ -236,10 +237,20 @@ def train_backend(
         "test": evaluation.test,
         "timings": timings,
     }
+    if evaluation.test_intervals is not None:
+        run_metrics["test_intervals"] = evaluation.test_intervals
+    if evaluation.thresholds:
+        run_metrics["thresholds"] = evaluation.thresholds
     if evaluation.test_per_sample is not None:
         run_metrics["test_per_sample"] = evaluation.test_per_sample
     if trainer.regularization_path:
         run_metrics["regularization_path"] = trainer.regularization_path
+    if trainer.cross_validation is not None:
+        run_metrics["cross_validation"] = trainer.cross_validation
+    if fit.evaluation.controls:
+        start = time.perf_counter()
+        run_metrics["controls"] = train_controls(choice, fit, splits, data, evaluation.test["auroc"])
+        timings["controls_seconds"] = time.perf_counter() - start
     if fit.job_id is not None:
         run_metrics[JOB_ID_KEY] = fit.job_id
     start = time.perf_counter()
@@ -250,6 +261,23 @@ def train_backend(
     files = ARTIFACTS + (["regularization_path.png"] if trainer.regularization_path else [])
     files += sorted(f"{path.name}/" for path in folder.iterdir() if path.is_dir())  # logs, checkpoints
     return run_metrics, files
+
+
+def train_controls(
+    choice: BackendChoice, fit: Fit, splits: Splits, data: DataFacts, probe_test_auroc: float
+) -> dict[str, Any]:
+    """eval.controls: the same backend and settings on permuted labels, and a random direction
+    (`probe_lab.assessment.control_probes`); the control fit's own files are not kept."""
+    RUN_LOG.info("controls the same probe on permuted labels, and a random direction")
+    with tempfile.TemporaryDirectory(prefix="probe_lab-control-") as scratch:
+
+        def train(train_split: ActivationDataset, val_split: ActivationDataset) -> ProbeTrainer:
+            parts = fit.lightning_for(Path(scratch)) if choice.name == "pytorch" else {}
+            trainer = backend_class(choice.name)(data.dim, fit.config, progress_bar=False, **parts)
+            trainer.fit_datasets(train_split, val_split, fit.placement if choice.name == "pytorch" else None)
+            return trainer
+
+        return control_probes(train, splits, probe_test_auroc, fit.config.seed)
 
 
 def run_parity(fit: Fit, splits: Splits, data: DataFacts, timings: dict[str, float], out_dir: Path) -> RunResult:
@@ -295,26 +323,6 @@ def load_splits(settings: RunConfig, source: Source, placement: Placement) -> tu
     return splits, dropped
 
 
-def evaluate(weights: ProbeWeights, splits: Splits) -> Evaluation:
-    if splits.test is None:
-        raise ValueError("evaluate needs a test split")
-    val_proba = weights.predict_proba(splits.val)
-    test_proba = weights.predict_proba(splits.test)
-    threshold = metrics_lib.pick_threshold(splits.val.labels, val_proba)
-    return Evaluation(
-        threshold=threshold,
-        val_proba=val_proba,
-        test_proba=test_proba,
-        val=metrics_lib.evaluate(splits.val.labels, val_proba, threshold, with_recall=False),
-        test=metrics_lib.evaluate(splits.test.labels, test_proba, threshold),
-        test_per_sample=(
-            None
-            if splits.test.groups is None
-            else metrics_lib.per_sample(splits.test.labels, test_proba, splits.test.groups)
-        ),
-    )
-
-
 def write_artifacts(
     staging: Path,
     trainer: ProbeTrainer,
@@ -326,12 +334,18 @@ def write_artifacts(
     """probe.safetensors, probe.json and roc.png into the staging folder (metrics.json comes last)."""
     assert trainer.weights is not None and splits.test is not None
     np.save(staging / TEST_SCORES, evaluation.test_proba.astype(np.float64))
+    # What probe_lab.predict needs of each false-positive-rate threshold.
+    thresholds = [
+        {key: point[key] for key in ("target_fpr", "logit", "probability", "source")} for point in evaluation.thresholds
+    ]
     save_probe(
         staging / "probe.safetensors",
         trainer.weights,
         {
             "backend": trainer.backend,
+            "kind": run_metrics["kind"],
             "threshold": evaluation.threshold,
+            "thresholds": thresholds,
             "layer": run_metrics["layer"],
             "layers": run_metrics["layers"],
         },
@@ -344,7 +358,9 @@ def write_artifacts(
             "layer": run_metrics["layer"],
             "layers": run_metrics["layers"],
             "backend": trainer.backend,
+            "kind": run_metrics["kind"],
             "threshold": evaluation.threshold,
+            "thresholds": thresholds,
             "metrics": {"val": evaluation.val, "test": evaluation.test},
             "config": resolved_config,
         },
@@ -361,5 +377,8 @@ def write_artifacts(
     )
     if "regularization_path" in run_metrics:
         plot_regularization_path(
-            staging / "regularization_path.png", run_metrics["regularization_path"], run_metrics["regularization"]
+            staging / "regularization_path.png",
+            run_metrics["regularization_path"],
+            run_metrics["regularization"],
+            run_metrics["standardize"],
         )

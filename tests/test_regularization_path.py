@@ -38,7 +38,7 @@ def test_the_path_keeps_the_value_with_the_best_validation_auroc(splits, trainer
 def test_each_value_of_the_path_is_the_probe_a_single_run_would_train(splits, trainer_class) -> None:
     """Every column of the joint Lightning fit (and every warm-started sklearn fit) is that value's optimum."""
     path = fit_on_cpu(trainer_class, splits, regularization=PATH)
-    columns = path._fit(splits.train, splits.val, PATH, path.placement)  # every probe of the path, not the kept one
+    columns = path._fit(splits.train, splits.val, PATH, path.placement, standardize=False)  # every probe of the path
     for point, column in zip(path.regularization_path, columns, strict=True):
         single = fit_on_cpu(SklearnProbeTrainer, splits, regularization=point["regularization"])
         assert abs(point["val_auroc"] - single.val_auroc) < 2e-3

@@ -1,10 +1,12 @@
 """`ProbeTrainer`: the interface both backends share (the seed guide's trainer API).
 
-A backend implements `_fit(train, val, regularizations, placement) -> [FitResult]` (one probe per value
-of the regularization path; the best on validation is kept; none on the processes of a data-parallel
-fit other than the first, which hold no probe and report nothing); everything else — accepting arrays,
-tensors or file lists, holding out a validation split, deciding the placement when the caller did not,
-scoring, prediction, checkpoints — lives here once.
+A backend implements `_fit(train, val, regularizations, placement, standardize=) -> [FitResult]` (one
+logistic probe per value of the regularization path, on raw or standardized features; none on the
+processes of a data-parallel fit other than the first, which hold no probe and report nothing);
+everything else — accepting arrays, tensors or file lists, holding out a validation split, deciding
+the placement when the caller did not, choosing among candidates on validation or by cross-validation
+(probe_lab.selection), the closed-form kinds (probe_lab.fit.class_means), scoring, prediction,
+checkpoints — lives here once.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.splits import split_dataset
 from probe_lab.errors import ProbeLabError
 from probe_lab.probe import ProbeWeights, decision_functions, load_probe, save_probe
+from probe_lab.selection import Candidate, CandidateRecord, best_candidate, candidates, cross_validation_folds
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.ignored import ignored_settings
 from probe_lab.settings.parallel import ONE_PROCESS, Processes
 from probe_lab.settings.placement import Placement, SplitBytes, decide_placement
+from probe_lab.settings.probe import ProbeKind
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,18 @@ Activations = np.ndarray | torch.Tensor | Sequence[str | Path] | ActivationDatas
 class FitResult:
     weights: ProbeWeights
     details: dict[str, Any] = field(default_factory=dict)  # solver, iterations, converged, ...
+
+
+@dataclass
+class _Choice:
+    """The probe a fit settles on, the candidate it is (None for the closed-form kinds), every
+    candidate's record, the validation rows' scores, and the cross-validation summary when one ran."""
+
+    result: FitResult
+    candidate: Candidate | None
+    records: list[CandidateRecord]
+    val_scores: np.ndarray
+    cross_validation: dict[str, Any] | None = None
 
 
 class ProbeTrainer(ABC):
@@ -67,10 +83,15 @@ class ProbeTrainer(ABC):
         self.fit_details: dict[str, Any] = {}
         self.fit_seconds: float | None = None
         self.val_auroc: float | None = None
-        # The value the probe was trained with; with a path, the best on validation, and every value's
-        # validation AUROC as [{"regularization", "val_auroc"}].
+        # The value (and feature scaling) the probe was trained with; with a choice, the best, and
+        # every candidate's record (`CandidateRecord.to_dict`). None for the closed-form kinds.
         self.regularization: float | None = None
-        self.regularization_path: list[dict[str, float]] | None = None
+        self.standardized: bool | None = None
+        self.regularization_path: list[dict[str, Any]] | None = None
+        # With probe.cv_folds: the folds, the choice and its mean fold AUROC.
+        self.cross_validation: dict[str, Any] | None = None
+        # Logits of the validation rows the validation metrics come from (out-of-fold with cv_folds).
+        self.val_scores: np.ndarray | None = None
         self.placement: Placement | None = None  # where the last fit ran
         # False on a data-parallel fit's processes other than the first: they hold no probe after fit.
         self.leads = True
@@ -128,35 +149,130 @@ class ProbeTrainer(ABC):
         ignored = ignored_settings(self.config, self.backend, placement)
         if ignored:
             log.warning(ignored)
-        values = self.config.regularization_values
+        self._refuse_in_parallel(placement)
         start = time.perf_counter()
-        results = self._fit(train, val, values, placement)
+        if self.config.kind is not ProbeKind.logistic:
+            choice = self._fit_class_means(train, val)
+        elif self.config.cv_folds >= 2:
+            choice = self._cross_validate(train, val, placement)
+        else:
+            choice = self._choose_on_validation(train, val, placement)
         self.fit_seconds = time.perf_counter() - start
-        if not results:  # a data-parallel fit's process other than the first
+        if choice is None:  # a data-parallel fit's process other than the first
             self.leads = False
             return math.nan
-        scores = decision_functions([result.weights for result in results], val)
-        aurocs = [metrics.auroc(val.labels, scores[:, k]) for k in range(len(results))]
-        best = int(np.argmax(aurocs))  # the first of equals, in the order the values were given
-        self.weights = results[best].weights
-        self.fit_details = results[best].details
-        self.regularization = values[best]
+        self.weights = choice.result.weights
+        self.fit_details = choice.result.details
+        self.regularization = choice.candidate.regularization if choice.candidate is not None else None
+        self.standardized = choice.candidate.standardize if choice.candidate is not None else None
+        with_scaling = len(self.config.standardize_values) > 1
         self.regularization_path = (
-            [{"regularization": value, "val_auroc": auroc} for value, auroc in zip(values, aurocs, strict=True)]
-            if len(values) > 1
-            else None
+            [record.to_dict(with_scaling) for record in choice.records] if len(choice.records) > 1 else None
         )
-        self.val_auroc = aurocs[best]
+        self.cross_validation = choice.cross_validation
+        self.val_scores = choice.val_scores
+        self.val_auroc = metrics.auroc(val.labels, choice.val_scores)
         return self.val_auroc
+
+    def _refuse_in_parallel(self, placement: Placement) -> None:
+        """Cross-validation and the closed-form kinds run in one process."""
+        if not placement.processes.data_parallel:
+            return
+        if self.config.kind is not ProbeKind.logistic:
+            raise ProbeLabError(
+                f"probe.kind={self.config.kind.value} is computed in one process: leave trainer.devices and "
+                "trainer.num_nodes unset"
+            )
+        if self.config.cv_folds >= 2:
+            raise ProbeLabError(
+                "probe.cv_folds fits its folds in one process: leave trainer.devices and trainer.num_nodes unset"
+            )
+
+    def _fit_logistic(
+        self, train: ActivationDataset, val: ActivationDataset, placement: Placement, standardize: bool
+    ) -> list[FitResult]:
+        return self._fit(train, val, self.config.regularization_values, placement, standardize=standardize)
+
+    def _choose_on_validation(
+        self, train: ActivationDataset, val: ActivationDataset, placement: Placement
+    ) -> _Choice | None:
+        """Every candidate fitted on the training split and scored on the validation split."""
+        options = candidates(self.config.regularization_values, self.config.standardize_values)
+        results: list[FitResult] = []
+        for standardize in self.config.standardize_values:
+            fitted = self._fit_logistic(train, val, placement, standardize)
+            if not fitted:
+                return None
+            results += fitted
+        scores = decision_functions([result.weights for result in results], val)
+        records = [
+            CandidateRecord(option, val_auroc=metrics.auroc(val.labels, scores[:, k]))
+            for k, option in enumerate(options)
+        ]
+        best = best_candidate(np.array([record.score for record in records]))
+        return _Choice(results[best], options[best], records, scores[:, best])
+
+    def _cross_validate(self, train: ActivationDataset, val: ActivationDataset, placement: Placement) -> _Choice | None:
+        """Stratified K-fold cross-validation over the training and validation rows together; the
+        candidate with the best mean fold AUROC is refit on all of them. The validation rows' scores
+        are their out-of-fold scores under that candidate (no row is scored by a probe trained on it)."""
+        folds = self.config.cv_folds
+        pooled = train.joined(val)
+        parts = cross_validation_folds(pooled, folds, self.config.seed)
+        options = candidates(self.config.regularization_values, self.config.standardize_values)
+        fold_aurocs = np.empty((len(options), folds))
+        out_of_fold = np.empty((len(options), len(pooled)), dtype=np.float32)
+        for number, (fit_rows, held_out_rows) in enumerate(parts):
+            fold_train, held_out = pooled.subset(fit_rows), pooled.subset(held_out_rows)
+            log.info(
+                "cross-validation fold %d of %d: %d rows fitted, %d held out",
+                number + 1,
+                folds,
+                len(fit_rows),
+                len(held_out_rows),
+            )
+            results: list[FitResult] = []
+            for standardize in self.config.standardize_values:
+                results += self._fit_logistic(fold_train, held_out, placement, standardize)
+            scores = decision_functions([result.weights for result in results], held_out)
+            out_of_fold[:, held_out_rows] = scores.T
+            fold_aurocs[:, number] = [metrics.auroc(held_out.labels, scores[:, k]) for k in range(len(options))]
+        records = [CandidateRecord(option, fold_aurocs=tuple(fold_aurocs[k])) for k, option in enumerate(options)]
+        best = best_candidate(np.array([record.score for record in records]))
+        chosen = options[best]
+        refit = self._fit(pooled, val, [chosen.regularization], placement, standardize=chosen.standardize)[0]
+        summary = {
+            "folds": folds,
+            "grouped": pooled.groups is not None,
+            "rows": len(pooled),
+            "chosen": {"regularization": chosen.regularization, "standardize": chosen.standardize},
+            "mean_auroc": records[best].score,
+            "std_auroc": float(np.std(fold_aurocs[best])),
+        }
+        return _Choice(refit, chosen, records, out_of_fold[best, len(train) :], summary)
+
+    def _fit_class_means(self, train: ActivationDataset, val: ActivationDataset) -> _Choice:
+        """The closed-form kinds: one probe from the training split's class statistics."""
+        from probe_lab.fit.class_means import class_mean_probe
+
+        weights, details = class_mean_probe(train, self.config.kind, shrinkage=self.config.shrinkage)
+        return _Choice(FitResult(weights, details), None, [], weights.decision_function(val))
 
     def _check_config(self) -> None:  # noqa: B027 (a hook: most backends accept every setting)
         """Refuse settings this backend cannot honour (one line naming the setting)."""
 
     @abstractmethod
     def _fit(
-        self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float], placement: Placement
+        self,
+        train: ActivationDataset,
+        val: ActivationDataset,
+        regularizations: list[float],
+        placement: Placement,
+        *,
+        standardize: bool,
     ) -> list[FitResult]:
-        """One probe per regularization value, in the same order (a path of one value is a plain fit)."""
+        """One probe per regularization value, in the same order (a path of one value is a plain fit),
+        on raw or standardized features."""
 
     # -- using the probe ------------------------------------------------------------------------
     @property

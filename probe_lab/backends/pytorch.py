@@ -10,6 +10,7 @@ probes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -70,7 +71,13 @@ class TorchProbeTrainer(ProbeTrainer):
         return Processes.from_trainer_flags(self.lightning.trainer_options)
 
     def _fit(
-        self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float], placement: Placement
+        self,
+        train: ActivationDataset,
+        val: ActivationDataset,
+        regularizations: list[float],
+        placement: Placement,
+        *,
+        standardize: bool,
     ) -> list[FitResult]:
         if not placement.full_batch and len(regularizations) > 1:
             log.warning(
@@ -118,7 +125,7 @@ class TorchProbeTrainer(ProbeTrainer):
             module = prepared_module(
                 train,
                 regularizations,
-                self.config,
+                dataclasses.replace(self.config, standardize=standardize),
                 placement.optimizer,
                 device=placement.device,
                 resident=resident,

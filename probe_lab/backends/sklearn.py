@@ -33,7 +33,13 @@ class SklearnProbeTrainer(ProbeTrainer):
     backend = "sklearn"
 
     def _fit(
-        self, train: ActivationDataset, val: ActivationDataset, regularizations: list[float], placement: Placement
+        self,
+        train: ActivationDataset,
+        val: ActivationDataset,
+        regularizations: list[float],
+        placement: Placement,
+        *,
+        standardize: bool,
     ) -> list[FitResult]:
         """In host memory whatever `placement` says: scikit-learn fits numpy arrays."""
         params = self.config.with_regularization(regularizations[0]).to_sklearn_params(
@@ -43,7 +49,7 @@ class SklearnProbeTrainer(ProbeTrainer):
         mean, std = (moment.numpy() for moment in device_moments(torch.from_numpy(x)))
         # liblinear penalizes the intercept, so centring would change its optimum: leave its input raw.
         center = np.zeros_like(mean) if params["solver"] == "liblinear" else mean
-        scale = np.where(std > 0, std, 1.0) if self.config.standardize else np.ones_like(std)
+        scale = np.where(std > 0, std, 1.0) if standardize else np.ones_like(std)
         # float64: in float32 the D×D Hessian of outlier-laden activations can be too ill-conditioned
         # to factor, and newton-cholesky would fall back to lbfgs.
         dtype = np.float64 if params["solver"] == "newton-cholesky" else np.float32

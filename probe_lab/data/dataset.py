@@ -115,6 +115,32 @@ class ActivationDataset(Dataset):
             view.groups = self.groups[np.asarray(indices)]
         return view
 
+    def joined(self, other: ActivationDataset) -> ActivationDataset:
+        """This dataset's rows followed by `other`'s (labels and groups alike), as one dataset.
+
+        Two views of one table (the splits of a run read from one source) stay a view, nothing
+        copied; otherwise both are copied, in their storage dtype, into one tensor where this
+        dataset's rows live (the splits of a run held on a GPU, each a tensor of its own).
+        """
+        if other.dim != self.dim:
+            raise ProbeLabError(f"{other.name}: {other.dim} dims cannot join {self.name}'s {self.dim}")
+        if other.table is self.table and other.layer == self.layer:
+            both = copy.copy(self)
+            both._rows = np.concatenate([self._rows, other._rows])
+        else:
+            device = self.device
+            rows = torch.cat([self.to_device(device), other.to_device(device).to(self.storage_dtype)])
+            table = DeviceTable(rows) if device.type != "cpu" else _host_table(rows)
+            both = ActivationDataset(table, name=self.name)
+        both._checked_finite = self._checked_finite and other._checked_finite
+        both.labels = (
+            None if self.labels is None or other.labels is None else np.concatenate([self.labels, other.labels])
+        )
+        both.groups = (
+            None if self.groups is None or other.groups is None else np.concatenate([self.groups, other.groups])
+        )
+        return both
+
     def segments(self, max_rows: int) -> list[np.ndarray]:
         """This dataset's row indices cut into runs of at most `max_rows` that ascend in storage and
         stay within one storage segment (shard): the unit of one large contiguous read."""
@@ -335,3 +361,9 @@ def _check_array(array: np.ndarray | MappedFile, name: str) -> None:
         raise ProbeLabError(f"{name}: activations must be floating point, got dtype {array.dtype}")
     if len(array.shape) not in (2, 3):
         raise ProbeLabError(f"{name}: activations must have shape (N, D) or (N, L, D), got {array.shape}")
+
+
+def _host_table(rows: torch.Tensor) -> ArrayTable:
+    """A host tensor (N, D) of a storage dtype as an `ArrayTable` over its memory (bfloat16 as bits)."""
+    array = rows.view(torch.int16).numpy().view(np.uint16) if rows.dtype == torch.bfloat16 else rows.numpy()
+    return ArrayTable(array, rows.dtype)

@@ -115,14 +115,28 @@ def threshold_legend_entry(threshold: float) -> Line2D:
     )
 
 
-def plot_regularization_path(path: Path, points: list[dict[str, float]], best: float) -> None:
-    """Validation AUROC against regularization (log axis), the chosen value marked."""
+def plot_regularization_path(
+    path: Path, points: list[dict[str, Any]], best: float, best_standardize: bool | None = None
+) -> None:
+    """AUROC against regularization (log axis), the chosen value marked: validation AUROC, or with
+    cross-validation the mean fold AUROC with ± one standard deviation error bars; one line per
+    feature scaling when standardize=auto tried both."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    values = [p["regularization"] for p in points]
-    aurocs = [p["val_auroc"] for p in points]
-    order = np.argsort(values)
-    ax.plot(np.asarray(values)[order], np.asarray(aurocs)[order], marker="o", label="validation AUROC")
-    ax.axvline(best, color="grey", linestyle=":", label=f"chosen: {best:g}")
+    scalings = sorted({p.get("standardize") for p in points}, key=lambda scaling: bool(scaling))
+    for scaling in scalings:
+        mine = sorted((p for p in points if p.get("standardize") == scaling), key=lambda p: p["regularization"])
+        values = [p["regularization"] for p in mine]
+        name = "" if scaling is None else (" (standardized)" if scaling else " (raw)")
+        if "cv_auroc_mean" in mine[0]:
+            means, stds = [p["cv_auroc_mean"] for p in mine], [p["cv_auroc_std"] for p in mine]
+            folds = len(mine[0]["fold_aurocs"])
+            ax.errorbar(values, means, yerr=stds, marker="o", capsize=3, label=f"{folds}-fold CV AUROC ± std{name}")
+        else:
+            ax.plot(values, [p["val_auroc"] for p in mine], marker="o", label=f"validation AUROC{name}")
+    chosen = f"chosen: {best:g}" + (
+        "" if best_standardize is None or len(scalings) < 2 else (", standardized" if best_standardize else ", raw")
+    )
+    ax.axvline(best, color="grey", linestyle=":", label=chosen)
     ax.set(xscale="log", xlabel="regularization (sklearn's 1/C)", ylabel="AUROC", title="regularization path")
     ax.legend(loc="best")
     save_figure(fig, path)
@@ -259,3 +273,28 @@ def log_scale(key: str, values: list[float]) -> bool:
     if key.rsplit(".", 1)[-1] in LOG_SCALE_KEYS:
         return bool(positive)
     return len(positive) == len(values) > 0 and max(positive) / min(positive) > LOG_SCALE_SPAN
+
+
+def plot_transfer(path: Path, names: list[str], auroc: list[list[float]]) -> None:
+    """A transfer matrix as a heat map: `auroc[i][j]` is the test AUROC of the probe trained on `names[i]`
+    (rows, "trained on") scored on the test split of `names[j]` (columns, "tested on"), each cell
+    annotated, the diagonal (each probe on its own dataset) outlined; colours run from 0 to 1, white at
+    chance (0.5), with a colour bar."""
+    values = np.asarray(auroc, dtype=float)
+    count = len(names)
+    side = min(3.0 + 0.9 * count, 24.0)
+    font = 10 if count <= 8 else max(5.0, 80.0 / count)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side), dpi=100)
+    image = ax.imshow(values, cmap="RdBu", vmin=0.0, vmax=1.0)
+    for i in range(count):
+        for j in range(count):
+            value = values[i, j]
+            color = "white" if abs(value - 0.5) > 0.3 else "black"
+            ax.text(j, i, f"{value:.3f}", ha="center", va="center", color=color, fontsize=font)
+        ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.5))
+    long_names = max((len(name) for name in names), default=0) > 6
+    ax.set_xticks(range(count), names, rotation=45 if long_names else 0, ha="right" if long_names else "center")
+    ax.set_yticks(range(count), names)
+    ax.set(xlabel="tested on", ylabel="trained on", title="probe transfer: test AUROC (outlined: own dataset)")
+    fig.colorbar(image, ax=ax, label="test AUROC (0.5: chance)")
+    save_figure(fig, path)

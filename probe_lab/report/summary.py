@@ -37,14 +37,24 @@ def run_summary_lines(backend: str, reason: str, metrics: dict[str, Any], out_di
             + f"{placement['train']} ({HOMES[placement['train']]})"
             + _kept_on_device(placement),
         )
-    for point in metrics.get("regularization_path", []):
-        chosen = "  ← chosen" if point["regularization"] == metrics["regularization"] else ""
-        value, auroc = point["regularization"], point["val_auroc"]
-        lines.append(f"  path     regularization {value:<9g} val AUROC {auroc:.4f}{chosen}")
+    lines += path_lines(metrics)
+    if metrics.get("kind", "logistic") != "logistic":
+        lines.append(f"  kind     {metrics['kind']} (closed form from the training split's class statistics)")
     if test:
         lines.append(
-            f"  test     AUROC {test['auroc']:.4f}  AP {test['ap']:.4f}  accuracy {test['accuracy']:.4f}  "
-            f"recall@1%FPR {test['recall_at_1pct_fpr']:.4f}" + (" (per token)" if "test_per_sample" in metrics else "")
+            test_line(test, metrics.get("test_intervals")) + (" (per token)" if "test_per_sample" in metrics else "")
+        )
+    for point in metrics.get("thresholds", []):
+        lines.append(
+            f"  at FPR   {point['target_fpr']:g}: threshold {point['probability']:.4g} (logit {point['logit']:.4g}, on "
+            f"{point['negatives']} {point['source']}{_few(point)}) → test recall {point['test_recall']:.4f}, "
+            f"test FPR {point['test_fpr']:.4f}"
+        )
+    if "controls" in metrics:
+        controls = metrics["controls"]
+        lines.append(
+            f"  controls shuffled-label probe test AUROC {controls['shuffled_labels']['test_auroc']:.4f}, random "
+            f"direction {controls['random_direction']['test_auroc']:.4f}; selectivity {controls['selectivity']:+.4f}"
         )
     if "test_per_sample" in metrics:
         by_sample = metrics["test_per_sample"]
@@ -58,6 +68,52 @@ def run_summary_lines(backend: str, reason: str, metrics: dict[str, Any], out_di
         lines.append(f"  time     {stages}")
     lines.append(f"  outputs  {out_dir}: {', '.join(files)}")
     return lines
+
+
+def path_lines(metrics: dict[str, Any]) -> list[str]:
+    """One line per candidate probe of a choice, the chosen one marked; with cross-validation, each
+    candidate's mean ± std fold AUROC and a line saying what was cross-validated."""
+    lines = []
+    chosen = (metrics.get("regularization"), metrics.get("standardize"))
+    for point in metrics.get("regularization_path", []):
+        scaling = point.get("standardize", chosen[1])
+        mark = "  ← chosen" if (point["regularization"], scaling) == chosen else ""
+        scaled = (" standardized" if scaling else " raw         ") if "standardize" in point else ""
+        if "cv_auroc_mean" in point:
+            score = f"CV AUROC {point['cv_auroc_mean']:.4f} ± {point['cv_auroc_std']:.4f}"
+        else:
+            score = f"val AUROC {point['val_auroc']:.4f}"
+        lines.append(f"  path     regularization {point['regularization']:<9g}{scaled} {score}{mark}")
+    if "cross_validation" in metrics:
+        cv = metrics["cross_validation"]
+        grouped = ", samples kept whole" if cv["grouped"] else ""
+        lines.append(
+            f"  cv       {cv['folds']}-fold stratified over {cv['rows']} train+val rows{grouped}; the choice refit "
+            "on all of them; val metrics from out-of-fold scores"
+        )
+    return lines
+
+
+def test_line(test: dict[str, float], intervals: dict[str, Any] | None) -> str:
+    """Test AUROC, AP, accuracy and recall at 1% FPR, with their bootstrap intervals when there are any."""
+
+    def shown(key: str) -> str:
+        if intervals is None or key not in intervals:
+            return f"{test[key]:.4f}"
+        return f"{test[key]:.4f} [{intervals[key]['low']:.4f}, {intervals[key]['high']:.4f}]"
+
+    line = (
+        f"  test     AUROC {shown('auroc')}  AP {shown('ap')}  accuracy {test['accuracy']:.4f}  "
+        f"recall@1%FPR {shown('recall_at_1pct_fpr')}"
+    )
+    if intervals is not None:
+        line += f"  ({intervals['confidence']:.0%} bootstrap intervals, {intervals['resamples']} resamples)"
+    return line
+
+
+def _few(point: dict[str, Any]) -> str:
+    """A note when the negatives are too few to resolve the target rate."""
+    return "; too few to resolve it: no false positive allowed" if point["target_fpr"] * point["negatives"] < 1 else ""
 
 
 def parity_run_lines(numbers: dict[str, Any], n_train: int, dim: int, out_dir: Path) -> list[str]:

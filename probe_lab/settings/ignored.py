@@ -12,6 +12,7 @@ from typing import Any
 
 from probe_lab.settings.data import StreamingSettings
 from probe_lab.settings.placement import Placement
+from probe_lab.settings.probe import ProbeKind
 from probe_lab.settings.training import ProbeTrainingConfig
 
 # What only the pytorch backend reads (precision "32" is what sklearn does anyway).
@@ -30,13 +31,29 @@ SKLEARN_ONLY = ("probe.solver",)
 # What only minibatch AdamW reads: full-batch L-BFGS takes one step per epoch over resident data.
 ADAMW_ONLY = ("probe.learning_rate", "probe.gradient_accumulation_steps", "probe.early_stopping_patience")
 STREAMING = tuple(f"data.{f.name}" for f in dataclasses.fields(StreamingSettings))
+# What the closed-form kinds (mean_difference, lda) do not read: they fit no logistic regression.
+LOGISTIC_ONLY = (
+    "probe.regularization",
+    "probe.penalty",
+    "probe.standardize",
+    "probe.cv_folds",
+    "probe.max_iterations",
+    *(name for name in PYTORCH_ONLY if name.startswith("probe.")),
+    *SKLEARN_ONLY,
+)
+LDA_ONLY = ("probe.shrinkage",)
 
 
 def ignored_settings(config: ProbeTrainingConfig, backend: str, placement: Placement | None) -> str | None:
     """One line naming (`name=value`) every chosen setting that the fit with `config` on `backend` (at
     `placement`, for the pytorch backend) does not use, and why; None when it uses them all."""
     chosen = _chosen(config)
-    if backend == "sklearn":
+    if config.kind is not ProbeKind.logistic:
+        unused = [f"{name}={value}" for name, value in chosen.items() if name in LOGISTIC_ONLY]
+        if config.kind is not ProbeKind.lda:
+            unused += [f"{name}={value}" for name, value in chosen.items() if name in LDA_ONLY]
+        reasons = [(unused, f"probe.kind={config.kind.value} is computed in closed form")]
+    elif backend == "sklearn":
         unused = [f"{name}={value}" for name, value in chosen.items() if name in (*PYTORCH_ONLY, *STREAMING)]
         if config.precision not in (None, "32"):
             unused.insert(0, f"precision={config.precision}")
@@ -48,6 +65,10 @@ def ignored_settings(config: ProbeTrainingConfig, backend: str, placement: Place
             unread = STREAMING if placement.train_resident else ("data.shuffle_reads",)
             adamw = [f"{name}={value}" for name, value in chosen.items() if name in (*ADAMW_ONLY, *unread)]
             reasons.append((adamw, "minibatch AdamW only; this fit is full-batch L-BFGS"))
+    if config.kind is ProbeKind.logistic:
+        reasons.append(
+            ([f"{name}={value}" for name, value in chosen.items() if name in LDA_ONLY], "probe.kind=lda only")
+        )
     parts = [f"{', '.join(names)} ({why})" for names, why in reasons if names]
     return f"settings without effect, ignored: {'; '.join(parts)}" if parts else None
 
@@ -66,7 +87,7 @@ def _chosen(config: ProbeTrainingConfig) -> dict[str, Any]:
     command-line name's last part is the config's field)."""
     default = ProbeTrainingConfig()
     values = {}
-    for name in (*PYTORCH_ONLY, *SKLEARN_ONLY):
+    for name in dict.fromkeys((*PYTORCH_ONLY, *SKLEARN_ONLY, *LOGISTIC_ONLY, *LDA_ONLY)):
         field_name = name.rsplit(".", 1)[1]
         value = getattr(config, field_name)
         if value != getattr(default, field_name):

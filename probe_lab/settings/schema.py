@@ -134,6 +134,8 @@ class PredictConfig:
     probe_path: str = MISSING  # given on the command line as probe=PATH
     data: DataSettings = field(default_factory=DataSettings)
     allow_other_layer: bool = False  # score a data.layer other than the one the probe was trained on
+    threshold: float | None = None  # a probability; None: the training run's balanced validation threshold
+    at_fpr: float | None = None  # instead, the training run's threshold at this false-positive rate
     seed: int = 42
 
 
