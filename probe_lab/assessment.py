@@ -27,7 +27,7 @@ from probe_lab.thresholds import threshold_at_fpr
 if TYPE_CHECKING:
     from probe_lab.backends.base import ProbeTrainer
 
-CONTROL = "control"
+CONTROL = "eval.control negatives"
 VALIDATION_NEGATIVES = "validation negatives"
 
 

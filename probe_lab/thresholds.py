@@ -24,7 +24,7 @@ class FprThreshold:
 
     target_fpr: float
     logit: float
-    source: str  # "control" (eval.control) or "validation negatives"
+    source: str  # "eval.control negatives" or "validation negatives"
     negatives: int
     reached_fpr: float  # the share of those negatives flagged: at most target_fpr
 

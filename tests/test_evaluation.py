@@ -55,11 +55,11 @@ def test_a_run_sets_thresholds_on_its_control_set_and_predict_applies_them(cli, 
     weights, _ = load_probe(result.run_dir / "probe.safetensors")
     control_logits = weights.decision_function(control)
     for point in metrics["thresholds"]:
-        assert point["source"] == "control" and point["negatives"] == 3000
+        assert point["source"] == "eval.control negatives" and point["negatives"] == 3000
         reached = float(np.mean(control_logits >= point["logit"]))
         assert reached <= point["target_fpr"] and reached == pytest.approx(point["reached_fpr"])
         assert 0.0 < point["test_recall"] < 1.0 and point["test_fpr"] < 3 * point["target_fpr"] + 0.02
-    assert "at FPR   0.01: threshold" in result.stdout and "on 3000 control" in result.stdout
+    assert "at FPR   0.01: threshold" in result.stdout and "on 3000 eval.control negatives" in result.stdout
     stored = result.probe_json()["thresholds"]
     assert [point["target_fpr"] for point in stored] == [0.01, 0.05]
 
@@ -83,7 +83,7 @@ def test_a_run_sets_thresholds_on_its_control_set_and_predict_applies_them(cli, 
     rows = np.loadtxt(scored.run_dir / "scores.csv", delimiter=",", skiprows=1)
     logit = stored[1]["logit"]
     np.testing.assert_array_equal(rows[:, 3], (control_logits >= logit).astype(float))
-    assert rows[:, 3].mean() <= 0.05 and "at_fpr=0.05, set on the run's control" in scored.stdout
+    assert rows[:, 3].mean() <= 0.05 and "at_fpr=0.05, set on the run's eval.control negatives" in scored.stdout
     refused = cli(
         "at_fpr=0.2", f"probe={result.run_dir}", f"data.x={signal_files['negatives']}", module="probe_lab.predict"
     )

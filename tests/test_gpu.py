@@ -362,3 +362,29 @@ def test_blocks_copied_through_two_device_buffers_arrive_intact(store_splits, ho
             torch.mm(x.float(), work)  # the GPU is busy with this block while the next ones are copied
             arrived.append(x.clone())
         assert torch.equal(torch.cat(arrived), expected)
+
+
+def test_cross_validation_on_the_gpu_chooses_as_the_sklearn_backend(splits) -> None:
+    """Folds of splits held on the GPU (joined there) choose and refit as the sklearn backend does."""
+    from probe_lab.backends.sklearn import SklearnProbeTrainer
+
+    held = [split.on_device("cuda") for split in (splits.train, splits.val)]
+    gpu = TorchProbeTrainer(512, ProbeTrainingConfig(device="cuda", precision="32", regularization="auto", cv_folds=3))
+    gpu.fit_datasets(*held)
+    cpu = SklearnProbeTrainer(512, ProbeTrainingConfig(regularization="auto", cv_folds=3))
+    cpu.fit_datasets(splits.train, splits.val)
+    means = [[point["cv_auroc_mean"] for point in trainer.regularization_path] for trainer in (gpu, cpu)]
+    np.testing.assert_allclose(means[0], means[1], atol=1e-3)
+    assert gpu.regularization == cpu.regularization or abs(max(means[0]) - max(means[1])) < 1e-4
+    assert cosine(gpu.coef_, cpu.coef_) >= 0.999
+
+
+@pytest.mark.parametrize("kind", ["mean_difference", "lda"])
+def test_class_mean_probes_on_the_gpu_match_the_cpu(splits, kind: str) -> None:
+    held = [split.on_device("cuda") for split in (splits.train, splits.val)]
+    gpu = TorchProbeTrainer(512, ProbeTrainingConfig(device="cuda", kind=kind))
+    gpu.fit_datasets(*held)
+    cpu = TorchProbeTrainer(512, ProbeTrainingConfig(device="cpu", kind=kind))
+    cpu.fit_datasets(splits.train, splits.val)
+    assert cosine(gpu.coef_, cpu.coef_) >= 0.9999
+    assert abs(gpu.intercept_ - cpu.intercept_) < 1e-3 * (1 + abs(cpu.intercept_))

@@ -22,7 +22,16 @@ import pytest
 from conftest import REPO
 
 README = (REPO / "README.md").read_text()
-EXAMPLE_FILES = ("acts.npy", "labels.npy", "layers.npy", "activations", "labels.txt", "tiny-llama", "reviews.csv")
+EXAMPLE_FILES = (
+    "acts.npy",
+    "labels.npy",
+    "layers.npy",
+    "negatives.npy",
+    "activations",
+    "labels.txt",
+    "tiny-llama",
+    "reviews.csv",
+)
 # Commands needing an optional extra run only where it is installed.
 EXTRAS = {
     "logger=wandb": "wandb",

@@ -291,7 +291,7 @@ def plot_transfer(path: Path, names: list[str], auroc: list[list[float]]) -> Non
             value = values[i, j]
             color = "white" if abs(value - 0.5) > 0.3 else "black"
             ax.text(j, i, f"{value:.3f}", ha="center", va="center", color=color, fontsize=font)
-        ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.5))
+        ax.add_patch(plt.Rectangle((i - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="black", linewidth=2.5))
     long_names = max((len(name) for name in names), default=0) > 6
     ax.set_xticks(range(count), names, rotation=45 if long_names else 0, ha="right" if long_names else "center")
     ax.set_yticks(range(count), names)

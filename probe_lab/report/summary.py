@@ -9,6 +9,8 @@ from typing import Any
 from probe_lab.report.parity import compared_backends
 from probe_lab.settings.placement import size_text
 
+SHOWN_CANDIDATES = 5  # lines of a long regularization path in the summary
+
 # Where a pytorch fit's training split lives, in words (`probe_lab.settings.placement.DataHome`).
 HOMES = {
     "resident": "held on the device",
@@ -71,19 +73,29 @@ def run_summary_lines(backend: str, reason: str, metrics: dict[str, Any], out_di
 
 
 def path_lines(metrics: dict[str, Any]) -> list[str]:
-    """One line per candidate probe of a choice, the chosen one marked; with cross-validation, each
-    candidate's mean ± std fold AUROC and a line saying what was cross-validated."""
-    lines = []
+    """The candidates of a choice, best first (the `SHOWN_CANDIDATES` best of a longer path), the chosen
+    one marked; with cross-validation their mean ± std fold AUROC, and a line on what was cross-validated."""
+    points = metrics.get("regularization_path", [])
     chosen = (metrics.get("regularization"), metrics.get("standardize"))
-    for point in metrics.get("regularization_path", []):
+
+    def score(point: dict[str, Any]) -> float:
+        return point["cv_auroc_mean"] if "cv_auroc_mean" in point else point["val_auroc"]
+
+    lines = []
+    for point in sorted(points, key=score, reverse=True)[:SHOWN_CANDIDATES]:
         scaling = point.get("standardize", chosen[1])
         mark = "  ← chosen" if (point["regularization"], scaling) == chosen else ""
         scaled = (" standardized" if scaling else " raw         ") if "standardize" in point else ""
         if "cv_auroc_mean" in point:
-            score = f"CV AUROC {point['cv_auroc_mean']:.4f} ± {point['cv_auroc_std']:.4f}"
+            shown = f"CV AUROC {point['cv_auroc_mean']:.4f} ± {point['cv_auroc_std']:.4f}"
         else:
-            score = f"val AUROC {point['val_auroc']:.4f}"
-        lines.append(f"  path     regularization {point['regularization']:<9g}{scaled} {score}{mark}")
+            shown = f"val AUROC {point['val_auroc']:.4f}"
+        lines.append(f"  path     regularization {point['regularization']:<10g}{scaled} {shown}{mark}")
+    if len(points) > SHOWN_CANDIDATES:
+        lines.append(
+            f"  path     … the best {SHOWN_CANDIDATES} of {len(points)} candidates; all of them in metrics.json "
+            "and regularization_path.png"
+        )
     if "cross_validation" in metrics:
         cv = metrics["cross_validation"]
         grouped = ", samples kept whole" if cv["grouped"] else ""
