@@ -86,7 +86,7 @@ def assess(
     if settings.bootstrap_resamples:
         intervals = bootstrap_intervals(
             splits.test.labels,
-            test_logits,
+            test_proba,  # the scores the point estimates are computed from
             resamples=settings.bootstrap_resamples,
             confidence=settings.confidence,
             seed=seed,

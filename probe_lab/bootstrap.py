@@ -18,7 +18,7 @@ import numpy as np
 
 from probe_lab.errors import ProbeLabError
 
-CHUNK_ELEMENTS = 1 << 21  # resamples × rows scored at once: some ten arrays of this many 8-byte numbers
+CHUNK_ELEMENTS = 1 << 20  # resamples × rows scored at once: at most some twenty arrays of this many 8-byte numbers
 
 
 def recall_key(fpr: float) -> str:
@@ -135,6 +135,7 @@ class Ranking:
     neg_above_pos: np.ndarray | None  # (P,) negatives scoring above each positive; None: neg_from_pos
     pos_above_neg: np.ndarray  # (M,) positives scoring above each negative
     tied_neg: np.ndarray  # (M,) whether a positive has the negative's score
+    neg_level: np.ndarray  # (M,) each negative's distinct score: its index among them, highest first
     level_pos: np.ndarray  # (L,) per distinct score, highest first: positives scoring at least as high
     level_neg: np.ndarray  # (L,) the same for the negatives
 
@@ -157,13 +158,12 @@ class Ranking:
             neg_above_pos=None if np.array_equal(neg_above_pos, neg_from_pos) else neg_above_pos,
             pos_above_neg=pos_above_neg,
             tied_neg=np.searchsorted(pos_keys, neg_keys, side="right") > pos_above_neg,
+            neg_level=np.searchsorted(level_keys, neg_keys),
             level_pos=np.searchsorted(pos_keys, level_keys, side="right"),
             level_neg=np.searchsorted(neg_keys, level_keys, side="right"),
         )
 
-    def metrics(
-        self, pos_weights: np.ndarray, neg_weights: np.ndarray, fprs: Sequence[float]
-    ) -> dict[str, np.ndarray]:
+    def metrics(self, pos_weights: np.ndarray, neg_weights: np.ndarray, fprs: Sequence[float]) -> dict[str, np.ndarray]:
         """Per weighting (a row of pos_weights, (B, P), and of neg_weights, (B, M): integer multiplicities of
         the positives and the negatives in this ranking's order, some of each class non-zero): AUROC, AP and
         recall at each of `fprs`, as `resample_metrics` describes.
@@ -189,29 +189,33 @@ class Ranking:
             inside = crossing < len(self.negatives)
             at = np.minimum(crossing, len(self.negatives) - 1)
             found = np.where(inside, tp[np.arange(len(tp)), self.pos_above_neg[at]], positives)
-            if (redo := inside & self.tied_neg[at]).any():
-                found[redo] = self.roc_point_hits(tp[redo], fp[redo], allowed[redo])
+            if (redo := np.flatnonzero(inside & self.tied_neg[at])).size:
+                levels = int(self.neg_level[at[redo]].max()) + 1
+                found[redo] = self.roc_point_hits(tp, fp, redo, allowed[redo], levels)
             out[recall_key(fpr)] = found / positives
         return out
 
-    def roc_point_hits(self, tp: np.ndarray, fp: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-        """Per weighting, the most true positives among the points of sklearn's roc_curve with at most
-        `allowed` false positives, where tp and fp are `cumulative` counts.
+    def roc_point_hits(
+        self, tp: np.ndarray, fp: np.ndarray, rows: np.ndarray, allowed: np.ndarray, levels: int
+    ) -> np.ndarray:
+        """For the weightings `rows` of `cumulative` counts tp and fp, the most true positives among the points
+        of sklearn's roc_curve with at most `allowed` false positives, read from the first `levels` distinct
+        scores (which must hold every such point and the point after the last of them).
 
         roc_curve has one point per distinct score of the repeated data (a score of non-zero weight) and drops
         a point whose step from the point before equals its step to the point after (both counts), unless it
         is the first or the last; where such a dropped point sits on a step that adds positives and negatives
         together, the answer is that of an earlier point.
         """
-        rows, levels = len(tp), len(self.level_pos)
-        level_tp, level_fp = tp[:, self.level_pos], fp[:, self.level_neg]
+        level_tp = tp[np.ix_(rows, self.level_pos[:levels])]
+        level_fp = fp[np.ix_(rows, self.level_neg[:levels])]
         step_tp = np.diff(level_tp, axis=1, prepend=0)
         step_fp = np.diff(level_fp, axis=1, prepend=0)
         present = (step_tp + step_fp) > 0
         position = np.arange(levels)
         first_present = np.minimum.accumulate(np.where(present, position, levels)[:, ::-1], axis=1)[:, ::-1]
-        following = np.concatenate([first_present[:, 1:], np.full((rows, 1), levels)], axis=1)
-        stop = np.full((rows, 1), -1)
+        following = np.concatenate([first_present[:, 1:], np.full((len(rows), 1), levels)], axis=1)
+        stop = np.full((len(rows), 1), -1)
         same_step = (np.take_along_axis(np.concatenate([step_tp, stop], axis=1), following, axis=1) == step_tp) & (
             np.take_along_axis(np.concatenate([step_fp, stop], axis=1), following, axis=1) == step_fp
         )
@@ -245,7 +249,7 @@ class Strata:
             raise ProbeLabError(f"bootstrap: groups {groups.shape} must be 1-D, one sample id per row")
         pos_groups, neg_groups = groups[ranking.positives], groups[ranking.negatives]
         if len(mixed := np.intersect1d(pos_groups, neg_groups)):
-            raise ProbeLabError(f"bootstrap: sample {mixed[0]!r} has rows labelled 0 and rows labelled 1")
+            raise ProbeLabError(f"bootstrap: sample {mixed[0].item()!r} has rows labelled 0 and rows labelled 1")
         pos_units, pos_unit_of_row = units_in_rank_order(pos_groups)
         neg_units, neg_unit_of_row = units_in_rank_order(neg_groups)
         return cls(pos_units, neg_units, pos_unit_of_row, neg_unit_of_row, rows)

@@ -9,7 +9,7 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from probe_lab.errors import ProbeLabError
 from probe_lab.report.plots import sweep_figure
 from probe_lab.report.sweep.job import JobRow, error_line, read_job, read_job_id, record_failure, start_job
+from probe_lab.report.sweep.render import terminal_lines, write_csv, write_markdown
 
 SMALL = ("data.n=400", "data.dim=16")  # synthetic data, small
 
@@ -210,6 +211,62 @@ def test_an_unreadable_outcome_file_is_a_failure_that_names_it(tmp_path: Path) -
     (job / "metrics.json").write_text(json.dumps({**METRICS, "job_id": job_id})[:-10])  # cut short
     row = read_job(job, tmp_path, ".hydra")
     assert row.status == "failed" and row.error.startswith("unreadable metrics.json: JSONDecodeError: ")
+
+
+INTERVALS = {
+    "auroc": {"low": 0.75, "high": 0.85},
+    "ap": {"low": 0.6, "high": 0.7},
+    "recall_at_1pct_fpr": {"low": 0.1, "high": 0.3},
+    "confidence": 0.95,
+    "resamples": 1000,
+}
+
+
+def summary_of(tmp_path: Path, rows: list[JobRow]) -> tuple[list[dict[str, str]], str, list[str]]:
+    """The rows as summary.csv (read back), summary.md and the terminal lines."""
+    write_csv(tmp_path / "summary.csv", rows)
+    write_markdown(tmp_path / "summary.md", rows, tmp_path, [])
+    with (tmp_path / "summary.csv").open(newline="") as handle:
+        table = list(csv.DictReader(handle))
+    return table, (tmp_path / "summary.md").read_text(), terminal_lines(rows, tmp_path, written=True)
+
+
+def test_a_jobs_test_intervals_reach_the_summary(tmp_path: Path) -> None:
+    job = job_folder(tmp_path / "sweep", "probe.regularization=1")
+    metrics = {**METRICS, "test": {"auroc": 0.8, "ap": 0.65}, "test_intervals": INTERVALS, "job_id": start_job(job)}
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    row = read_job(job, tmp_path / "sweep", ".hydra")
+    assert (row.test_auroc, row.test_auroc_low, row.test_auroc_high) == (0.8, 0.75, 0.85)
+    assert (row.test_ap, row.test_ap_low, row.test_ap_high) == (0.65, 0.6, 0.7)
+    assert (row.interval_confidence, row.interval_resamples) == (0.95, 1000)
+    (line,), markdown, terminal = summary_of(tmp_path, [row])
+    assert (line["test_auroc"], line["test_auroc_low"], line["test_auroc_high"]) == ("0.8", "0.75", "0.85")
+    assert (line["test_ap"], line["test_ap_low"], line["test_ap_high"]) == ("0.65", "0.6", "0.7")
+    assert (line["interval_confidence"], line["interval_resamples"]) == ("0.95", "1000")
+    assert "| 0.9000 | 0.8000 [0.7500, 0.8500] | 0.6500 [0.6000, 0.7000] | 0.500 | completed |" in markdown
+    assert "- test AUROC and AP in brackets: their bootstrap intervals (95%, 1000 resamples)" in markdown
+    assert "val AUROC 0.9000, test AUROC 0.8000 [0.7500, 0.8500], sklearn backend" in terminal[1]
+
+
+def test_a_job_without_test_intervals_leaves_them_blank(tmp_path: Path) -> None:
+    """A run with eval.bootstrap_resamples=0, or one written before runs recorded intervals."""
+    old = job_folder(tmp_path / "old", "probe.regularization=1")
+    write_metrics(old, start_job(old))
+    row = read_job(old, tmp_path / "old", ".hydra")
+    assert row == COMPLETED_ROW and row.test_auroc_low is row.test_auroc_high is row.test_ap is None
+    (line,), markdown, terminal = summary_of(tmp_path, [row])
+    interval_columns = ("test_auroc_low", "test_auroc_high", "test_ap", "test_ap_low", "test_ap_high")
+    assert [line[name] for name in interval_columns] == [""] * 5 and line["test_auroc"] == "0.8"
+    assert "| 0.9000 | 0.8000 |  | 0.500 | completed |" in markdown and "in brackets" not in markdown
+    assert "test AUROC 0.8000, sklearn backend" in terminal[1]
+
+    new = job_folder(tmp_path / "new", "probe.regularization=10")
+    (new / "metrics.json").write_text(json.dumps({**METRICS, "test_intervals": INTERVALS, "job_id": start_job(new)}))
+    both = [row, replace(read_job(new, tmp_path / "new", ".hydra"), job="1")]
+    lines, markdown, _ = summary_of(tmp_path, both)
+    assert [line["test_auroc_low"] for line in lines] == ["", "0.75"]
+    assert "| 0 | `probe.regularization=1` | sklearn | 0.9000 | 0.8000 |  | 0.500 | completed |" in markdown
+    assert "| 1 | `probe.regularization=10` | sklearn | 0.9000 | 0.8000 [0.7500, 0.8500] |  | 0.500 |" in markdown
 
 
 def test_error_line_is_our_message_or_the_exceptions_type_and_first_line() -> None:

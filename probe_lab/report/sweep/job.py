@@ -25,6 +25,7 @@ JOB_ID_KEY = "job_id"  # metrics.json's and parity.json's key for the id of the 
 ERROR_FILE = "error.txt"
 METRICS_FILE = "metrics.json"
 PARITY_FILE = "parity.json"  # an experiment=parity job's comparison
+INTERVALS_KEY = "test_intervals"  # metrics.json's {metric: {low, high}, confidence, resamples}, when bootstrapped
 ERROR_JOB_ID_PREFIX = "job_id: "  # error.txt's last line; its first line is the error line
 COMPLETED, FAILED = "completed", "failed"
 
@@ -42,6 +43,13 @@ class JobRow:
     fit_seconds: float | None = None
     error: str = ""
     parity: dict[str, Any] | None = None  # an experiment=parity job's comparison (parity.json, less its job id)
+    test_auroc_low: float | None = None  # the test metrics' bootstrap intervals (metrics.json's test_intervals)
+    test_auroc_high: float | None = None
+    test_ap: float | None = None
+    test_ap_low: float | None = None
+    test_ap_high: float | None = None
+    interval_confidence: float | None = None
+    interval_resamples: int | None = None
 
     @property
     def settings(self) -> dict[str, str]:
@@ -132,16 +140,37 @@ def own_json(path: Path, job_id: str) -> dict[str, Any] | None:
 
 
 def metrics_row(job: str, overrides: list[str], metrics: dict[str, Any]) -> JobRow:
-    """A completed job's row from its metrics.json."""
+    """A completed job's row from its metrics.json; the interval fields stay None without its test_intervals
+    (a run with eval.bootstrap_resamples=0, or one from before they were recorded)."""
+    backend, val_auroc = str(metrics["backend"]), float(metrics["val"]["auroc"])
+    test_auroc, fit_seconds = float(metrics["test"]["auroc"]), float(metrics["fit_seconds"])
+    intervals = metrics.get(INTERVALS_KEY)
+    auroc_low, auroc_high = interval_ends(intervals, "auroc")
+    ap_low, ap_high = interval_ends(intervals, "ap")
+    test_ap = metrics["test"].get("ap")
     return JobRow(
         job,
         overrides,
         COMPLETED,
-        backend=str(metrics["backend"]),
-        val_auroc=float(metrics["val"]["auroc"]),
-        test_auroc=float(metrics["test"]["auroc"]),
-        fit_seconds=float(metrics["fit_seconds"]),
+        backend=backend,
+        val_auroc=val_auroc,
+        test_auroc=test_auroc,
+        fit_seconds=fit_seconds,
+        test_auroc_low=auroc_low,
+        test_auroc_high=auroc_high,
+        test_ap=None if test_ap is None else float(test_ap),
+        test_ap_low=ap_low,
+        test_ap_high=ap_high,
+        interval_confidence=None if intervals is None else float(intervals["confidence"]),
+        interval_resamples=None if intervals is None else int(intervals["resamples"]),
     )
+
+
+def interval_ends(intervals: dict[str, Any] | None, metric: str) -> tuple[float | None, float | None]:
+    """(low, high) of the metric's interval in metrics.json's test_intervals; (None, None) where it has none."""
+    if intervals is None or metric not in intervals:
+        return None, None
+    return float(intervals[metric]["low"]), float(intervals[metric]["high"])
 
 
 def parity_row(job: str, overrides: list[str], numbers: dict[str, Any]) -> JobRow:

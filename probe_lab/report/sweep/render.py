@@ -12,11 +12,28 @@ from probe_lab.report.sweep.collect import best_job, describe, swept_keys
 from probe_lab.report.sweep.job import FAILED, PARITY_FILE, JobRow, split_override
 
 SUMMARY_FILES = ("summary.csv", "summary.md", "sweep.png")  # and PARITY_FILE when there are backend pairs
-CSV_FIELDS = ("job", "overrides", "backend", "val_auroc", "test_auroc", "fit_seconds", "status", "error")
+CSV_FIELDS = (
+    "job",
+    "overrides",
+    "backend",
+    "val_auroc",
+    "test_auroc",
+    "test_auroc_low",
+    "test_auroc_high",
+    "test_ap",
+    "test_ap_low",
+    "test_ap_high",
+    "interval_confidence",
+    "interval_resamples",
+    "fit_seconds",
+    "status",
+    "error",
+)
 
 
 def write_csv(path: Path, rows: Iterable[JobRow]) -> None:
-    """One line per job; numbers at full precision, empty where a failed job has none."""
+    """One line per job; numbers at full precision, empty where a job has none (a failed job; the interval
+    columns of a job without bootstrap intervals)."""
 
     def cell(value: Any) -> str:
         return "" if value is None else str(value)
@@ -30,8 +47,9 @@ def write_csv(path: Path, rows: Iterable[JobRow]) -> None:
 
 
 def write_markdown(path: Path, rows: list[JobRow], sweep_dir: Path, pairs: list[dict[str, Any]]) -> None:
-    """A table for people: overrides shared by every job once above it, each job's own ones in it; then
-    the backend pairs (`backend_pairs`), if any, in a table of their own."""
+    """A table for people: overrides shared by every job once above it, each job's own ones in it, test
+    AUROC and AP with their bootstrap intervals in brackets where the job has them; then the backend pairs
+    (`backend_pairs`), if any, in a table of their own."""
     keys = swept_keys(rows)
     failed = sum(row.status == FAILED for row in rows)
     lines = [
@@ -44,16 +62,20 @@ def write_markdown(path: Path, rows: list[JobRow], sweep_dir: Path, pairs: list[
     common = [item for item in rows[0].overrides if split_override(item)[0] not in keys] if rows and keys else []
     if common:
         lines.append(f"- overrides of every job: `{' '.join(common)}`")
+    if bootstraps := interval_settings(rows):
+        lines.append(f"- test AUROC and AP in brackets: their bootstrap intervals ({bootstraps})")
     lines += [
         "",
-        "| job | overrides | backend | val AUROC | test AUROC | fit s | status |",
-        "|---|---|---|---:|---:|---:|---|",
+        "| job | overrides | backend | val AUROC | test AUROC | test AP | fit s | status |",
+        "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         status = f"{FAILED}: {escape(row.error)}" if row.status == FAILED else row.status
         lines.append(
             f"| {row.job} | `{escape(describe(row, keys))}` | {row.backend} | {number(row.val_auroc, 4)} | "
-            f"{number(row.test_auroc, 4)} | {number(row.fit_seconds, 3)} | {status} |"
+            f"{with_interval(row.test_auroc, row.test_auroc_low, row.test_auroc_high, 4)} | "
+            f"{with_interval(row.test_ap, row.test_ap_low, row.test_ap_high, 4)} | {number(row.fit_seconds, 3)} | "
+            f"{status} |"
         )
     if pairs:
         lines += ["", *parity_table(pairs)]
@@ -81,6 +103,23 @@ def number(value: float | None, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def with_interval(value: float | None, low: float | None, high: float | None, digits: int) -> str:
+    """A number to `digits` decimals followed by its interval, `0.9120 [0.8870, 0.9340]`; just the number
+    without an interval, and empty without a number."""
+    if value is None or low is None or high is None:
+        return number(value, digits)
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def interval_settings(rows: list[JobRow]) -> str:
+    """The confidence and resamples of the jobs' bootstrap intervals, `95%, 1000 resamples`, each setting
+    once (joined by `; `); empty when no job has intervals."""
+    settings = dict.fromkeys(
+        (row.interval_confidence, row.interval_resamples) for row in rows if row.interval_confidence is not None
+    )
+    return "; ".join(f"{confidence:.0%}, {resamples} resamples" for confidence, resamples in settings)
+
+
 def escape(text: str) -> str:
     """Text that may sit in a Markdown table cell."""
     return text.replace("|", "\\|")
@@ -89,15 +128,17 @@ def escape(text: str) -> str:
 def terminal_lines(
     rows: list[JobRow], sweep_dir: Path, written: bool, pairs: list[dict[str, Any]] | None = None
 ) -> list[str]:
-    """What the terminal shows at the end of a sweep: the counts, the best job, each failure, each backend
-    pair, and the files written (only when `written`)."""
+    """What the terminal shows at the end of a sweep: the counts, the best job (its test AUROC with its
+    bootstrap interval when it has one), each failure, each backend pair, and the files written (only when
+    `written`)."""
     keys = swept_keys(rows)
     failed = [row for row in rows if row.status == FAILED]
     lines = [f"probe_lab: sweep of {len(rows)} jobs: {len(rows) - len(failed)} completed, {len(failed)} failed"]
     if best := best_job(rows):
         lines.append(
             f"  best     job {best.job} ({describe(best, keys)}): val AUROC {best.val_auroc:.4f}, "
-            f"test AUROC {best.test_auroc:.4f}, {best.backend} backend, {sweep_dir / best.job}"
+            f"test AUROC {with_interval(best.test_auroc, best.test_auroc_low, best.test_auroc_high, 4)}, "
+            f"{best.backend} backend, {sweep_dir / best.job}"
         )
     lines += [f"  failed   job {row.job} ({describe(row, keys)}): {row.error}" for row in failed]
     for pair in pairs or []:
