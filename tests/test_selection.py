@@ -102,3 +102,20 @@ def test_standardize_auto_tries_both_scalings_and_keeps_the_better() -> None:
     alone = SklearnProbeTrainer(16, ProbeTrainingConfig(regularization=1000.0, standardize=True, device="cpu"))
     alone.fit(x[:600], y[:600], x[600:], y[600:])
     assert path[3]["val_auroc"] == pytest.approx(alone.val_auroc, abs=1e-6)
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_the_pytorch_backends_folds_in_one_fit_are_each_folds_own_optimum(standardize: bool) -> None:
+    """Every fold's path as columns of one probe (each fitted on its fold's rows, standardized by its
+    fold's statistics) scores the held-out rows as the sklearn backend's fold-by-fold fits do."""
+    x, y = noisy_task(600, 12, seed=4)
+    settings = {"regularization": [1.0, 100.0], "cv_folds": 3, "standardize": standardize, "device": "cpu"}
+    joint, alone = (
+        TorchProbeTrainer(12, ProbeTrainingConfig(**settings)),
+        SklearnProbeTrainer(12, ProbeTrainingConfig(**settings)),
+    )
+    for trainer in (joint, alone):
+        trainer.fit(x[:450], y[:450], x[450:], y[450:])
+    for ours, theirs in zip(joint.regularization_path, alone.regularization_path, strict=True):
+        np.testing.assert_allclose(ours["fold_aurocs"], theirs["fold_aurocs"], atol=1e-3)
+    np.testing.assert_allclose(joint.val_scores, alone.val_scores, atol=2e-3 * (1 + np.abs(alone.val_scores).max()))

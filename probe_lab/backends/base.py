@@ -222,18 +222,13 @@ class ProbeTrainer(ABC):
         options = candidates(self.config.regularization_values, self.config.standardize_values)
         fold_aurocs = np.empty((len(options), folds))
         out_of_fold = np.empty((len(options), len(pooled)), dtype=np.float32)
-        for number, (fit_rows, held_out_rows) in enumerate(parts):
-            fold_train, held_out = pooled.subset(fit_rows), pooled.subset(held_out_rows)
-            log.info(
-                "cross-validation fold %d of %d: %d rows fitted, %d held out",
-                number + 1,
-                folds,
-                len(fit_rows),
-                len(held_out_rows),
-            )
-            results: list[FitResult] = []
-            for standardize in self.config.standardize_values:
-                results += self._fit_logistic(fold_train, held_out, placement, standardize)
+        by_scaling = [
+            self._fit_folds(pooled, val, parts, self.config.regularization_values, placement, standardize=scaling)
+            for scaling in self.config.standardize_values
+        ]
+        for number, (_, held_out_rows) in enumerate(parts):
+            held_out = pooled.subset(held_out_rows)
+            results = [result for fold_results in by_scaling for result in fold_results[number]]
             scores = decision_functions([result.weights for result in results], held_out)
             out_of_fold[:, held_out_rows] = scores.T
             fold_aurocs[:, number] = [metrics.auroc(held_out.labels, scores[:, k]) for k in range(len(options))]
@@ -257,6 +252,25 @@ class ProbeTrainer(ABC):
 
         weights, details = class_mean_probe(train, self.config.kind, shrinkage=self.config.shrinkage)
         return _Choice(FitResult(weights, details), None, [], weights.decision_function(val))
+
+    def _fit_folds(
+        self,
+        pooled: ActivationDataset,
+        val: ActivationDataset,
+        folds: list[tuple[np.ndarray, np.ndarray]],
+        regularizations: list[float],
+        placement: Placement,
+        *,
+        standardize: bool,
+    ) -> list[list[FitResult]]:
+        """Every fold's path: for each (training positions, held-out positions) of `folds`, the
+        probes `_fit` trains on the fold's training rows of `pooled` (a backend may fit them together)."""
+        results = []
+        for number, (fit_rows, held_out_rows) in enumerate(folds):
+            log.info("cross-validation fold %d of %d: %d rows fitted", number + 1, len(folds), len(fit_rows))
+            fold_train, held_out = pooled.subset(fit_rows), pooled.subset(held_out_rows)
+            results.append(self._fit(fold_train, held_out, regularizations, placement, standardize=standardize))
+        return results
 
     def _check_config(self) -> None:  # noqa: B027 (a hook: most backends accept every setting)
         """Refuse settings this backend cannot honour (one line naming the setting)."""

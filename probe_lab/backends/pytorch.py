@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 
 from probe_lab.backends.base import FitResult, ProbeTrainer
@@ -79,6 +80,47 @@ class TorchProbeTrainer(ProbeTrainer):
         *,
         standardize: bool,
     ) -> list[FitResult]:
+        return self._lightning_fit(train, val, regularizations, placement, standardize=standardize)
+
+    def _fit_folds(
+        self,
+        pooled: ActivationDataset,
+        val: ActivationDataset,
+        folds: list[tuple[np.ndarray, np.ndarray]],
+        regularizations: list[float],
+        placement: Placement,
+        *,
+        standardize: bool,
+    ) -> list[list[FitResult]]:
+        """With the pooled rows held whole for full-batch L-BFGS, every fold's path is a column block
+        of one probe (`ProbeObjective`'s column_rows): one fit, one pass over the rows per evaluation
+        for all folds. Otherwise fold by fold."""
+        if not (placement.full_batch and placement.train_resident) or placement.processes.data_parallel:
+            return super()._fit_folds(pooled, val, folds, regularizations, placement, standardize=standardize)
+        fold_rows = np.zeros((len(pooled), len(folds)), dtype=bool)
+        for number, (fit_rows, _) in enumerate(folds):
+            fold_rows[fit_rows, number] = True
+        columns = np.repeat(fold_rows, len(regularizations), axis=1)  # fold by fold, each fold's path
+        results = self._lightning_fit(
+            pooled, val, regularizations * len(folds), placement, standardize=standardize, column_rows=columns
+        )
+        if not results:
+            return []
+        width = len(regularizations)
+        return [results[number * width : (number + 1) * width] for number in range(len(folds))]
+
+    def _lightning_fit(
+        self,
+        train: ActivationDataset,
+        val: ActivationDataset,
+        regularizations: list[float],
+        placement: Placement,
+        *,
+        standardize: bool,
+        column_rows: np.ndarray | None = None,
+    ) -> list[FitResult]:
+        """One Lightning fit of a probe with a column per value of `regularizations` (fitted on the rows
+        `column_rows` (N, K) names for each column, when given)."""
         if not placement.full_batch and len(regularizations) > 1:
             log.warning(
                 "with AdamW the %d values of the regularization path train and stop together (EarlyStopping "
@@ -130,6 +172,7 @@ class TorchProbeTrainer(ProbeTrainer):
                 device=placement.device,
                 resident=resident,
                 shard=(datamodule.train, datamodule.train_shard) if processes > 1 else None,
+                column_rows=column_rows,
             )
             stages = {"load_seconds": loaded - start, "statistics_seconds": time.perf_counter() - loaded}
             try:

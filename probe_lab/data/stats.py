@@ -78,6 +78,27 @@ def device_moments(
     return _combined(x.split(block_rows), x.shape[1], x.device, work)
 
 
+def column_moments(x: torch.Tensor, column_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) (K, D), float64, of the rows of a resident (N, D) tensor that each of the K columns
+    of `column_rows` (N, K) bool marks, in one pass over x (columns marking the same rows, as the
+    values of one fold do, are computed once)."""
+    groups, column_group = torch.unique(column_rows, dim=1, return_inverse=True)
+    parts = [_Moments(x.shape[1], x.device) for _ in range(groups.shape[1])]
+    work = torch.float32 if x.is_cuda else torch.float64
+    block_rows = max(1, _block_bytes(x.device) // (work.itemsize * x.shape[1]))
+    for start in range(0, len(x), block_rows):
+        block = x[start : start + block_rows].to(work)
+        marks = groups[start : start + block_rows]
+        for number, moments in enumerate(parts):
+            rows = block[marks[:, number]]
+            if len(rows):
+                var, mean = torch.var_mean(rows, dim=0, correction=0)
+                moments.add(len(rows), mean, var)
+    means = torch.stack([moments.mean_std()[0] for moments in parts])
+    stds = torch.stack([moments.mean_std()[1] for moments in parts])
+    return means[column_group], stds[column_group]
+
+
 def _block_bytes(device: torch.device) -> int:
     return _GPU_BLOCK_BYTES if device.type == "cuda" else _CPU_BLOCK_BYTES
 

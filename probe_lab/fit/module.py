@@ -24,7 +24,7 @@ from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
 
 from probe_lab.data.blocks import SplitBlocks
 from probe_lab.data.dataset import ActivationDataset
-from probe_lab.data.stats import combine_moments
+from probe_lab.data.stats import column_moments, combine_moments
 from probe_lab.fit.distributed import DataParallelEvaluation, FitGroup, LBFGSControl, Shard
 from probe_lab.fit.evaluation import Evaluation, StreamedEvaluation
 from probe_lab.fit.lbfgsb import ScipyLBFGSB
@@ -80,14 +80,16 @@ class ProbeModule(pl.LightningModule):
         optimizer: OptimizerName,
         learning_rate: float,
         max_iterations: int,
+        column_rows: torch.Tensor | None = None,
     ) -> ProbeModule:
         """A module whose K columns start at the best constant predictor of `labels` (the training
-        split's), in plain coordinates until `precondition`."""
+        split's), in plain coordinates until `precondition`. column_rows: (N, K) bool, the rows each
+        column is fitted on (`ProbeObjective`), when not every row."""
         probe = LinearProbe(input_dim, outputs=len(regularizations))
         positives = float(np.mean(labels))
         with torch.no_grad():
             probe.linear.bias.fill_(math.log(positives / (1.0 - positives)))
-        objective = ProbeObjective(list(regularizations), len(labels), input_dim)
+        objective = ProbeObjective(list(regularizations), len(labels), input_dim, column_rows=column_rows)
         return cls(probe, objective, optimizer=optimizer, learning_rate=learning_rate, max_iterations=max_iterations)
 
     def precondition(self, mean: torch.Tensor, std: torch.Tensor, *, standardize: bool) -> None:
@@ -200,6 +202,7 @@ def prepared_module(
     device: torch.device | str = "cpu",
     resident: torch.Tensor | None = None,
     shard: tuple[ActivationDataset, Shard] | None = None,
+    column_rows: np.ndarray | None = None,
 ) -> ProbeModule:
     """The module a fit on `train` starts from: one column per regularization value at the best
     constant predictor, on `device`, in the coordinates preconditioned by the training split's
@@ -207,7 +210,10 @@ def prepared_module(
     when given, which on a GPU only queues them.
 
     shard: in a data-parallel fit, the part of `train` this process holds; its statistics are combined
-    with the other processes' when the fit starts (`ProbeModule.setup`)."""
+    with the other processes' when the fit starts (`ProbeModule.setup`).
+    column_rows: (N, K) bool, the rows of `train` each column is fitted on (cross-validation's folds,
+    with `train` held whole in `resident`); standardized columns then take their own rows' statistics."""
+    rows_on_device = None if column_rows is None else torch.from_numpy(column_rows).to(device)
     module = ProbeModule.at_best_constant(
         train.dim,
         train.labels,
@@ -215,11 +221,16 @@ def prepared_module(
         optimizer=optimizer,
         learning_rate=config.learning_rate,
         max_iterations=config.max_iterations,
+        column_rows=rows_on_device,
     ).to(device)
     part, where = shard if shard is not None else (train, None)
     rows, mean, std = preconditioner_statistics(
         part, resident, standardize=config.standardize, device=device, shard=where
     )
+    if rows_on_device is not None and config.standardize:
+        if resident is None:
+            raise ValueError("column_rows needs the split held whole (resident)")
+        std = column_moments(resident, rows_on_device)[1]
     if shard is not None:
         module.precondition_with_shards(rows, mean, std, standardize=config.standardize)
     else:

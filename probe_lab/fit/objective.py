@@ -21,6 +21,9 @@ At the start (every probability at the positive rate π) the Hessian's diagonal 
 every coordinate whatever its scale: a diagonal (Jacobi) preconditioner, so L-BFGS converges in tens
 of evaluations on activations with outlier dimensions. A change of coordinates moves no minimizer.
 K regularization values are K independent objectives summed over the columns of one (D, K) probe.
+Cross-validation's folds are more columns of the same kind: with `column_rows`, column c is J over
+its own rows of the split (its fold's training rows, nᶜ of them) with its own regularization / 2nᶜ,
+so one pass over the whole split per evaluation serves every fold's path.
 """
 
 from __future__ import annotations
@@ -43,23 +46,38 @@ PRECONDITIONER_ROWS = 16384
 class ProbeObjective(nn.Module):
     """J of a `LinearProbe` with one column per regularization value, over `n_train` rows.
 
+    column_rows: (n_train, K) bool, which rows each column is fitted on (every row by default); the
+    batches are then always the whole split, in its order (a resident full-batch fit).
     Buffers: `penalty_weights` (K, D), the q of each column (1 until `precondition`), and
-    `penalty_coef` (K, 1), regularization / 2N.
+    `penalty_coef` (K, 1), regularization / 2N (2nᶜ with `column_rows`).
     """
 
-    def __init__(self, regularization: list[float], n_train: int, dim: int) -> None:
+    def __init__(
+        self, regularization: list[float], n_train: int, dim: int, *, column_rows: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         self.n_train = n_train
         self.register_buffer("penalty_weights", torch.ones(len(regularization), dim))
+        rows = torch.full((len(regularization), 1), float(n_train), dtype=torch.float64)
+        self.register_buffer("row_weights", None, persistent=False)
+        if column_rows is not None:
+            if column_rows.shape != (n_train, len(regularization)):
+                raise ValueError(
+                    f"column_rows must be ({n_train}, {len(regularization)}), got {tuple(column_rows.shape)}"
+                )
+            rows = column_rows.sum(0, dtype=torch.float64).reshape(-1, 1)
+            # 1/nᶜ on a column's rows, 0 elsewhere; derived and large, so not in checkpoints.
+            self.row_weights = column_rows.float() / rows.T.to(column_rows.device).float()
         # reg / N per column in float64, for the preconditioner; derived, so not in checkpoints.
-        reg_over_n = torch.tensor(regularization, dtype=torch.float64).reshape(-1, 1) / n_train
+        reg_over_n = torch.tensor(regularization, dtype=torch.float64).reshape(-1, 1) / rows.to("cpu")
         self.register_buffer("reg_over_n", reg_over_n, persistent=False)
         self.register_buffer("penalty_coef", (reg_over_n / 2.0).float())
 
     @torch.no_grad()
     def precondition(self, probe: LinearProbe, mean: torch.Tensor, std: torch.Tensor, *, standardize: bool) -> None:
         """Put `probe` in the coordinates of the module docstring for features of this `mean` and `std`
-        (D,), and set q to match. Computed in float64 where this module lives, without reading anything
+        (D,) — std may be (K, D), one per column, for standardized columns fitted on different rows —
+        and set q to match. Computed in float64 where this module lives, without reading anything
         back to the host: on a GPU the statistics' kernels may still be running."""
         device = self.penalty_weights.device
         mean, std = mean.to(device, torch.float64), std.to(device, torch.float64)
@@ -74,7 +92,20 @@ class ProbeObjective(nn.Module):
 
     def forward(self, probe: LinearProbe, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """J of the batch (x, y), summed over the columns, as a float64 scalar."""
+        if self.row_weights is not None:
+            return self.column_loss(probe, x, y) + self.penalty(probe)
         return self.loss_sum(probe, x, y) / len(x) + self.penalty(probe)
+
+    def column_loss(self, probe: LinearProbe, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Σ over columns of each column's mean row loss over its own rows (the whole split, x)."""
+        assert self.row_weights is not None
+        if len(x) != len(self.row_weights):
+            raise ValueError(
+                f"a fit with column_rows takes the whole split ({len(self.row_weights)} rows), got {len(x)}"
+            )
+        logits = probe(x)
+        row_losses = F.binary_cross_entropy_with_logits(logits, y.float()[:, None].expand_as(logits), reduction="none")
+        return (row_losses * self.row_weights).sum(dtype=torch.float64)
 
     def loss_sum(self, probe: LinearProbe, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Σᵢ ℓ(yᵢ, logitᵢ) over the rows of (x, y) and the columns, a float64 scalar: J over N rows is
@@ -85,6 +116,8 @@ class ProbeObjective(nn.Module):
         rows on a GPU are read once for the loss and its gradient (`fused_logistic`); otherwise the
         two products read them twice.
         """
+        if self.row_weights is not None:
+            raise ValueError("a fit with column_rows is evaluated whole (forward), not block by block")
         if fused_logistic.applies(x, probe.outputs):
             weight, bias = probe.folded()
             return fused_logistic.fused_loss_sum(x, y, weight, bias)
