@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 LOW_FPR = 0.01  # the false positive rate of recall_at_1pct_fpr
@@ -12,6 +13,16 @@ LOW_FPR = 0.01  # the false positive rate of recall_at_1pct_fpr
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
+
+
+def aurocs(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AUROC of every column of `scores` (N, K) against 0/1 `labels` (N,), as `roc_auc_score` gives it
+    column by column: the Mann–Whitney statistic with tied scores counted half (average ranks), for all
+    columns from one sort — choosing among a path's probes scores many columns of many rows."""
+    ranks = rankdata(scores, axis=0)
+    positive = np.asarray(labels) == 1
+    n_positive, n_negative = int(positive.sum()), int((~positive).sum())
+    return (ranks[positive].sum(axis=0) - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative)
 
 
 def pick_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:

@@ -109,7 +109,13 @@ def run_command(words: list[str], folder: Path) -> subprocess.CompletedProcess:
 
 def test_the_readme_has_its_examples() -> None:
     programs = {words[2] for words in COMMANDS}
-    assert programs == {"probe_lab", "probe_lab.predict", "probe_lab.convert", "probe_lab.extract"}
+    assert programs == {
+        "probe_lab",
+        "probe_lab.predict",
+        "probe_lab.convert",
+        "probe_lab.extract",
+        "probe_lab.transfer",
+    }
     assert len(COMMANDS) >= 20
 
 

@@ -119,3 +119,13 @@ def test_the_pytorch_backends_folds_in_one_fit_are_each_folds_own_optimum(standa
     for ours, theirs in zip(joint.regularization_path, alone.regularization_path, strict=True):
         np.testing.assert_allclose(ours["fold_aurocs"], theirs["fold_aurocs"], atol=1e-3)
     np.testing.assert_allclose(joint.val_scores, alone.val_scores, atol=2e-3 * (1 + np.abs(alone.val_scores).max()))
+
+
+def test_the_aurocs_of_many_columns_are_roc_auc_score_column_by_column() -> None:
+    from probe_lab.metrics import aurocs
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 3000)
+    scores = np.round(rng.normal(size=(3000, 5)) + 0.4 * labels[:, None], 1).astype(np.float32)  # many ties
+    expected = [roc_auc_score(labels, scores[:, k]) for k in range(5)]
+    np.testing.assert_allclose(aurocs(labels, scores), expected, rtol=0, atol=1e-12)

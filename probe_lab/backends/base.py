@@ -205,10 +205,8 @@ class ProbeTrainer(ABC):
                 return None
             results += fitted
         scores = decision_functions([result.weights for result in results], val)
-        records = [
-            CandidateRecord(option, val_auroc=metrics.auroc(val.labels, scores[:, k]))
-            for k, option in enumerate(options)
-        ]
+        val_aurocs = metrics.aurocs(val.labels, scores)
+        records = [CandidateRecord(option, val_auroc=float(val_aurocs[k])) for k, option in enumerate(options)]
         best = best_candidate(np.array([record.score for record in records]))
         return _Choice(results[best], options[best], records, scores[:, best])
 
@@ -231,7 +229,7 @@ class ProbeTrainer(ABC):
             results = [result for fold_results in by_scaling for result in fold_results[number]]
             scores = decision_functions([result.weights for result in results], held_out)
             out_of_fold[:, held_out_rows] = scores.T
-            fold_aurocs[:, number] = [metrics.auroc(held_out.labels, scores[:, k]) for k in range(len(options))]
+            fold_aurocs[:, number] = metrics.aurocs(held_out.labels, scores)
         records = [CandidateRecord(option, fold_aurocs=tuple(fold_aurocs[k])) for k, option in enumerate(options)]
         best = best_candidate(np.array([record.score for record in records]))
         chosen = options[best]

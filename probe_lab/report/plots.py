@@ -123,9 +123,10 @@ def plot_regularization_path(
     feature scaling when standardize=auto tried both."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     scalings = sorted({p.get("standardize") for p in points}, key=lambda scaling: bool(scaling))
-    for scaling in scalings:
+    for number, scaling in enumerate(scalings):
         mine = sorted((p for p in points if p.get("standardize") == scaling), key=lambda p: p["regularization"])
-        values = [p["regularization"] for p in mine]
+        nudge = 10 ** (0.05 * number)  # the second scaling's error bars a little to the right of the first's
+        values = [p["regularization"] * nudge for p in mine]
         name = "" if scaling is None else (" (standardized)" if scaling else " (raw)")
         if "cv_auroc_mean" in mine[0]:
             means, stds = [p["cv_auroc_mean"] for p in mine], [p["cv_auroc_std"] for p in mine]
