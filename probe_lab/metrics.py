@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
+import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 LOW_FPR = 0.01  # the false positive rate of recall_at_1pct_fpr
@@ -15,14 +15,29 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def aurocs(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def aurocs(labels: np.ndarray, scores: np.ndarray | torch.Tensor) -> np.ndarray:
     """AUROC of every column of `scores` (N, K) against 0/1 `labels` (N,), as `roc_auc_score` gives it
     column by column: the Mann–Whitney statistic with tied scores counted half (average ranks), for all
-    columns from one sort — choosing among a path's probes scores many columns of many rows."""
-    ranks = rankdata(scores, axis=0)
-    positive = np.asarray(labels) == 1
-    n_positive, n_negative = int(positive.sum()), int((~positive).sum())
-    return (ranks[positive].sum(axis=0) - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative)
+    columns from one sort where the scores are (on a GPU for scores computed there) — choosing among a
+    path's probes scores many columns of many rows."""
+    columns = torch.as_tensor(scores).T.double()  # (K, N)
+    positive = torch.as_tensor(np.asarray(labels) == 1, device=columns.device)
+    k, n = columns.shape
+    ordered, order = torch.sort(columns, dim=1)
+    # Ties share the mean of their 1-based positions: each tie group's first and last position.
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    group = (torch.cumsum(starts.long(), dim=1) - 1) + torch.arange(k, device=columns.device)[:, None] * n
+    positions = torch.arange(1, n + 1, dtype=torch.float64, device=columns.device).expand(k, n).reshape(-1)
+    first = torch.full((k * n,), float(n + 1), dtype=torch.float64, device=columns.device)
+    last = torch.zeros(k * n, dtype=torch.float64, device=columns.device)
+    first.scatter_reduce_(0, group.reshape(-1), positions, reduce="amin")
+    last.scatter_reduce_(0, group.reshape(-1), positions, reduce="amax")
+    ranks = ((first + last) / 2)[group]  # (K, N), in sorted order
+    n_positive = int(positive.sum())
+    n_negative = n - n_positive
+    rank_sums = (ranks * positive[order]).sum(dim=1)
+    return ((rank_sums - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative)).cpu().numpy()
 
 
 def pick_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:

@@ -48,6 +48,11 @@ def decision_functions(probes: list[ProbeWeights], data: ActivationDataset | np.
 
     Computed in float32 block by block where the data lives: on the GPU for data held there.
     """
+    return device_decision_functions(probes, data).cpu().numpy()
+
+
+def device_decision_functions(probes: list[ProbeWeights], data: ActivationDataset | np.ndarray) -> torch.Tensor:
+    """`decision_functions` as a float32 tensor where the data lives (N, K)."""
     if isinstance(data, np.ndarray):
         data = ActivationDataset(data, name="X")
     input_dim = probes[0].input_dim
@@ -61,7 +66,7 @@ def decision_functions(probes: list[ProbeWeights], data: ActivationDataset | np.
         torch.addmm(biases, data.read(np.arange(start, min(start + step, len(data)))).float(), weights)
         for start in range(0, len(data), step)
     ]
-    return torch.cat(logits).cpu().numpy() if logits else np.empty((0, len(probes)), dtype=np.float32)
+    return torch.cat(logits) if logits else torch.empty((0, len(probes)), dtype=torch.float32, device=data.device)
 
 
 # On a GPU, blocks this many times larger than the CPU's keep kernel launches few.

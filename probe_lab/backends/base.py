@@ -27,7 +27,7 @@ from probe_lab import metrics
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.splits import split_dataset
 from probe_lab.errors import ProbeLabError
-from probe_lab.probe import ProbeWeights, decision_functions, load_probe, save_probe
+from probe_lab.probe import ProbeWeights, device_decision_functions, load_probe, save_probe
 from probe_lab.selection import Candidate, CandidateRecord, best_candidate, candidates, cross_validation_folds
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.ignored import ignored_settings
@@ -204,8 +204,8 @@ class ProbeTrainer(ABC):
             if not fitted:
                 return None
             results += fitted
-        scores = decision_functions([result.weights for result in results], val)
-        val_aurocs = metrics.aurocs(val.labels, scores)
+        on_device = device_decision_functions([result.weights for result in results], val)
+        val_aurocs, scores = metrics.aurocs(val.labels, on_device), on_device.cpu().numpy()
         records = [CandidateRecord(option, val_auroc=float(val_aurocs[k])) for k, option in enumerate(options)]
         best = best_candidate(np.array([record.score for record in records]))
         return _Choice(results[best], options[best], records, scores[:, best])
@@ -227,8 +227,8 @@ class ProbeTrainer(ABC):
         for number, (_, held_out_rows) in enumerate(parts):
             held_out = pooled.subset(held_out_rows)
             results = [result for fold_results in by_scaling for result in fold_results[number]]
-            scores = decision_functions([result.weights for result in results], held_out)
-            out_of_fold[:, held_out_rows] = scores.T
+            scores = device_decision_functions([result.weights for result in results], held_out)
+            out_of_fold[:, held_out_rows] = scores.T.cpu().numpy()
             fold_aurocs[:, number] = metrics.aurocs(held_out.labels, scores)
         records = [CandidateRecord(option, fold_aurocs=tuple(fold_aurocs[k])) for k, option in enumerate(options)]
         best = best_candidate(np.array([record.score for record in records]))
