@@ -9,6 +9,7 @@ test metrics' bootstrap intervals. `control_probes` trains the controls of `eval
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,8 +28,12 @@ from probe_lab.thresholds import threshold_at_fpr
 if TYPE_CHECKING:
     from probe_lab.backends.base import ProbeTrainer
 
+log = logging.getLogger(__name__)
+
 CONTROL = "eval.control negatives"
 VALIDATION_NEGATIVES = "validation negatives"
+# With probe.cv_folds: the fold probes' scores of the validation rows, not the refit probe's.
+OUT_OF_FOLD_NEGATIVES = "out-of-fold validation negatives"
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ def assess(
     """
     if splits.test is None:
         raise ValueError("assess needs a test split")
+    out_of_fold = val_logits is not None
     if val_logits is None:
         val_logits = weights.decision_function(splits.val)
     test_logits = weights.decision_function(splits.test)
@@ -70,7 +76,14 @@ def assess(
     if control is not None:
         negatives, source = weights.decision_function(control), CONTROL
     else:
-        negatives, source = val_logits[splits.val.labels == 0], VALIDATION_NEGATIVES
+        negatives = val_logits[splits.val.labels == 0]
+        source = OUT_OF_FOLD_NEGATIVES if out_of_fold else VALIDATION_NEGATIVES
+        if out_of_fold and settings.target_fpr:
+            log.warning(
+                "eval.target_fpr thresholds set on the fold probes' out-of-fold scores of the validation negatives, "
+                "which run a little narrower than the refit probe's: set eval.control for thresholds of the refit "
+                "probe itself"
+            )
     thresholds = []
     for rate in settings.target_fpr:
         at_rate = threshold_at_fpr(negatives, rate, source)

@@ -37,6 +37,10 @@ def run_every_layer(cfg: DictConfig, out_dir: Path, job_id: str | None, settings
         raise ProbeLabError(f"data.layer=all: data={settings.data.source.value} holds no layer axis (N×D rows)")
     if settings.parity:
         raise ProbeLabError("data.layer=all trains one backend per layer: leave experiment=parity out")
+    if getattr(settings.eval.control, "layer", None) is not None:
+        raise ProbeLabError(
+            "data.layer=all sets each layer's thresholds on that layer of eval.control: leave eval.control.layer unset"
+        )
     rows = []
     for layer in range(count):
         verified = layer > 0 and isinstance(settings.data, StoreData)  # checksums already checked

@@ -67,9 +67,9 @@ class ProbeRecord:
         if threshold is not None:
             if not 0.0 <= threshold <= 1.0:
                 raise ProbeLabError(f"threshold={threshold}: a probability in [0, 1]")
-            return Decision(threshold, _logit(threshold), f"threshold={threshold:g}")
+            return Decision(threshold, None, f"threshold={threshold:g}")
         if at_fpr is None:
-            return Decision(self.threshold, _logit(self.threshold), "the run's balanced validation threshold")
+            return Decision(self.threshold, None, "the run's balanced validation threshold")
         for point in self.at_fpr:
             if math.isclose(float(point["target_fpr"]), at_fpr, rel_tol=1e-9):
                 how = f"at_fpr={at_fpr:g}, set on the run's {point['source']}"
@@ -107,19 +107,16 @@ class ProbeRecord:
 
 @dataclass(frozen=True)
 class Decision:
-    """Rows are flagged when their logit is at or above `logit` (the probability `threshold`)."""
+    """Rows are flagged when their probability is at or above `threshold` — or, for a threshold set at
+    a false-positive rate, their logit at or above `logit` (as the run set it, where probabilities of
+    confident rows would all round to 1)."""
 
     threshold: float
-    logit: float
+    logit: float | None
     how: str
 
-
-def _logit(probability: float) -> float:
-    if probability <= 0.0:
-        return -math.inf
-    if probability >= 1.0:
-        return math.inf
-    return math.log(probability) - math.log1p(-probability)
+    def flagged(self, logits: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        return logits >= self.logit if self.logit is not None else probabilities >= self.threshold
 
 
 def scoring_layer(record: ProbeRecord, requested: int | None, layers: int | None, allow_other: bool) -> int | None:
@@ -194,7 +191,7 @@ def predict(cfg: DictConfig, out_dir: Path) -> dict:
     dataset.check_finite()
     logits = weights.decision_function(dataset)
     probabilities = sigmoid(logits)
-    predictions = (logits >= decision.logit).astype(np.int64)
+    predictions = decision.flagged(logits, probabilities).astype(np.int64)
     result: dict = {
         "probe": str(probe_path),
         "n": len(dataset),

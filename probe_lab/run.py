@@ -7,6 +7,7 @@ Lightning logs and checkpoint — is staged and published together only when the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
@@ -35,7 +36,7 @@ from probe_lab.report.summary import parity_run_lines, run_summary_lines
 from probe_lab.report.sweep.job import JOB_ID_KEY
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.backend import BackendChoice, resolve_backend
-from probe_lab.settings.data import LAYER_ALL
+from probe_lab.settings.data import LAYER_ALL, LayeredData, renamed_data_settings
 from probe_lab.settings.evaluation import EvalSettings
 from probe_lab.settings.ignored import ignored_trainer_flags
 from probe_lab.settings.parallel import ONE_PROCESS, Processes, follower_process, launched_processes
@@ -92,6 +93,10 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
             f"trainer.devices={processes.devices} in a sweep: a sweep job's processes are started by its "
             "launcher (hydra/launcher=slurm, one task per process) or by torchrun"
         )
+    if settings.eval.controls and processes.data_parallel:
+        raise ProbeLabError(
+            "eval.controls trains its control probe in one process: leave trainer.devices and trainer.num_nodes unset"
+        )
     if settings.parity and processes.data_parallel:
         raise ProbeLabError(
             "experiment=parity trains in one process: leave trainer.devices and trainer.num_nodes unset"
@@ -126,11 +131,7 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
 
         return {"lightning": lightning_parts(cfg, folder)}
 
-    control = None
-    if settings.eval.control is not None:
-        control = load_dataset(settings.eval.control, settings.seed, require_labels=False)
-        check_control(control, source.dim)
-        RUN_LOG.info("control  %s: %d negative rows for the false-positive-rate thresholds", control.name, len(control))
+    control = load_control(settings, source.dim)
     fit = Fit(config, placement, settings.progress_bar, lightning_for, resolved_config, job_id, settings.eval, control)
     if settings.parity:
         return run_parity(fit, splits, data, timings, out_dir)
@@ -296,6 +297,21 @@ def run_parity(fit: Fit, splits: Splits, data: DataFacts, timings: dict[str, flo
         plot_parity(staging / "parity.png", *outcomes)
     print_summary(parity_run_lines(numbers, len(splits.train), data.dim, out_dir))
     return RunResult(out_dir, {"parity": numbers}, max(outcome.val_auroc for outcome in outcomes))
+
+
+def load_control(settings: RunConfig, dim: int) -> ActivationDataset | None:
+    """eval.control's negatives, read and checked; of the training layer when its rows hold layers and
+    it names none (each layer's own with data.layer=all)."""
+    control = settings.eval.control
+    if control is None:
+        return None
+    if isinstance(control, LayeredData) and control.layer is None and settings.data.layer is not None:
+        control = dataclasses.replace(control, layer=settings.data.layer)
+    with renamed_data_settings("eval.control"):
+        negatives = load_dataset(control, settings.seed, require_labels=False)
+    check_control(negatives, dim)
+    RUN_LOG.info("control  %s: %d negative rows for the false-positive-rate thresholds", negatives.name, len(negatives))
+    return negatives
 
 
 def check_width(model: ModelConfig, source: Source) -> None:

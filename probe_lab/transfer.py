@@ -46,7 +46,16 @@ from probe_lab.report.run_log import RUN_LOG, print_summary
 from probe_lab.report.sweep.job import ERROR_FILE, error_line, record_failure, split_override
 from probe_lab.settings.backend import BackendChoice, resolve_backend
 from probe_lab.settings.checks import require_choice
-from probe_lab.settings.data import LAYER_ALL, SCHEMAS, DataSettings, DataSource, NpyData, PtFilesData, StoreData
+from probe_lab.settings.data import (
+    LAYER_ALL,
+    SCHEMAS,
+    DataSettings,
+    DataSource,
+    NpyData,
+    PtFilesData,
+    StoreData,
+    renamed_data_settings,
+)
 from probe_lab.settings.ignored import ignored_trainer_flags
 from probe_lab.settings.schema import RunConfig, register_configs, to_settings
 from probe_lab.version import version_line
@@ -61,9 +70,6 @@ TRANSFER_FILES = ("transfer.csv", "transfer.json", "transfer.png")
 TRANSFER_KEYS = ("name", "seed")  # keys of a datasets entry beside its source's fields
 EXAMPLE = "datasets=[{source:npy,x:A.npy,y:A_labels.npy},{source:npy,x:B.npy,y:B_labels.npy}]"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# "data.<field>" and "data=<source>" in the messages of the data settings and sources, not inside a path
-_DATA_SETTING = re.compile(r"(?<![\w/\\.~-])data\.(?=[A-Za-z_])")
-_DATA_SOURCE = re.compile(r"(?<![\w/\\.~-])data=(?=\w)")
 
 
 @dataclass
@@ -306,16 +312,6 @@ def default_name(data: DataSettings, index: int) -> str:
     stem = Path(str(value)).stem if location == "x" else Path(str(value)).name
     name = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-") if value else ""
     return name or f"{data.source.value}_{index}"
-
-
-@contextmanager
-def renamed_data_settings(where: str) -> Iterator[None]:
-    """A ProbeLabError raised inside names the entry's settings: `data.n` becomes `datasets[k].n`."""
-    try:
-        yield
-    except ProbeLabError as err:
-        text = _DATA_SOURCE.sub(f"{where}.source=", _DATA_SETTING.sub(f"{where}.", str(err)))
-        raise ProbeLabError(text) from None
 
 
 @contextmanager

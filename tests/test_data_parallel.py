@@ -17,7 +17,15 @@ from safetensors.numpy import load_file
 from tests.conftest import REPO
 
 TESTS = REPO / "tests"
-DATA = ("backend=pytorch", "device=cpu", "data.n=1501", "data.dim=48", "probe.regularization=[1.0,100.0]")
+# A path of two values and both feature scalings: every fit of a choice runs on every process.
+DATA = (
+    "backend=pytorch",
+    "device=cpu",
+    "data.n=1501",
+    "data.dim=48",
+    "probe.regularization=[1.0,100.0]",
+    "probe.standardize=auto",
+)
 
 
 def _weights(run_dir: Path) -> np.ndarray:

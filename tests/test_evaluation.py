@@ -30,13 +30,15 @@ def test_too_few_negatives_allow_no_false_positive() -> None:
 
 @pytest.fixture
 def signal_files(tmp_path):
-    """x.npy/y.npy with signal, and negatives.npy: 3000 further negative rows of the same distribution."""
+    """x.npy (N, 2 layers, 16) with signal in layer 1 (layer 0: noise), y.npy, and negatives.npy: 3000
+    further negative rows of the same distribution, both layers."""
     x, y = activation_like(2400, 16, seed=11, signal=1.5)
     more_x, more_y = activation_like(6000, 16, seed=12, signal=1.5)
+    noise = np.random.default_rng(0).normal(size=(8400, 16)).astype(np.float32) * 40
     paths = {name: tmp_path / f"{name}.npy" for name in ("x", "y", "negatives")}
-    np.save(paths["x"], x)
+    np.save(paths["x"], np.stack([noise[:2400], x], axis=1))
     np.save(paths["y"], y)
-    np.save(paths["negatives"], more_x[more_y == 0][:3000])
+    np.save(paths["negatives"], np.stack([noise[2400:5400], more_x[more_y == 0][:3000]], axis=1))
     return paths
 
 
@@ -45,13 +47,14 @@ def test_a_run_sets_thresholds_on_its_control_set_and_predict_applies_them(cli, 
         "data=npy",
         f"data.x={signal_files['x']}",
         f"data.y={signal_files['y']}",
+        "data.layer=1",  # the control's layer too, as it names none
         f"eval.control={{source:npy,x:{signal_files['negatives']}}}",
         "eval.target_fpr=[0.01,0.05]",
         "eval.controls=true",
     )
     assert result.returncode == 0, result.stderr
     metrics = result.metrics()
-    control = np.load(signal_files["negatives"])
+    control = np.load(signal_files["negatives"])[:, 1]
     weights, _ = load_probe(result.run_dir / "probe.safetensors")
     control_logits = weights.decision_function(control)
     for point in metrics["thresholds"]:
@@ -77,7 +80,11 @@ def test_a_run_sets_thresholds_on_its_control_set_and_predict_applies_them(cli, 
     assert f"AUROC {metrics['test']['auroc']:.4f} [" in result.stdout
 
     scored = cli(
-        "at_fpr=0.05", f"probe={result.run_dir}", f"data.x={signal_files['negatives']}", module="probe_lab.predict"
+        "at_fpr=0.05",
+        f"probe={result.run_dir}",
+        f"data.x={signal_files['negatives']}",
+        "data.layer=1",
+        module="probe_lab.predict",
     )
     assert scored.returncode == 0, scored.stderr
     rows = np.loadtxt(scored.run_dir / "scores.csv", delimiter=",", skiprows=1)
@@ -85,7 +92,11 @@ def test_a_run_sets_thresholds_on_its_control_set_and_predict_applies_them(cli, 
     np.testing.assert_array_equal(rows[:, 3], (control_logits >= logit).astype(float))
     assert rows[:, 3].mean() <= 0.05 and "at_fpr=0.05, set on the run's eval.control negatives" in scored.stdout
     refused = cli(
-        "at_fpr=0.2", f"probe={result.run_dir}", f"data.x={signal_files['negatives']}", module="probe_lab.predict"
+        "at_fpr=0.2",
+        f"probe={result.run_dir}",
+        f"data.x={signal_files['negatives']}",
+        "data.layer=1",
+        module="probe_lab.predict",
     )
     assert refused.returncode != 0 and "false-positive rates 0.01, 0.05" in refused.stderr
 
@@ -102,7 +113,7 @@ def test_without_a_control_set_the_validation_negatives_set_the_thresholds(cli, 
     )
     assert result.returncode == 0, result.stderr
     metrics = result.metrics()
-    assert {point["source"] for point in metrics["thresholds"]} == {"validation negatives"}
+    assert {point["source"] for point in metrics["thresholds"]} == {"out-of-fold validation negatives"}
     splits = split_dataset(ActivationDataset(np.load(x), np.load(y)), 0.2, 0.2, seed=42)
     assert metrics["thresholds"][0]["negatives"] == int(np.sum(splits.val.labels == 0))
     assert "test_intervals" not in metrics
@@ -117,3 +128,10 @@ def test_a_control_set_holding_positives_is_refused(cli, npy_data) -> None:
     assert result.returncode != 0
     assert "eval.control" in result.stderr and "positive rows" in result.stderr
     assert not (result.run_dir / "metrics.json").exists()
+
+
+def test_a_missing_control_file_is_named_as_the_eval_control_setting(cli, npy_data, tmp_path) -> None:
+    x, y = npy_data
+    result = cli("data=npy", f"data.x={x}", f"data.y={y}", f"eval.control={{source:npy,x:{tmp_path / 'nope.npy'}}}")
+    assert result.returncode != 0
+    assert "eval.control.x" in result.stderr and "data.x" not in result.stderr

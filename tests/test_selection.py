@@ -129,3 +129,23 @@ def test_the_aurocs_of_many_columns_are_roc_auc_score_column_by_column() -> None
     scores = np.round(rng.normal(size=(3000, 5)) + 0.4 * labels[:, None], 1).astype(np.float32)  # many ties
     expected = [roc_auc_score(labels, scores[:, k]) for k in range(5)]
     np.testing.assert_allclose(aurocs(labels, scores), expected, rtol=0, atol=1e-12)
+
+
+def test_each_adamw_fit_of_a_choice_keeps_its_own_checkpoint_and_patience() -> None:
+    """One set of composed callbacks serves every fit of a choice: each fit restores its own best
+    checkpoint (not an earlier fit's, nor one in an earlier fit's deleted folder)."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from probe_lab.fit.trainer import LightningParts
+
+    x, y = noisy_task(600, 8, seed=5)
+    checkpoint = ModelCheckpoint(monitor="val_auroc", mode="max")
+    parts = LightningParts(callbacks=[checkpoint, EarlyStopping(monitor="val_auroc", mode="max", patience=3)])
+    config = ProbeTrainingConfig(
+        optimizer="adamw", max_iterations=15, learning_rate=0.05, standardize="auto", cv_folds=3, device="cpu"
+    )
+    trainer = TorchProbeTrainer(8, config, lightning=parts)
+    trainer.fit(x[:450], y[:450], x[450:], y[450:])
+    raw, standardized = ([p for p in trainer.regularization_path if p["standardize"] is s] for s in (False, True))
+    assert raw[0]["fold_aurocs"] != standardized[0]["fold_aurocs"]
+    assert checkpoint.dirpath is None  # the composed callback itself is left as the user gave it

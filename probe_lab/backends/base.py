@@ -198,12 +198,12 @@ class ProbeTrainer(ABC):
     ) -> _Choice | None:
         """Every candidate fitted on the training split and scored on the validation split."""
         options = candidates(self.config.regularization_values, self.config.standardize_values)
-        results: list[FitResult] = []
-        for standardize in self.config.standardize_values:
-            fitted = self._fit_logistic(train, val, placement, standardize)
-            if not fitted:
-                return None
-            results += fitted
+        # Every scaling is fitted on every process (a data-parallel fit's processes fit together);
+        # only the first holds the probes.
+        fits = [self._fit_logistic(train, val, placement, scaling) for scaling in self.config.standardize_values]
+        if not all(fits):
+            return None
+        results = [result for fitted in fits for result in fitted]
         on_device = device_decision_functions([result.weights for result in results], val)
         val_aurocs, scores = metrics.aurocs(val.labels, on_device), on_device.cpu().numpy()
         records = [CandidateRecord(option, val_auroc=float(val_aurocs[k])) for k, option in enumerate(options)]

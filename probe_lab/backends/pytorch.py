@@ -43,8 +43,9 @@ class TorchProbeTrainer(ProbeTrainer):
     run_dir: where Lightning's logs (logs/) and the best checkpoint (checkpoints/) go; without one
     they live in a temporary folder for the duration of `fit`. callbacks: Lightning callbacks added to
     the Trainer's own; the same objects serve every fit of this trainer, so stateful ones carry their
-    state over. lightning: the Trainer class, its flags, callbacks and loggers as composed by a user
-    (see `probe_lab.fit.trainer.LightningParts`); by default probe_lab's own.
+    state over (except ModelCheckpoint and EarlyStopping, copied for each fit: a fit's best checkpoint
+    and patience are its own). lightning: the Trainer class, its flags, callbacks and loggers as
+    composed by a user (see `probe_lab.fit.trainer.LightningParts`); by default probe_lab's own.
     """
 
     backend = "pytorch"

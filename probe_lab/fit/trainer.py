@@ -6,6 +6,8 @@ callbacks' and loggers' places in the run folder; it chooses defaults for the ep
 L-BFGS epoch, or `probe.max_iterations` AdamW epochs), gradient accumulation, the validation sanity
 check and the model summary, which a user's Trainer flag overrides. Its own fixed pieces:
 - a `ModelCheckpoint` without a `dirpath` saves into `checkpoints/` of the run folder;
+- `ModelCheckpoint` and `EarlyStopping` callbacks are copied for each fit, so that a fit's best
+  checkpoint and patience are its own (a run may fit several times);
 - `EarlyStopping` callbacks are dropped with `early_stopping=False`, progress bars with
   `progress_bar=False` (and Lightning's own bar is then off too);
 - its progress bar is `probe_lab.fit.progress_bar.lightning_progress_bar`'s (bars on a terminal only);
@@ -17,6 +19,7 @@ check and the model summary, which a user's Trainer flag overrides. Its own fixe
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -97,8 +100,10 @@ def build_trainer(
     """The Trainer of one fit. out_dir: its root and checkpoints' folder; logs_dir: where the default
     CSV logs go (None: no default logger)."""
     callbacks = [*(parts.callbacks if parts.callbacks is not None else default_callbacks(config)), *extra_callbacks]
+    # A run fits several times (a path's scalings, cross-validation's folds, the controls): each fit
+    # keeps its own best checkpoint and patience, never an earlier fit's.
     callbacks = [
-        callback
+        copy.deepcopy(callback) if isinstance(callback, (ModelCheckpoint, EarlyStopping)) else callback
         for callback in callbacks
         if not (isinstance(callback, EarlyStopping) and not config.early_stopping)
         and not (isinstance(callback, ProgressBar) and not progress_bar)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -186,3 +189,19 @@ def check_split_fractions(validation_split: float, test_split: float) -> None:
         raise ProbeLabError(
             f"data.validation_split={validation_split} and data.test_split={test_split} leave no training data"
         )
+
+
+# "data.<field>" and "data=<source>" in the messages of the data settings and sources, not inside a path
+_DATA_SETTING = re.compile(r"(?<![\w/\\.~-])data\.(?=[A-Za-z_])")
+_DATA_SOURCE = re.compile(r"(?<![\w/\\.~-])data=(?=\w)")
+
+
+@contextmanager
+def renamed_data_settings(where: str) -> Iterator[None]:
+    """A ProbeLabError raised inside names data settings given somewhere other than the `data` group
+    (`datasets[k]`, `eval.control`): `data.n` becomes `<where>.n`, `data=npy` `<where>.source=npy`."""
+    try:
+        yield
+    except ProbeLabError as err:
+        text = _DATA_SOURCE.sub(f"{where}.source=", _DATA_SETTING.sub(f"{where}.", str(err)))
+        raise ProbeLabError(text) from None

@@ -80,7 +80,7 @@ class ProbeTrainingConfig(ProbeSettings):
         With `solver=auto` the solver suits the problem's shape when it is given: newton-cholesky for
         L2 when n_samples >= n_features and the width is moderate, else lbfgs; liblinear for L1.
         """
-        if isinstance(self.regularization, list):
+        if isinstance(self.regularization, (list, str)):
             raise ProbeLabError("to_sklearn_params needs one regularization value (see with_regularization)")
         return {
             "C": 1.0 / self.regularization,
