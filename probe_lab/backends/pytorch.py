@@ -36,6 +36,8 @@ from probe_lab.settings.placement import Placement
 
 log = logging.getLogger(__name__)
 
+COLUMN_BYTES_PER_ROW = 16  # a joint fold fit's float32 weight, logit, loss and gradient per row and column
+
 
 class TorchProbeTrainer(ProbeTrainer):
     """Trains the probe with Lightning on the configured device (CUDA when asked for and present).
@@ -93,17 +95,22 @@ class TorchProbeTrainer(ProbeTrainer):
         *,
         standardize: bool,
     ) -> list[list[FitResult]]:
-        """With the pooled rows held whole for full-batch L-BFGS, every fold's path is a column block
-        of one probe (`ProbeObjective`'s column_rows): one fit, one pass over the rows per evaluation
-        for all folds. Otherwise fold by fold."""
-        if not (placement.full_batch and placement.train_resident) or placement.processes.data_parallel:
+        """With the pooled rows held whole for full-batch L-BFGS (and they and the columns' working
+        memory within the device's budget), every fold's path is a column block of one probe
+        (`ProbeObjective`'s column_rows): one fit, one pass over the rows per evaluation for all folds.
+        Otherwise fold by fold."""
+        columns = len(folds) * len(regularizations)
+        # The pooled rows held whole, and per row and column its weight, logit, loss and gradient (float32).
+        needed = pooled.nbytes() + COLUMN_BYTES_PER_ROW * len(pooled) * columns
+        together = placement.full_batch and placement.train_resident and not placement.processes.data_parallel
+        if not together or needed > placement.budget_bytes:
             return super()._fit_folds(pooled, val, folds, regularizations, placement, standardize=standardize)
         fold_rows = np.zeros((len(pooled), len(folds)), dtype=bool)
         for number, (fit_rows, _) in enumerate(folds):
             fold_rows[fit_rows, number] = True
-        columns = np.repeat(fold_rows, len(regularizations), axis=1)  # fold by fold, each fold's path
+        column_rows = np.repeat(fold_rows, len(regularizations), axis=1)  # fold by fold, each fold's path
         results = self._lightning_fit(
-            pooled, val, regularizations * len(folds), placement, standardize=standardize, column_rows=columns
+            pooled, val, regularizations * len(folds), placement, standardize=standardize, column_rows=column_rows
         )
         if not results:
             return []

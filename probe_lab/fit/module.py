@@ -224,13 +224,15 @@ def prepared_module(
         column_rows=rows_on_device,
     ).to(device)
     part, where = shard if shard is not None else (train, None)
-    rows, mean, std = preconditioner_statistics(
-        part, resident, standardize=config.standardize, device=device, shard=where
-    )
     if rows_on_device is not None and config.standardize:
         if resident is None:
             raise ValueError("column_rows needs the split held whole (resident)")
-        std = column_moments(resident, rows_on_device)[1]
+        means, std = column_moments(resident, rows_on_device)
+        mean = means[0]  # any shift: the bias is unpenalized
+    else:
+        rows, mean, std = preconditioner_statistics(
+            part, resident, standardize=config.standardize, device=device, shard=where
+        )
     if shard is not None:
         module.precondition_with_shards(rows, mean, std, standardize=config.standardize)
     else:
