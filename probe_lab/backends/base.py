@@ -233,7 +233,8 @@ class ProbeTrainer(ABC):
         records = [CandidateRecord(option, fold_aurocs=tuple(fold_aurocs[k])) for k, option in enumerate(options)]
         best = best_candidate(np.array([record.score for record in records]))
         chosen = options[best]
-        refit = self._fit(pooled, val, [chosen.regularization], placement, standardize=chosen.standardize)[0]
+        refit_rows, monitored = self._monitored(pooled, np.arange(len(pooled)), val, placement)
+        refit = self._fit(refit_rows, monitored, [chosen.regularization], placement, standardize=chosen.standardize)[0]
         summary = {
             "folds": folds,
             "grouped": pooled.groups is not None,
@@ -266,9 +267,23 @@ class ProbeTrainer(ABC):
         results = []
         for number, (fit_rows, held_out_rows) in enumerate(folds):
             log.info("cross-validation fold %d of %d: %d rows fitted", number + 1, len(folds), len(fit_rows))
-            fold_train, held_out = pooled.subset(fit_rows), pooled.subset(held_out_rows)
-            results.append(self._fit(fold_train, held_out, regularizations, placement, standardize=standardize))
+            fold_train, monitored = self._monitored(pooled, fit_rows, pooled.subset(held_out_rows), placement)
+            results.append(self._fit(fold_train, monitored, regularizations, placement, standardize=standardize))
         return results
+
+    def _monitored(
+        self, pooled: ActivationDataset, rows: np.ndarray, held_out: ActivationDataset, placement: Placement
+    ) -> tuple[ActivationDataset, ActivationDataset]:
+        """(rows to fit, rows the fit watches) for a fit of cross-validation on `rows` of `pooled`.
+
+        Full-batch L-BFGS goes to its optimum whatever it watches: it fits every row and watches
+        `held_out`. Minibatch AdamW stops early and keeps its best checkpoint by what it watches, which
+        must then be none of the rows it is scored on: `validation_split` of `rows` is set aside for it.
+        """
+        if placement.full_batch:
+            return pooled.subset(rows), held_out
+        inner = split_dataset(pooled.subset(rows), self.config.validation_split, 0.0, self.config.seed)
+        return inner.train, inner.val
 
     def _check_config(self) -> None:  # noqa: B027 (a hook: most backends accept every setting)
         """Refuse settings this backend cannot honour (one line naming the setting)."""
