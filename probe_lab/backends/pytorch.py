@@ -65,6 +65,7 @@ class TorchProbeTrainer(ProbeTrainer):
         super().__init__(input_dim, config, run_dir=run_dir, progress_bar=progress_bar)
         self.callbacks = list(callbacks)
         self.lightning = lightning or LightningParts()
+        self._warned_joint_adamw = False
 
     def _check_config(self) -> None:
         if self.config.penalty is not Penalty.l2:
@@ -129,7 +130,8 @@ class TorchProbeTrainer(ProbeTrainer):
     ) -> list[FitResult]:
         """One Lightning fit of a probe with a column per value of `regularizations` (fitted on the rows
         `column_rows` (N, K) names for each column, when given)."""
-        if not placement.full_batch and len(regularizations) > 1:
+        if not placement.full_batch and len(regularizations) > 1 and not self._warned_joint_adamw:
+            self._warned_joint_adamw = True  # once per trainer, however many fits a choice makes
             log.warning(
                 "with AdamW the %d values of the regularization path train and stop together (EarlyStopping "
                 "follows the best value); full-batch L-BFGS brings each value to its own optimum",
