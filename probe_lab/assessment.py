@@ -58,16 +58,17 @@ def assess(
     *,
     seed: int,
     val_logits: np.ndarray | None = None,
+    out_of_fold: bool = False,
     control: ActivationDataset | None = None,
 ) -> Evaluation:
     """The probe's numbers on `splits` (which must have a test split).
 
-    val_logits: the validation rows' scores when they are not the probe's own (out-of-fold scores of a
-    cross-validated choice). control: negatives to set the false-positive-rate thresholds on.
+    val_logits: the validation rows' scores, when the fit has them: the probe's own, or with
+    `out_of_fold` those of a cross-validated choice's fold probes. control: negatives to set the
+    false-positive-rate thresholds on.
     """
     if splits.test is None:
         raise ValueError("assess needs a test split")
-    out_of_fold = val_logits is not None
     if val_logits is None:
         val_logits = weights.decision_function(splits.val)
     test_logits = weights.decision_function(splits.test)

@@ -25,7 +25,7 @@ from probe_lab.assessment import Evaluation, assess, check_control, control_prob
 from probe_lab.backends import backend_class
 from probe_lab.backends.base import ProbeTrainer
 from probe_lab.data.dataset import ActivationDataset
-from probe_lab.data.sources import Source, load_dataset, open_source
+from probe_lab.data.sources import Source, layer_count, load_dataset, open_source
 from probe_lab.data.splits import Splits, hold_splits, split_dataset
 from probe_lab.errors import ProbeLabError
 from probe_lab.probe import FORMAT_VERSION, save_probe
@@ -209,7 +209,13 @@ def train_backend(
 
     start = time.perf_counter()
     evaluation = assess(
-        weights, splits, fit.evaluation, seed=fit.config.seed, val_logits=trainer.val_scores, control=fit.control
+        weights,
+        splits,
+        fit.evaluation,
+        seed=fit.config.seed,
+        val_logits=trainer.val_scores,
+        out_of_fold=trainer.cross_validation is not None,
+        control=fit.control,
     )
     timings["evaluate_seconds"] = time.perf_counter() - start
 
@@ -306,7 +312,10 @@ def load_control(settings: RunConfig, dim: int) -> ActivationDataset | None:
     if control is None:
         return None
     if isinstance(control, LayeredData) and control.layer is None and settings.data.layer is not None:
-        control = dataclasses.replace(control, layer=settings.data.layer)
+        with renamed_data_settings("eval.control"):
+            layered = layer_count(control) is not None
+        if layered:
+            control = dataclasses.replace(control, layer=settings.data.layer)
     with renamed_data_settings("eval.control"):
         negatives = load_dataset(control, settings.seed, require_labels=False)
     check_control(negatives, dim)

@@ -326,3 +326,66 @@ def test_a_model_spread_by_accelerate_gives_the_same_rows(models, texts, tmp_pat
     for layer in range(2):
         torch.testing.assert_close(second.table().read(rows, layer), first.table().read(rows, layer))
     assert second.provenance["model"] == first.provenance["model"]
+
+
+def _interrupted(models, texts, output: Path, monkeypatch, **config) -> None:
+    """An extraction into `output` stopped (KeyboardInterrupt) after its first complete shard."""
+    journal = extraction._write_journal
+    writes = []
+
+    def crash_after_one_shard(*args) -> None:
+        journal(*args)
+        writes.append(args)
+        if len(writes) == 2:  # the journal of the empty store, then of one complete shard
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(extraction, "_write_journal", crash_after_one_shard)
+    with pytest.raises(KeyboardInterrupt):
+        extraction.extract(settings(models["gpt2"], texts, output, **config))
+    monkeypatch.undo()
+
+
+def test_resuming_is_refused_for_another_model_or_dataset_and_overwrite_starts_afresh(
+    models, texts, tmp_path, monkeypatch
+) -> None:
+    config = {"layers": [1], "pooling": Pooling.tokens, "shard_mb": 0.01}
+    output = tmp_path / "store"
+    _interrupted(models, texts, output, monkeypatch, **config)
+    with pytest.raises(ProbeLabError, match=r"an unfinished extraction with another model; .*overwrite=true"):
+        extraction.extract(settings(models["llama"], texts, output, **config))
+    edited = tmp_path / "edited.csv"
+    edited.write_text(texts.read_text().replace("good", "fine", 1))
+    with pytest.raises(ProbeLabError, match=r"an unfinished extraction with another dataset; "):
+        extraction.extract(settings(models["gpt2"], edited, output, **config))
+
+    # overwrite=true: the unfinished store of the other settings is replaced by a complete one of these
+    summary = extraction.extract(settings(models["llama"], edited, output, overwrite=True, **config))
+    assert summary.resumed_shards == 0
+    whole = tmp_path / "whole"
+    extraction.extract(settings(models["llama"], edited, whole, **config))
+    assert sorted(p.name for p in output.iterdir()) == sorted(p.name for p in whole.iterdir())
+    for file in whole.iterdir():
+        if file.name != "manifest.json":  # it names its own output folder
+            assert (output / file.name).read_bytes() == file.read_bytes(), file.name
+    assert ActivationStore.open(output).rows == ActivationStore.open(whole).rows
+
+
+def test_a_hub_name_in_the_local_cache_is_found_and_its_commit_recorded(models, tmp_path, monkeypatch) -> None:
+    """model.path=org/name reads the snapshot Hugging Face's cache holds (nothing is downloaded)."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    from probe_lab.extract.model import locate
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-llama"
+    shutil.copytree(models["llama"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = locate(ExtractModelSettings(path="tiny-org/tiny-llama", device="cpu"))
+    assert source.commit == commit and source.folder == repo / "snapshots" / commit
+    with pytest.raises(ProbeLabError, match=r"not in the local Hugging Face cache \(nothing is downloaded\)"):
+        locate(ExtractModelSettings(path="tiny-org/not-cached", device="cpu"))
