@@ -389,3 +389,13 @@ def test_a_hub_name_in_the_local_cache_is_found_and_its_commit_recorded(models, 
     assert source.commit == commit and source.folder == repo / "snapshots" / commit
     with pytest.raises(ProbeLabError, match=r"not in the local Hugging Face cache \(nothing is downloaded\)"):
         locate(ExtractModelSettings(path="tiny-org/not-cached", device="cpu"))
+
+
+def test_the_progress_counts_texts_and_shows_tokens_per_second(models, texts, tmp_path, capsys) -> None:
+    import dataclasses
+
+    config = dataclasses.replace(settings(models["gpt2"], texts, tmp_path / "store", layers=[1]), progress=True)
+    extraction.extract(config)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("extract:")]
+    assert lines, "no progress line"
+    assert re.fullmatch(r"extract: 40 of 40 text \(100%\), [\d,]+ tok/s  \(\d+ s\)", lines[-1]), lines[-1]

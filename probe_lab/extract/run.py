@@ -125,15 +125,15 @@ def extract(settings: ExtractConfig) -> ExtractionSummary:
         with (
             LayerCapture(model, layers, depth) as capture,
             progress_counter(
-                todo_tokens,
+                len(lengths) - todo[0].first if todo else 0,
                 desc="extract",
-                unit="tok",
-                unit_scale=True,
+                unit="text",
                 enabled=settings.progress,
-            ) as progress,
+            ) as counter,
             torch.inference_mode(),
         ):
             looping, writing = time.perf_counter(), 0.0
+            progress = TokenRate(counter, looping)
             for chunk in todo:
                 x = _chunk_rows(capture, model, ids[chunk.first : chunk.stop], settings, tokenizer, progress)
                 if pending is not None:
@@ -174,7 +174,7 @@ def _chunk_rows(
     ids: list[list[int]],
     settings: ExtractConfig,
     tokenizer: Any,
-    progress: Any,
+    progress: TokenRate,
 ) -> torch.Tensor:
     """The chunk's rows in text order, (rows, D) for one layer or (rows, L, D): each batch's rows go
     to the device's host in one copy, then straight to their places."""
@@ -194,7 +194,7 @@ def _chunk_rows(
             out = torch.empty((int(counts.sum()), *rows.shape[1:]), dtype=rows.dtype)
         places = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in batch])
         out[torch.from_numpy(places)] = rows
-        progress.update(int(lengths[batch].sum()))
+        progress.batch_done(len(batch), int(lengths[batch].sum()))
     assert out is not None
     return out[:, 0] if out.shape[1] == 1 else out
 
@@ -298,3 +298,16 @@ def _chunks_done(kept: list[ShardInfo], chunks: list[plan.Chunk]) -> int:
 def _write_journal(output: Path, identity: dict, shards: tuple[ShardInfo, ...]) -> None:
     record = {"identity": identity, "shards": [asdict(shard) for shard in shards]}
     atomic_write_bytes(output / JOURNAL, (json.dumps(record, indent=1) + "\n").encode())
+
+
+class TokenRate:
+    """The extraction's progress: texts done on the counter, tokens per second beside it."""
+
+    def __init__(self, counter: Any, start: float) -> None:
+        self.counter, self.start, self.tokens = counter, start, 0
+
+    def batch_done(self, texts: int, tokens: int) -> None:
+        self.tokens += tokens
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.counter.set_postfix_str(f"{self.tokens / elapsed:,.0f} tok/s", refresh=False)
+        self.counter.update(texts)

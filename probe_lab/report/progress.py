@@ -88,6 +88,7 @@ class PlainProgress:
     ) -> None:
         self.total, self.desc, self.unit, self.unit_scale = total, desc, unit, unit_scale
         self.n = 0
+        self.postfix = ""
         self.closed = False
         self.lines = PeriodicLines(self.interval_s if interval_s is None else interval_s, clock, stream)
         self._lock = threading.Lock()
@@ -97,6 +98,11 @@ class PlainProgress:
             self.n += n
             if not self.closed and self.lines.due():
                 self.lines.write(self._status())
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        """tqdm's: text shown after the count (a rate of another unit), from the next line on."""
+        del refresh  # lines are written when due, whatever the caller asks
+        self.postfix = text
 
     def close(self) -> None:
         with self._lock:
@@ -118,7 +124,8 @@ class PlainProgress:
     def _status(self) -> str:
         done = self._amount(self.n) if self.unit_scale else str(self.n)
         percent = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        return f"{self.desc}: {done} of {self._amount(self.total)}{percent}"
+        postfix = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {done} of {self._amount(self.total)}{percent}{postfix}"
 
     def _amount(self, value: float) -> str:
         """Counted units, scaled as tqdm's own bars scale them (1.20GB) with `unit_scale`."""
