@@ -7,8 +7,9 @@ Builds a random-initialised Llama-style model (default 0.84B parameters: 2048 wi
 5632-wide MLP, 32 heads, 4 KV heads, a 32,000-word word-level tokenizer) and texts of random words,
 saves it to a temporary folder, then on the same texts and the same length-sorted batches measures:
 
-- the plain forward pass: `model(input_ids, attention_mask)` batch by batch, tokens per second and
-  peak device memory (the floor extraction is held to);
+- the plain forward pass: `model(input_ids, attention_mask)` batch by batch, tokens per second (the
+  faster of two passes, the first meeting every batch shape cold) and peak device memory (the floor
+  extraction is held to);
 - `probe_lab.extract` with `pooling=last` over layers 4, 8, 12 and the last (a whole forward pass
   each batch), and with `pooling=tokens` over layer 8 (every token a row; the pass stops after
   block 8): tokens per second through the model, the ratio to the plain pass, peak device memory,
@@ -95,11 +96,14 @@ def plain_forward(folder: Path, texts: Path, args: argparse.Namespace) -> tuple[
         model(**{k: v[:1].to(device()) for k, v in batches[0].items()}, use_cache=False)  # warm-up
         synchronize()
         reset_peak()
-        start = time.perf_counter()
-        for inputs in batches:
-            model(**{k: v.to(device()) for k, v in inputs.items()}, use_cache=False)
-        synchronize()
-        seconds = time.perf_counter() - start
+        passes = []
+        for _ in range(2):  # the first pass meets every batch shape cold (kernel selection): the second is timed
+            start = time.perf_counter()
+            for inputs in batches:
+                model(**{k: v.to(device()) for k, v in inputs.items()}, use_cache=False)
+            synchronize()
+            passes.append(time.perf_counter() - start)
+        seconds = min(passes)
     peak = peak_bytes()
     del model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
