@@ -7,6 +7,7 @@ import json
 import os
 import struct
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from probe_lab.store.manifest import (
 # is known; the header is padded with spaces (the format allows it) so the data start 8-byte aligned.
 HEADER_BYTES = 256
 DEFAULT_SHARD_MB = 256
+WRITE_PIECE_BYTES = 16 << 20  # written and hashed side by side, piece by piece
 
 
 class StoreWriter:
@@ -77,6 +79,7 @@ class StoreWriter:
         self._file: Any = None
         self._current_name = ""
         self._hash: Any = None
+        self._hasher: ThreadPoolExecutor | None = None
         self._rows_in_shard = 0
         self.rows = sum(shard.rows for shard in kept)
         self.closed = False
@@ -92,6 +95,7 @@ class StoreWriter:
 
     def abort(self) -> None:
         """Stop writing and delete what this writer wrote: an unfinished store leaves nothing behind."""
+        self._stop_hasher()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -122,8 +126,7 @@ class StoreWriter:
                 self._open_shard()
             take = min(len(values) - start, self.shard_rows - self._rows_in_shard)
             chunk = memoryview(np.ascontiguousarray(values[start : start + take])).cast("B")
-            self._file.write(chunk)
-            self._hash.update(chunk)
+            self._write_and_hash(chunk)
             self._rows_in_shard += take
             start += take
             if self._rows_in_shard == self.shard_rows:
@@ -143,6 +146,7 @@ class StoreWriter:
 
     def interrupt(self) -> None:
         """Stop writing, deleting only the shard being written: finished shards stay for a resume."""
+        self._stop_hasher()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -158,6 +162,7 @@ class StoreWriter:
             raise ProbeLabError(f"{self.path}: no rows were appended")
         if self._file is not None:
             self._finish_shard()
+        self._stop_hasher()
         _write_npy(self.path / LABELS, np.concatenate(self._labels))
         if samples is not None:
             if samples.shape != (self.rows, 2):
@@ -180,6 +185,25 @@ class StoreWriter:
         (self.path / JOURNAL).unlink(missing_ok=True)
         self.closed = True
         return manifest
+
+    def _write_and_hash(self, data: memoryview) -> None:
+        """Write `data` to the shard and add it to the shard's hash, piece by piece, each piece hashed on
+        a thread of its own while it is written (both release the GIL): writing costs the larger of the
+        two, not their sum. Returns when both are done with `data`."""
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe_lab-store-hash")
+        hashed = []
+        for start in range(0, len(data), WRITE_PIECE_BYTES):
+            piece = data[start : start + WRITE_PIECE_BYTES]
+            hashed.append(self._hasher.submit(self._hash.update, piece))  # one thread: pieces in order
+            self._file.write(piece)
+        for future in hashed:
+            future.result()
+
+    def _stop_hasher(self) -> None:
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=True)
+            self._hasher = None
 
     def _open_shard(self) -> None:
         name = shard_name(len(self._shards))
