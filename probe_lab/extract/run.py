@@ -134,8 +134,9 @@ def extract(settings: ExtractConfig) -> ExtractionSummary:
         ):
             looping, writing = time.perf_counter(), 0.0
             progress = TokenRate(counter, looping)
+            buffers = ChunkBuffers(max((chunk.rows for chunk in todo), default=0), models.input_device(model))
             for chunk in todo:
-                x = _chunk_rows(capture, model, ids[chunk.first : chunk.stop], settings, tokenizer, progress)
+                x = _chunk_rows(capture, model, ids[chunk.first : chunk.stop], settings, tokenizer, progress, buffers)
                 if pending is not None:
                     writing += pending.result()
                 pending = pool.submit(write, x, chunk)
@@ -175,9 +176,11 @@ def _chunk_rows(
     settings: ExtractConfig,
     tokenizer: Any,
     progress: TokenRate,
+    buffers: ChunkBuffers,
 ) -> torch.Tensor:
-    """The chunk's rows in text order, (rows, D) for one layer or (rows, L, D): each batch's rows go
-    to the device's host in one copy, then straight to their places."""
+    """The chunk's rows in text order, (rows, D) for one layer or (rows, L, D), in one of `buffers`:
+    each text's rows of a batch are copied from the device straight to their places, asynchronously
+    from a GPU (the next batch runs meanwhile); the chunk is complete when this returns."""
     lengths = np.array([len(row) for row in ids])
     per_token = settings.pooling is Pooling.tokens
     counts = plan.rows_per_text(lengths, per_token)
@@ -189,13 +192,22 @@ def _chunk_rows(
         inputs, mask = padded_batch([ids[i] for i in batch], pad, settings.model.padding_side, capture.accepts)
         inputs = {name: value.to(device) for name, value in inputs.items()}
         layers = capture.run(pooling(settings.pooling.value, mask), **inputs)
-        rows = torch.stack([layer.to(layers[0].device) for layer in layers], dim=1).cpu()  # (batch rows, L, D)
+        rows = torch.stack([layer.to(layers[0].device) for layer in layers], dim=1)  # (batch rows, L, D)
         if out is None:
-            out = torch.empty((int(counts.sum()), *rows.shape[1:]), dtype=rows.dtype)
-        places = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in batch])
-        out[torch.from_numpy(places)] = rows
+            out = buffers.take((int(counts.sum()), *rows.shape[1:]), rows.dtype)
+        offset = 0
+        for text in batch:
+            out[starts[text] : starts[text] + counts[text]].copy_(
+                rows[offset : offset + counts[text]], non_blocking=True
+            )
+            offset += int(counts[text])
+        buffers.used(rows.device)
+        # Freed now, not when the next batch is taken: the copies are queued before any later kernel
+        # that could reuse the memory, so the next batch's forward pass has it back.
+        del rows, layers
         progress.batch_done(len(batch), int(lengths[batch].sum()))
     assert out is not None
+    buffers.wait()
     return out[:, 0] if out.shape[1] == 1 else out
 
 
@@ -311,3 +323,38 @@ class TokenRate:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         self.counter.set_postfix_str(f"{self.tokens / elapsed:,.0f} tok/s", refresh=False)
         self.counter.update(texts)
+
+
+class ChunkBuffers:
+    """The host memory chunks' rows are gathered in: two buffers, taken in turn, so that one is written
+    to the store while the next chunk fills the other (the writer is done with a buffer before it is
+    taken again). Page-locked when the model runs on a GPU, so that copies into them run
+    asynchronously; made once for the largest chunk, since page-locking costs more than the copies."""
+
+    def __init__(self, max_rows: int, device: torch.device) -> None:
+        self.max_rows = max_rows
+        self.pinned = device.type == "cuda"
+        self.slots: list[torch.Tensor | None] = [None, None]
+        self.turn = 0
+        self.devices: set[torch.device] = set()
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A (rows, L, D) tensor of `dtype` in the next buffer."""
+        row = shape[1:]
+        slot = self.slots[self.turn]
+        if slot is None or slot.dtype != dtype or tuple(slot.shape[1:]) != row or len(slot) < shape[0]:
+            slot = torch.empty((max(self.max_rows, shape[0]), *row), dtype=dtype, pin_memory=self.pinned)
+            self.slots[self.turn] = slot
+        self.turn ^= 1
+        return slot[: shape[0]]
+
+    def used(self, device: torch.device) -> None:
+        """Rows were copied from `device`: `wait` waits for it."""
+        if device.type == "cuda":
+            self.devices.add(device)
+
+    def wait(self) -> None:
+        """Until every copy queued into the buffers has landed."""
+        for device in self.devices:
+            torch.cuda.synchronize(device)
+        self.devices.clear()
