@@ -24,6 +24,7 @@ import importlib.util
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 # Elements (rows × padded width) a program holds in registers per group of rows (2 rows of 8192), and
 # the widest rows the kernel takes (padded, one row per group, with more warps).
@@ -63,6 +64,7 @@ class _FusedLossSum(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable  # the saved gradient is a constant: a second derivative would be wrong, so it fails
     def backward(ctx, grad_loss: torch.Tensor):  # type: ignore[override]
         grad_weight, grad_bias = ctx.saved_tensors
         scale = grad_loss.float()

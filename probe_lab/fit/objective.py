@@ -34,7 +34,7 @@ from torch import nn
 
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.stats import device_moments, evenly_spaced_rows, feature_moments
-from probe_lab.fit import fused_logistic
+from probe_lab.fit import blocked_logistic, fused_logistic
 from probe_lab.fit.distributed import Shard
 from probe_lab.fit.linear_probe import LinearProbe
 
@@ -113,14 +113,18 @@ class ProbeObjective(nn.Module):
 
         Each row's loss is float32; their sum is float64, so the objective's rounding stays far below
         the decreases L-BFGS's line search has to see near the optimum. For one probe, half-precision
-        rows on a GPU are read once for the loss and its gradient (`fused_logistic`); otherwise the
-        two products read them twice.
+        rows on a GPU are read once for the loss and its gradient (`fused_logistic`), and rows on the
+        CPU are read once a cache-sized block at a time, for any number of columns (`blocked_logistic`);
+        otherwise (a path on a GPU, float32 rows on a GPU) the two products read them twice.
         """
         if self.row_weights is not None:
             raise ValueError("a fit with column_rows is evaluated whole (forward), not block by block")
         if fused_logistic.applies(x, probe.outputs):
             weight, bias = probe.folded()
             return fused_logistic.fused_loss_sum(x, y, weight, bias)
+        if blocked_logistic.applies(x):
+            weight, bias = probe.folded()
+            return blocked_logistic.blocked_loss_sum(x, y, weight, bias)
         return self.two_product_loss_sum(probe, x, y)
 
     def two_product_loss_sum(self, probe: LinearProbe, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
