@@ -9,6 +9,7 @@ test metrics' bootstrap intervals. `control_probes` trains the controls of `eval
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,14 +20,18 @@ import numpy as np
 from probe_lab import metrics as metrics_lib
 from probe_lab.bootstrap import bootstrap_intervals
 from probe_lab.data.dataset import ActivationDataset
+from probe_lab.data.sources import layer_count, load_dataset
 from probe_lab.data.splits import Splits
 from probe_lab.errors import ProbeLabError
 from probe_lab.probe import ProbeWeights, sigmoid
+from probe_lab.report.run_log import RUN_LOG
+from probe_lab.settings.data import LayeredData, renamed_data_settings
 from probe_lab.settings.evaluation import EvalSettings
 from probe_lab.thresholds import threshold_at_fpr
 
 if TYPE_CHECKING:
     from probe_lab.backends.base import ProbeTrainer
+    from probe_lab.settings.schema import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -174,3 +179,21 @@ def _permuted(split: ActivationDataset, rng: np.random.Generator) -> ActivationD
     _, first, row_sample = np.unique(split.groups, return_index=True, return_inverse=True)
     view.labels = rng.permutation(split.labels[first])[row_sample]
     return view
+
+
+def load_control(settings: RunConfig, dim: int) -> ActivationDataset | None:
+    """eval.control's negatives, read and checked; of the training layer when its rows hold layers and
+    it names none (each layer's own with data.layer=all)."""
+    control = settings.eval.control
+    if control is None:
+        return None
+    if isinstance(control, LayeredData) and control.layer is None and settings.data.layer is not None:
+        with renamed_data_settings("eval.control"):
+            layered = layer_count(control) is not None
+        if layered:
+            control = dataclasses.replace(control, layer=settings.data.layer)
+    with renamed_data_settings("eval.control"):
+        negatives = load_dataset(control, settings.seed, require_labels=False)
+    check_control(negatives, dim)
+    RUN_LOG.info("control  %s: %d negative rows for the false-positive-rate thresholds", negatives.name, len(negatives))
+    return negatives

@@ -222,8 +222,7 @@ def predict(cfg: DictConfig, out_dir: Path) -> dict:
             write_json(staging / "metrics.json", result)
     print(f"probe_lab.predict: scored {len(dataset)} rows with {probe_path}")
     print(
-        f"  flagged  {int(predictions.sum())} of {len(dataset)} rows at probability >= {threshold:.4g} "
-        f"({decision.how})"
+        f"  flagged  {int(predictions.sum())} of {len(dataset)} rows at probability >= {threshold:.4g} ({decision.how})"
     )
     if layer is not None and layers is not None:
         trained = "N×D activations" if record.layer is None else f"layer {record.layer}"

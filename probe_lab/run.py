@@ -7,7 +7,6 @@ Lightning logs and checkpoint — is staged and published together only when the
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import tempfile
@@ -17,26 +16,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from probe_lab.artifacts import staged_artifacts, write_json
-from probe_lab.assessment import Evaluation, assess, check_control, control_probes
+from probe_lab.assessment import assess, control_probes, load_control
 from probe_lab.backends import backend_class
 from probe_lab.backends.base import ProbeTrainer
 from probe_lab.data.dataset import ActivationDataset
-from probe_lab.data.sources import Source, layer_count, load_dataset, open_source
+from probe_lab.data.sources import Source, open_source
 from probe_lab.data.splits import Splits, hold_splits, split_dataset
 from probe_lab.errors import ProbeLabError
-from probe_lab.probe import FORMAT_VERSION, save_probe
-from probe_lab.report.parity import TEST_SCORES, BackendOutcome, compare
-from probe_lab.report.plots import plot_parity, plot_regularization_path, plot_roc
+from probe_lab.report.parity import BackendOutcome, compare
+from probe_lab.report.plots import plot_parity
+from probe_lab.report.run_files import ARTIFACTS, write_artifacts
 from probe_lab.report.run_log import RUN_LOG, print_summary
 from probe_lab.report.summary import parity_run_lines, run_summary_lines
 from probe_lab.report.sweep.job import JOB_ID_KEY
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.backend import BackendChoice, resolve_backend
-from probe_lab.settings.data import LAYER_ALL, LayeredData, renamed_data_settings
+from probe_lab.settings.data import LAYER_ALL
 from probe_lab.settings.evaluation import EvalSettings
 from probe_lab.settings.ignored import ignored_trainer_flags
 from probe_lab.settings.parallel import ONE_PROCESS, Processes, follower_process, launched_processes
@@ -44,8 +42,6 @@ from probe_lab.settings.placement import Placement, decide_placement
 from probe_lab.settings.schema import ModelConfig, RunConfig, to_settings
 
 log = logging.getLogger(__name__)
-
-ARTIFACTS = ["probe.safetensors", "probe.json", "metrics.json", "roc.png", TEST_SCORES]
 
 
 @dataclass(frozen=True)
@@ -305,24 +301,6 @@ def run_parity(fit: Fit, splits: Splits, data: DataFacts, timings: dict[str, flo
     return RunResult(out_dir, {"parity": numbers}, max(outcome.val_auroc for outcome in outcomes))
 
 
-def load_control(settings: RunConfig, dim: int) -> ActivationDataset | None:
-    """eval.control's negatives, read and checked; of the training layer when its rows hold layers and
-    it names none (each layer's own with data.layer=all)."""
-    control = settings.eval.control
-    if control is None:
-        return None
-    if isinstance(control, LayeredData) and control.layer is None and settings.data.layer is not None:
-        with renamed_data_settings("eval.control"):
-            layered = layer_count(control) is not None
-        if layered:
-            control = dataclasses.replace(control, layer=settings.data.layer)
-    with renamed_data_settings("eval.control"):
-        negatives = load_dataset(control, settings.seed, require_labels=False)
-    check_control(negatives, dim)
-    RUN_LOG.info("control  %s: %d negative rows for the false-positive-rate thresholds", negatives.name, len(negatives))
-    return negatives
-
-
 def check_width(model: ModelConfig, source: Source) -> None:
     """The data's width against the model's, before anything is read."""
     if model.hidden_dim is not None and model.hidden_dim != source.dim:
@@ -346,64 +324,3 @@ def load_splits(settings: RunConfig, source: Source, placement: Placement) -> tu
     dataset.check_finite()
     splits = split_dataset(dataset, settings.data.validation_split, settings.data.test_split, settings.seed)
     return splits, dropped
-
-
-def write_artifacts(
-    staging: Path,
-    trainer: ProbeTrainer,
-    evaluation: Evaluation,
-    splits: Splits,
-    run_metrics: dict[str, Any],
-    resolved_config: Any,
-) -> None:
-    """probe.safetensors, probe.json and roc.png into the staging folder (metrics.json comes last)."""
-    assert trainer.weights is not None and splits.test is not None
-    np.save(staging / TEST_SCORES, evaluation.test_proba.astype(np.float64))
-    # What probe_lab.predict needs of each false-positive-rate threshold.
-    thresholds = [
-        {key: point[key] for key in ("target_fpr", "logit", "probability", "source")} for point in evaluation.thresholds
-    ]
-    save_probe(
-        staging / "probe.safetensors",
-        trainer.weights,
-        {
-            "backend": trainer.backend,
-            "kind": run_metrics["kind"],
-            "threshold": evaluation.threshold,
-            "thresholds": thresholds,
-            "layer": run_metrics["layer"],
-            "layers": run_metrics["layers"],
-        },
-    )
-    write_json(
-        staging / "probe.json",
-        {
-            "format_version": FORMAT_VERSION,
-            "input_dim": trainer.input_dim,
-            "layer": run_metrics["layer"],
-            "layers": run_metrics["layers"],
-            "backend": trainer.backend,
-            "kind": run_metrics["kind"],
-            "threshold": evaluation.threshold,
-            "thresholds": thresholds,
-            "metrics": {"val": evaluation.val, "test": evaluation.test},
-            "config": resolved_config,
-        },
-    )
-    plot_roc(
-        staging / "roc.png",
-        {
-            "validation": (splits.val.labels, evaluation.val_proba, evaluation.val["auroc"]),
-            "test": (splits.test.labels, evaluation.test_proba, evaluation.test["auroc"]),
-        },
-        title=f"{trainer.backend} probe, {splits.train.name}"
-        + (f", layer {run_metrics['layer']}" if run_metrics["layer"] is not None else ""),
-        threshold=evaluation.threshold,
-    )
-    if "regularization_path" in run_metrics:
-        plot_regularization_path(
-            staging / "regularization_path.png",
-            run_metrics["regularization_path"],
-            run_metrics["regularization"],
-            run_metrics["standardize"],
-        )

@@ -17,18 +17,13 @@ Every file appears when all datasets are trained and scored; after an error, non
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import difflib
 import functools
 import logging
-import re
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,27 +32,21 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from probe_lab.artifacts import staged_artifacts, write_json
+from probe_lab.artifacts import staged_artifacts
 from probe_lab.cli_help import HYDRA_FLAGS, answer_help_or_version
 from probe_lab.errors import ProbeLabError
 from probe_lab.report.run_log import RUN_LOG, print_summary
 from probe_lab.report.sweep.job import ERROR_FILE, error_line, record_failure, split_override
+from probe_lab.report.transfer_matrix import TransferMatrix, score_matrix, transfer_lines, write_matrix
 from probe_lab.settings.backend import BackendChoice, resolve_backend
-from probe_lab.settings.checks import require_choice
 from probe_lab.settings.data import (
-    LAYER_ALL,
     SCHEMAS,
     DataSettings,
-    DataSource,
-    NpyData,
-    PtFilesData,
-    StoreData,
-    renamed_data_settings,
 )
 from probe_lab.settings.ignored import ignored_trainer_flags
 from probe_lab.settings.schema import RunConfig, register_configs, to_settings
+from probe_lab.settings.transfer import EXAMPLE, TransferConfig, TransferDataset, naming, parse_datasets
 from probe_lab.version import version_line
 
 if TYPE_CHECKING:
@@ -65,78 +54,6 @@ if TYPE_CHECKING:
     from probe_lab.data.sources import Source
 
 log = logging.getLogger(__name__)
-
-TRANSFER_FILES = ("transfer.csv", "transfer.json", "transfer.png")
-TRANSFER_KEYS = ("name", "seed")  # keys of a datasets entry beside its source's fields
-EXAMPLE = "datasets=[{source:npy,x:A.npy,y:A_labels.npy},{source:npy,x:B.npy,y:B_labels.npy}]"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-@dataclass
-class TransferConfig(RunConfig):
-    """The transfer app's schema: a training run's settings plus `datasets`, the list of data settings
-    (each a mapping, see the module docstring). `data` is not read: every dataset carries its own."""
-
-    datasets: list[Any] = MISSING
-
-
-@dataclass(frozen=True)
-class TransferDataset:
-    """One entry of `datasets`, checked: its position, label, data settings and run seed."""
-
-    index: int
-    name: str
-    data: DataSettings
-    seed: int
-
-    @property
-    def setting(self) -> str:
-        """How error messages name it: `datasets[k]`."""
-        return f"datasets[{self.index}]"
-
-    @property
-    def folder(self) -> str:
-        """Its training run's folder in the output folder."""
-        return f"train_{self.name}"
-
-
-@dataclass(frozen=True)
-class TransferMatrix:
-    """Every probe scored on every dataset's test split: `auroc[i][j]` is the probe trained on `names[i]`
-    scored on the test split of `names[j]` (likewise `ap`, `accuracy` at the probe's own threshold, and
-    `n_test`, the rows scored)."""
-
-    names: list[str]
-    auroc: list[list[float]]
-    ap: list[list[float]]
-    accuracy: list[list[float]]
-    n_test: list[list[int]]
-
-    def best_transfer(self) -> tuple[int, int] | None:
-        """(trained on, tested on) of the highest off-diagonal AUROC; None for a single dataset."""
-        cells = [(i, j) for i in range(len(self.names)) for j in range(len(self.names)) if i != j]
-        return max(cells, key=lambda cell: self.auroc[cell[0]][cell[1]]) if cells else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """transfer.json's content: the matrices, and the best off-diagonal cell (null for one dataset)."""
-        best = self.best_transfer()
-        return {
-            "names": self.names,
-            "rows": "trained on",
-            "columns": "tested on",
-            "auroc": self.auroc,
-            "ap": self.ap,
-            "accuracy": self.accuracy,
-            "n_test": self.n_test,
-            "runs": {name: f"train_{name}" for name in self.names},
-            "best_transfer": None
-            if best is None
-            else {
-                "trained_on": self.names[best[0]],
-                "tested_on": self.names[best[1]],
-                "auroc": self.auroc[best[0]][best[1]],
-            },
-        }
 
 
 def transfer_schema() -> DictConfig:
@@ -236,95 +153,6 @@ def transfer_settings(cfg: DictConfig) -> TransferConfig:
     if settings.parity:
         raise ProbeLabError("experiment=parity is not supported by probe_lab.transfer: it trains one backend")
     return settings
-
-
-def parse_datasets(entries: Any, seed: int) -> list[TransferDataset]:
-    """`datasets` as checked settings, each named uniquely (`name`, else a default from its file or
-    source); an error names the entry (`datasets[k]`) and its key."""
-    if not isinstance(entries, list | tuple):
-        raise ProbeLabError(f"datasets must be a list of data settings, e.g. '{EXAMPLE}'; got {entries!r}")
-    if not entries:
-        raise ProbeLabError(f"datasets is empty: give at least one data setting, e.g. '{EXAMPLE}'")
-    parsed = [dataset_entry(entry, index, seed) for index, entry in enumerate(entries)]
-    taken: dict[str, int] = {}
-    for index, (name, _, _) in enumerate(parsed):
-        if name is not None:
-            if name in taken:
-                raise ProbeLabError(f"datasets[{index}].name={name} is datasets[{taken[name]}].name too")
-            taken[name] = index
-    datasets = []
-    for index, (name, data, own_seed) in enumerate(parsed):
-        if name is None:
-            name = default_name(data, index)
-            while name in taken:
-                name = f"{name}_{index}"
-            taken[name] = index
-        datasets.append(TransferDataset(index, name, data, own_seed))
-    return datasets
-
-
-def dataset_entry(entry: Any, index: int, seed: int) -> tuple[str | None, DataSettings, int]:
-    """One entry of `datasets` as (its name or None, its source's settings, its run seed), each value
-    type-checked against the source's schema and checked as `data=<source>` checks it."""
-    where = f"datasets[{index}]"
-    if not isinstance(entry, dict):
-        raise ProbeLabError(f"{where} must be a mapping of data settings like {{source: npy, x: X.npy}}, got {entry!r}")
-    values = dict(entry)
-    if "source" not in values:
-        choices = ", ".join(s.value for s in DataSource)
-        raise ProbeLabError(f"{where}.source is required: one of {choices}")
-    source = require_choice(DataSource, values.pop("source"), f"{where}.source")
-    name = values.pop("name", None)
-    if name is not None and (isinstance(name, bool) or not _NAME.fullmatch(str(name))):
-        raise ProbeLabError(f"{where}.name must be letters, digits, '.', '_' or '-' (a folder name), got {name!r}")
-    own_seed = values.pop("seed", seed)
-    if isinstance(own_seed, bool) or not isinstance(own_seed, int) or own_seed < 0:
-        raise ProbeLabError(f"{where}.seed must be a non-negative integer, got {own_seed!r}")
-    schema = SCHEMAS[source]
-    declared = [f.name for f in dataclasses.fields(schema) if f.name != "source"]
-    for key in values:
-        if key not in declared:
-            close = difflib.get_close_matches(str(key), [*declared, *TRANSFER_KEYS], n=1)
-            hint = f"did you mean {where}.{close[0]}?" if close else f"known: {', '.join([*declared, *TRANSFER_KEYS])}"
-            raise ProbeLabError(f"unknown setting {where}.{key} for source {source.value} ({hint})")
-    node = OmegaConf.structured(schema)
-    try:
-        with renamed_data_settings(where):
-            node.merge_with(values)
-            data = OmegaConf.to_object(node)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None)
-        message = str(err).strip().splitlines()[0]
-        raise ProbeLabError(f"invalid setting {where}{f'.{key}' if key else ''}: {message}") from None
-    assert isinstance(data, DataSettings)
-    if data.layer == LAYER_ALL:
-        raise ProbeLabError(f"{where}.layer=all: probe_lab.transfer trains one probe per dataset; choose a layer")
-    if data.test_split <= 0:
-        raise ProbeLabError(f"{where}.test_split must be > 0: every probe is scored on each dataset's test split")
-    return (None if name is None else str(name)), data, own_seed
-
-
-def default_name(data: DataSettings, index: int) -> str:
-    """A dataset's label when its entry gives none: the stem of its file (npy's x) or the name of its
-    folder (pt_files' dir, store's path), made a folder name; `<source>_<index>` for generated data."""
-    location = {NpyData: "x", PtFilesData: "dir", StoreData: "path"}.get(type(data))
-    value = getattr(data, location) if location else None
-    stem = Path(str(value)).stem if location == "x" else Path(str(value)).name
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-") if value else ""
-    return name or f"{data.source.value}_{index}"
-
-
-@contextmanager
-def naming(dataset: TransferDataset) -> Iterator[None]:
-    """A ProbeLabError raised inside names the dataset: its entry's settings (see `renamed_data_settings`),
-    and `datasets[k] (name)` in front when the message does not name the entry already."""
-    try:
-        with renamed_data_settings(dataset.setting):
-            yield
-    except ProbeLabError as err:
-        text = str(err)
-        named = text if dataset.setting in text else f"{dataset.setting} ({dataset.name}): {text}"
-        raise ProbeLabError(named) from None
 
 
 def check_one_process(settings: RunConfig, choice: BackendChoice) -> None:
@@ -436,61 +264,6 @@ def train_dataset(
         RUN_LOG.info(line)
     assert splits.test is not None
     return metrics, splits.test
-
-
-def score_matrix(names: list[str], probes: list[Path], tests: list[ActivationDataset]) -> TransferMatrix:
-    """Each probe file (trained on `names[i]`) scored on each test split, as a run scores its own."""
-    from probe_lab import metrics as metrics_lib
-    from probe_lab.probe import load_probe
-
-    rows: dict[str, list[list[float]]] = {"auroc": [], "ap": [], "accuracy": []}
-    for path in probes:
-        weights, header = load_probe(path)
-        threshold = float(header["threshold"])
-        scores = [metrics_lib.evaluate(t.labels, weights.predict_proba(t), threshold, with_recall=False) for t in tests]
-        for key, row in rows.items():
-            row.append([cell[key] for cell in scores])
-    n_test = [[len(test) for test in tests] for _ in probes]
-    return TransferMatrix(names, rows["auroc"], rows["ap"], rows["accuracy"], n_test)
-
-
-def write_matrix(folder: Path, matrix: TransferMatrix) -> None:
-    """transfer.csv (AUROC, rows trained on, columns tested on, full precision), transfer.json, transfer.png."""
-    from probe_lab.report.plots import plot_transfer
-
-    with open(folder / "transfer.csv", "w", newline="") as file:
-        table = csv.writer(file)
-        table.writerow(["trained_on", *matrix.names])
-        table.writerows([name, *row] for name, row in zip(matrix.names, matrix.auroc, strict=True))
-    write_json(folder / "transfer.json", matrix.to_dict())
-    plot_transfer(folder / "transfer.png", matrix.names, matrix.auroc)
-
-
-def transfer_lines(matrix: TransferMatrix, choice: BackendChoice, dim: int, out_dir: Path) -> list[str]:
-    """The transfer in a few lines: what was trained, the AUROC matrix, the best off-diagonal transfer and
-    the files written."""
-    names = matrix.names
-    width = max(8, *(len(name) + 2 for name in names))
-    lines = [
-        f"probe_lab.transfer: {len(names)} dataset{'s' if len(names) > 1 else ''} of {dim} dims, "
-        f"{choice.name} backend ({choice.reason})",
-        "  test AUROC: rows trained on, columns tested on (* the probe's own test split)",
-        "  " + " " * width + "".join(f"{name:>{width - 1}} " for name in names),
-    ]
-    for i, name in enumerate(names):
-        cells = "".join(f"{f'{v:.4f}' + ('*' if i == j else ' '):>{width}}" for j, v in enumerate(matrix.auroc[i]))
-        lines.append(f"  {name:<{width}}{cells}")
-    best = matrix.best_transfer()
-    if best is None:
-        lines.append("  best     no transfer to compare: one dataset")
-    else:
-        (i, j), value = best, matrix.auroc[best[0]][best[1]]
-        lines.append(
-            f"  best     {names[i]} → {names[j]}: AUROC {value:.4f} ({names[j]}'s own probe {matrix.auroc[j][j]:.4f})"
-        )
-    folders = ", ".join(f"train_{name}/" for name in names)
-    lines.append(f"  outputs  {out_dir}: {', '.join(TRANSFER_FILES)}, {folders}")
-    return lines
 
 
 def transfer_help(overrides: Sequence[str]) -> str:

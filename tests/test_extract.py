@@ -147,26 +147,32 @@ def test_layers_resolve_from_indices_fractions_and_all() -> None:
         resolve_layers([-6], 4)
 
 
+def _interrupted(models, texts, output: Path, monkeypatch, *, shards: int = 1, **config) -> int:
+    """An extraction into `output` stopped (KeyboardInterrupt) after `shards` journal writes of complete
+    shards; returns how many shards the last journal lists."""
+    journal = extraction._write_journal
+    writes = []
+
+    def crash_after_the_shards(*args) -> None:
+        journal(*args)
+        writes.append(args)
+        if len(writes) == shards + 1:  # the journal of the empty store, then one per complete chunk
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(extraction, "_write_journal", crash_after_the_shards)
+    with pytest.raises(KeyboardInterrupt):
+        extraction.extract(settings(models["gpt2"], texts, output, **config))
+    monkeypatch.undo()
+    return len(writes[-1][2])
+
+
 def test_a_resumed_extraction_writes_the_store_an_uninterrupted_one_does(models, texts, tmp_path, monkeypatch) -> None:
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     config = {"layers": [1, -1], "pooling": Pooling.tokens, "shard_mb": 0.01}  # 80 rows a shard: several shards
     extraction.extract(settings(models["gpt2"], texts, whole, **config))
-    journal = extraction._write_journal
-    writes = []
-
-    def crash_after_three_shards(*args) -> None:
-        journal(*args)
-        writes.append(args)
-        if len(writes) == 4:  # the journal of the empty store, then of three complete shards
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(extraction, "_write_journal", crash_after_three_shards)
-    with pytest.raises(KeyboardInterrupt):
-        extraction.extract(settings(models["gpt2"], texts, resumed, **config))
-    monkeypatch.undo()
+    journaled = _interrupted(models, texts, resumed, monkeypatch, shards=3, **config)  # three chunks' shards
     with pytest.raises(ProbeLabError, match=r"an unfinished extraction.*run the same extraction again to resume"):
         ActivationStore.open(resumed)
-    journaled = len(writes[-1][2])  # the shards of the three chunks complete at the crash
     (resumed / shard_name(journaled)).write_bytes(b"half a shard")  # as a killed process leaves it
     with pytest.raises(ProbeLabError, match="an unfinished extraction with another pooling"):
         extraction.extract(settings(models["gpt2"], texts, resumed, **(config | {"pooling": Pooling.mean})))
@@ -326,23 +332,6 @@ def test_a_model_spread_by_accelerate_gives_the_same_rows(models, texts, tmp_pat
     for layer in range(2):
         torch.testing.assert_close(second.table().read(rows, layer), first.table().read(rows, layer))
     assert second.provenance["model"] == first.provenance["model"]
-
-
-def _interrupted(models, texts, output: Path, monkeypatch, **config) -> None:
-    """An extraction into `output` stopped (KeyboardInterrupt) after its first complete shard."""
-    journal = extraction._write_journal
-    writes = []
-
-    def crash_after_one_shard(*args) -> None:
-        journal(*args)
-        writes.append(args)
-        if len(writes) == 2:  # the journal of the empty store, then of one complete shard
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(extraction, "_write_journal", crash_after_one_shard)
-    with pytest.raises(KeyboardInterrupt):
-        extraction.extract(settings(models["gpt2"], texts, output, **config))
-    monkeypatch.undo()
 
 
 def test_resuming_is_refused_for_another_model_or_dataset_and_overwrite_starts_afresh(

@@ -19,7 +19,9 @@ from probe_lab.data.synthetic import activation_like
 from probe_lab.errors import ProbeLabError
 from probe_lab.probe import load_probe
 from probe_lab.report import plots
-from probe_lab.transfer import TransferMatrix, parse_datasets, transfer_lines, transfer_settings
+from probe_lab.report.transfer_matrix import TransferMatrix, transfer_lines
+from probe_lab.settings.transfer import parse_datasets
+from probe_lab.transfer import transfer_settings
 
 QUIET = ("progress_bar=false", "backend=sklearn")
 

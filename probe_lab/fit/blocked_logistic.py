@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
+
+from probe_lab.fit.one_read import one_read_loss_sum
 
 # Rows per block: about this many bytes of float32, which stay in a core's cache between the two products.
 CACHE_BLOCK_BYTES = 4 << 20
@@ -30,24 +31,7 @@ def applies(x: torch.Tensor) -> bool:
 def blocked_loss_sum(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Σᵢ Σₖ ℓ(yᵢ, xᵢ·wₖ + bₖ), a float64 scalar differentiable in `weight` ((D,) or (K, D)) and `bias`
     ((1,) or (K,)), for rows `x` (N, D) and labels `y` (N,) of 0/1, reading x once."""
-    return _BlockedLossSum.apply(x, y, weight, bias)
-
-
-class _BlockedLossSum(torch.autograd.Function):
-    """The forward pass computes the gradient too (it is the same read); backward only scales it."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        loss, grad_weight, grad_bias = loss_and_gradient(x, y, weight.detach(), bias.detach())
-        ctx.save_for_backward(grad_weight.reshape(weight.shape), grad_bias.reshape(bias.shape))
-        return loss
-
-    @staticmethod
-    @once_differentiable  # the saved gradient is a constant: a second derivative would be wrong, so it fails
-    def backward(ctx, grad_loss: torch.Tensor):  # type: ignore[override]
-        grad_weight, grad_bias = ctx.saved_tensors
-        scale = grad_loss.float()
-        return None, None, grad_weight * scale, grad_bias * scale
+    return one_read_loss_sum(loss_and_gradient, x, y, weight, bias)
 
 
 def loss_and_gradient(

@@ -24,7 +24,8 @@ import importlib.util
 from dataclasses import dataclass
 
 import torch
-from torch.autograd.function import once_differentiable
+
+from probe_lab.fit.one_read import one_read_loss_sum
 
 # Elements (rows × padded width) a program holds in registers per group of rows (2 rows of 8192), and
 # the widest rows the kernel takes (padded, one row per group, with more warps).
@@ -51,24 +52,7 @@ def applies(x: torch.Tensor, columns: int) -> bool:
 def fused_loss_sum(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Σᵢ ℓ(yᵢ, xᵢ·w + b), a float64 scalar differentiable in `weight` (D,) and `bias` (1,), for rows
     `x` (N, D) in half precision and labels `y` (N,) of 0/1."""
-    return _FusedLossSum.apply(x, y, weight, bias)
-
-
-class _FusedLossSum(torch.autograd.Function):
-    """The forward pass computes the gradient too (it is the same read); backward only scales it."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        loss, grad_weight, grad_bias = loss_and_gradient(x, y, weight.detach(), bias.detach())
-        ctx.save_for_backward(grad_weight.reshape(weight.shape), grad_bias.reshape(bias.shape))
-        return loss
-
-    @staticmethod
-    @once_differentiable  # the saved gradient is a constant: a second derivative would be wrong, so it fails
-    def backward(ctx, grad_loss: torch.Tensor):  # type: ignore[override]
-        grad_weight, grad_bias = ctx.saved_tensors
-        scale = grad_loss.float()
-        return None, None, grad_weight * scale, grad_bias * scale
+    return one_read_loss_sum(loss_and_gradient, x, y, weight, bias)
 
 
 @dataclass(frozen=True)
