@@ -219,8 +219,7 @@ def train_dataset(
 ) -> tuple[dict[str, Any], ActivationDataset]:
     """Train and evaluate the dataset's probe as a training run of its own, into `staging/train_<name>/`;
     returns (its metrics.json, its test split)."""
-    from probe_lab.assessment import check_control
-    from probe_lab.data.sources import load_dataset
+    from probe_lab.assessment import load_control
     from probe_lab.data.splits import hold_splits
     from probe_lab.report.summary import run_summary_lines
     from probe_lab.run import DataFacts, Fit, load_splits, train_backend, training_config
@@ -244,10 +243,7 @@ def train_dataset(
     facts = DataFacts(
         dataset.data.source.value, splits.train.layer, splits.train.layers, source.dim, dropped, settings.model.size_b
     )
-    control = None
-    if settings.eval.control is not None:
-        control = load_dataset(settings.eval.control, dataset.seed, require_labels=False)
-        check_control(control, source.dim)
+    control = load_control(run_settings, source.dim)
     fit = Fit(
         config=config,
         placement=placement,

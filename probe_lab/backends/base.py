@@ -188,11 +188,6 @@ class ProbeTrainer(ABC):
                 "probe.cv_folds fits its folds in one process: leave trainer.devices and trainer.num_nodes unset"
             )
 
-    def _fit_logistic(
-        self, train: ActivationDataset, val: ActivationDataset, placement: Placement, standardize: bool
-    ) -> list[FitResult]:
-        return self._fit(train, val, self.config.regularization_values, placement, standardize=standardize)
-
     def _choose_on_validation(
         self, train: ActivationDataset, val: ActivationDataset, placement: Placement
     ) -> _Choice | None:
@@ -200,7 +195,8 @@ class ProbeTrainer(ABC):
         options = candidates(self.config.regularization_values, self.config.standardize_values)
         # Every scaling is fitted on every process (a data-parallel fit's processes fit together);
         # only the first holds the probes.
-        fits = [self._fit_logistic(train, val, placement, scaling) for scaling in self.config.standardize_values]
+        values, scalings = self.config.regularization_values, self.config.standardize_values
+        fits = [self._fit(train, val, values, placement, standardize=scaling) for scaling in scalings]
         if not all(fits):
             return None
         results = [result for fitted in fits for result in fitted]
