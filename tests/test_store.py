@@ -86,6 +86,47 @@ def test_round_trip_is_exact_in_the_stored_dtype(tmp_path: Path, dtype: str, lay
     assert torch.equal(first, expected[: len(first)])
 
 
+def test_whole_shards_written_side_by_side_equal_shards_written_in_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, y = torch.randn(530, 2, 16).to(torch.bfloat16), np.arange(530) % 2
+    with ActivationStore.create(tmp_path / "in_turn", 16, 2, "bfloat16", shard_mb=0.005) as writer:
+        for start, stop in ((0, 7), (7, 300), (300, 530)):
+            writer.append(x[start:stop], y[start:stop])
+            writer.end_shard()
+    with ActivationStore.create(tmp_path / "side_by_side", 16, 2, "bfloat16", shard_mb=0.005) as writer:
+        writer.append(x[:7], y[:7])  # an open shard: append_shards ends it first
+        writer.append_shards(x[7:300], y[7:300])
+        writer.append_shards(x[300:], y[300:])
+    names = sorted(p.name for p in (tmp_path / "in_turn").iterdir())
+    assert len(names) > 8 and names == sorted(p.name for p in (tmp_path / "side_by_side").iterdir())
+    for name in names:
+        assert (tmp_path / "in_turn" / name).read_bytes() == (tmp_path / "side_by_side" / name).read_bytes(), name
+    assert torch.equal(ActivationStore.open(tmp_path / "side_by_side").dataset(1).to_tensor(), x[:, 1])
+
+    # One shard that cannot be written: the call keeps none of its shards, and says why.
+    from probe_lab.store import writer as store_writer
+
+    real_open, calls = open, []
+
+    def failing_open(path: object, *args: object, **kwargs: object) -> object:
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", str(path))
+        return real_open(path, *args, **kwargs)
+
+    with ActivationStore.create(tmp_path / "full", 16, 2, "bfloat16", shard_mb=0.005) as writer:
+        writer.append_shards(x[:7], y[:7])
+        monkeypatch.setattr(store_writer, "open", failing_open, raising=False)
+        with pytest.raises(OSError, match="No space left"):
+            writer.append_shards(x[7:300], y[7:300])
+        monkeypatch.undo()
+        assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["shard-00000.safetensors"]
+        assert writer.rows == 7 and len(writer.shards) == 1
+        writer.append_shards(x[7:], y[7:])
+    assert torch.equal(ActivationStore.open(tmp_path / "full").dataset(0).to_tensor(), x[:, 0])
+
+
 def test_reads_keep_the_order_and_repeats_asked_for(tmp_path: Path) -> None:
     x = (
         torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2 * 3, 1, 4).expand(6, 3, 4)

@@ -85,6 +85,21 @@ def test_blocks_come_in_storage_order_every_pass(store_splits: Splits, kept_bloc
     np.testing.assert_array_equal(labels, np.asarray(store_splits.train.labels)[np.concatenate(blocks.segments)])
 
 
+@pytest.mark.parametrize("hold_on_host", [False, True])
+def test_rows_are_taken_from_where_the_blocks_hold_them(
+    store_splits: Splits, hold_on_host: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train = store_splits.train
+    blocks = SplitBlocks(
+        train, torch.device("cpu"), read_rows=64, device_bytes=3 * 64 * train.dim * 2, hold_on_host=hold_on_host
+    )
+    positions = np.array([len(train) - 1, 0, 5, 200, 5, 130, 999])
+    expected = train.read(positions)
+    if hold_on_host:  # every row is in memory: storage is not read again
+        monkeypatch.setattr(train, "read", lambda rows: pytest.fail("read from storage"))
+    assert torch.equal(blocks.rows_at(positions), expected)
+
+
 def test_a_reader_error_ends_the_pass_with_it(splits: Splits, monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = SplitBlocks(splits.train, torch.device("cpu"), read_rows=100, threads=2)
 

@@ -170,6 +170,9 @@ class TorchProbeTrainer(ProbeTrainer):
             )
             start = time.perf_counter()
             resident = datamodule.hold_whole() if placement.full_batch and placement.train_resident else None
+            # A split read block by block is read now, into its homes, and the statistics take their
+            # rows from there rather than reading them from storage once more.
+            blocks = datamodule.blocks() if placement.full_batch and resident is None else None
             loaded = time.perf_counter()
             # The module and the data are on the device before the statistics are queued (a copy from
             # pageable host memory would wait for them); on a GPU nothing then waits for the statistics
@@ -183,6 +186,7 @@ class TorchProbeTrainer(ProbeTrainer):
                 resident=resident,
                 shard=(datamodule.train, datamodule.train_shard) if processes > 1 else None,
                 column_rows=column_rows,
+                blocks=blocks,
             )
             stages = {"load_seconds": loaded - start, "statistics_seconds": time.perf_counter() - loaded}
             try:

@@ -78,6 +78,31 @@ class SplitBlocks:
         """Rows kept on the device."""
         return sum(len(block) for block in self.on_device)
 
+    def rows_at(self, positions: np.ndarray) -> torch.Tensor:
+        """The split's rows at `positions` (indices into the dataset), in that order, on the device:
+        taken from the blocks held on the device or in host memory (no read of storage), and read from
+        storage only for the rows of a streamed split's other blocks."""
+        sizes = [len(segment) for segment in self.segments]
+        order = np.concatenate(self.segments) if self.segments else np.zeros(0, dtype=np.int64)
+        place = np.empty(len(order), dtype=np.int64)
+        place[order] = np.arange(len(order))  # position → its index in block order
+        at = place[np.asarray(positions, dtype=np.int64)]
+        block_of = np.searchsorted(np.cumsum(sizes), at, side="right")
+        offset = at - (np.cumsum(sizes) - sizes)[block_of]
+        out = torch.empty((len(at), self.dataset.dim), dtype=self.dataset.storage_dtype, device=self.device)
+        kept = len(self.on_device)
+        for block in np.unique(block_of):
+            mine = np.flatnonzero(block_of == block)
+            where = torch.from_numpy(mine).to(self.device)
+            if block < kept:
+                rows = self.on_device[block][torch.from_numpy(offset[mine]).to(self.device)]
+            elif self.host is not None:
+                rows = self.host[block - kept][torch.from_numpy(offset[mine])].to(self.device)
+            else:
+                rows = self.dataset.read(self.segments[block][offset[mine]]).to(self.device)
+            out.index_copy_(0, where, rows)
+        return out
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from zip(self.on_device, self.labels[: len(self.on_device)], strict=True)
         rest = iter(self.host) if self.host is not None else self._read_ahead(self.rest)

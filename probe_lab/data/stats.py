@@ -30,6 +30,12 @@ def feature_moments(dataset: ActivationDataset) -> tuple[torch.Tensor, torch.Ten
     return _combined(blocks, dataset.dim, dataset.device, work)
 
 
+def block_moments(blocks: Iterable[torch.Tensor], dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of each feature of the rows of `blocks` ((k, D) tensors on `device`), float64, in
+    one pass (float32 working copies on a GPU, float64 on the CPU)."""
+    return _combined(blocks, dim, device, torch.float32 if device.type == "cuda" else torch.float64)
+
+
 def evenly_spaced_rows(n_rows: int, count: int) -> torch.Tensor:
     """`count` evenly spaced row indices of `n_rows` (all of them when count >= n_rows), int64 on the
     host: the one rule every estimate from sampled rows follows, so that the shards of a data-parallel

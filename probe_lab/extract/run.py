@@ -3,8 +3,8 @@
 `extract(settings)` checks everything it can before the model loads (the texts, the layers against
 the model's depth, the output against an unfinished extraction there), then runs the plan
 (`probe_lab.extract.plan`): each chunk's texts in length-sorted batches, each batch's layers pooled
-as they are produced (`probe_lab.extract.capture`), the chunk's rows written in text order as one
-shard by a writer thread while the next chunk runs through the model, and the journal
+as they are produced (`probe_lab.extract.capture`), the chunk's rows written in text order as its own
+shards (side by side) by a writer thread while the next chunk runs through the model, and the journal
 (`extraction.json`: the settings' identity and the shards complete so far) replaced after each.
 A run that stops — an error, Ctrl-C, a killed process — leaves its complete shards and the
 journal; the same command then continues after them, and a command with another model, dataset or
@@ -111,8 +111,7 @@ def extract(settings: ExtractConfig) -> ExtractionSummary:
         """The chunk's shard, then the journal that lists it; returns the seconds it took."""
         started = time.perf_counter()
         first = int(first_rows[chunk.first])
-        writer.append(x, labels_per_row[first : first + chunk.rows])
-        writer.end_shard()
+        writer.append_shards(x, labels_per_row[first : first + chunk.rows])
         _write_journal(output, identity, writer.shards)
         return time.perf_counter() - started
 

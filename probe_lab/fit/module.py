@@ -203,6 +203,7 @@ def prepared_module(
     resident: torch.Tensor | None = None,
     shard: tuple[ActivationDataset, Shard] | None = None,
     column_rows: np.ndarray | None = None,
+    blocks: SplitBlocks | None = None,
 ) -> ProbeModule:
     """The module a fit on `train` starts from: one column per regularization value at the best
     constant predictor, on `device`, in the coordinates preconditioned by the training split's
@@ -212,7 +213,9 @@ def prepared_module(
     shard: in a data-parallel fit, the part of `train` this process holds; its statistics are combined
     with the other processes' when the fit starts (`ProbeModule.setup`).
     column_rows: (N, K) bool, the rows of `train` each column is fitted on (cross-validation's folds,
-    with `train` held whole in `resident`); standardized columns then take their own rows' statistics."""
+    with `train` held whole in `resident`); standardized columns then take their own rows' statistics.
+    blocks: the blocks a full-batch fit of a split that is not resident reads (`SplitBlocks`, of this
+    process's shard), where the statistics' rows are taken from."""
     rows_on_device = None if column_rows is None else torch.from_numpy(column_rows).to(device)
     module = ProbeModule.at_best_constant(
         train.dim,
@@ -231,7 +234,7 @@ def prepared_module(
         mean = means[0]  # any shift: the bias is unpenalized
     else:
         rows, mean, std = preconditioner_statistics(
-            part, resident, standardize=config.standardize, device=device, shard=where
+            part, resident, standardize=config.standardize, device=device, shard=where, blocks=blocks
         )
     if shard is not None:
         module.precondition_with_shards(rows, mean, std, standardize=config.standardize)

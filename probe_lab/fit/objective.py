@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probe_lab.data.blocks import SplitBlocks
 from probe_lab.data.dataset import ActivationDataset
-from probe_lab.data.stats import device_moments, evenly_spaced_rows, feature_moments
+from probe_lab.data.stats import block_moments, device_moments, evenly_spaced_rows, feature_moments
 from probe_lab.fit import blocked_logistic, fused_logistic
 from probe_lab.fit.distributed import Shard
 from probe_lab.fit.linear_probe import LinearProbe
@@ -148,24 +149,34 @@ def preconditioner_statistics(
     standardize: bool,
     device: torch.device | str = "cpu",
     shard: Shard | None = None,
+    blocks: SplitBlocks | None = None,
 ) -> tuple[int, torch.Tensor, torch.Tensor]:
     """(rows, mean, std) of the training split's features, float64: how many rows they are estimated
     from, and their statistics. Raw features take them from PRECONDITIONER_ROWS evenly spaced rows: of
-    the resident copy where it lives, else read from storage and moved to `device`. Standardized
-    features take every row: of the resident copy, else in one streaming pass over the split.
+    the resident copy where it lives, else of `blocks` (the split as a full-batch fit reads it, where
+    its first pass put it: on the device, in host memory, or still in storage), else read from
+    storage and moved to `device`. Standardized features take every row: of the resident copy, else
+    in one pass over `blocks`, else in one streaming pass over the split.
 
     shard: `train` is this shard of the whole split (a data-parallel fit), and takes those of the
     whole split's sampled rows that fall in it (every row, standardized); the shards' statistics
     combine (`combine_moments`) into the whole split's.
     """
     if standardize:
-        mean, std = device_moments(resident) if resident is not None else feature_moments(train)
+        if resident is not None:
+            mean, std = device_moments(resident)
+        elif blocks is not None:
+            mean, std = block_moments((x for x, _ in blocks), train.dim, blocks.device)
+        else:
+            mean, std = feature_moments(train)
         return len(train), mean, std
     spaced = evenly_spaced_rows(shard.of if shard is not None else len(train), PRECONDITIONER_ROWS)
     if shard is not None:
         spaced = spaced[(spaced >= shard.rows.start) & (spaced < shard.rows.stop)] - shard.rows.start
     if resident is not None:
         mean, std = device_moments(resident, rows=spaced)
+    elif blocks is not None:
+        mean, std = device_moments(blocks.rows_at(spaced.numpy()))
     else:
         mean, std = device_moments(train.read(spaced.numpy()).to(device))
     return len(spaced), mean, std
