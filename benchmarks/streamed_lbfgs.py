@@ -163,9 +163,9 @@ def main() -> None:
     reference = runs["resident"].coef_
     print(
         "| home | optimizer | evaluations | s per evaluation | × floor | fit s | L-BFGS s | iterations | "
-        "cosine to resident |"
+        "cosine to resident | load s | statistics s |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, trainer in runs.items():
         details = trainer.fit_details
         cosine = float(trainer.coef_ @ reference / np.linalg.norm(trainer.coef_) / np.linalg.norm(reference))
@@ -180,7 +180,8 @@ def main() -> None:
             evals, iterations, timing, optimize = f"{details['epochs']} epochs", "-", "- | -", "-"
         print(
             f"| {name} | {details['optimizer']} | {evals} | {timing} | "
-            f"{trainer.fit_seconds:.2f} | {optimize} | {iterations} | {cosine:.6f} |"
+            f"{trainer.fit_seconds:.2f} | {optimize} | {iterations} | {cosine:.6f} | "
+            f"{details.get('load_seconds', 0):.2f} | {details.get('statistics_seconds', 0):.2f} |"
         )
     if gpu:  # last: the caching host allocator keeps what it pins, which would speed the fits above
         allocated, registered = pinning_bandwidths()

@@ -129,6 +129,24 @@ def test_streamed_lbfgs_lands_on_the_resident_probe(data: str, request: pytest.F
         assert abs(ours["val_auroc"] - theirs["val_auroc"]) < 1e-4
 
 
+@pytest.mark.parametrize("budget_gb", [None, TINY_BUDGET_GB])
+def test_the_validation_pass_scores_the_split_once(
+    store_splits: Splits, budget_gb: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from probe_lab.backends import base
+
+    def read_again(*args: object) -> None:
+        pytest.fail("the validation split was read again to score it")
+
+    monkeypatch.setattr(base, "device_decision_functions", read_again)
+    budget = {} if budget_gb is None else {"memory_budget_gb": budget_gb}
+    trainer = fit_on_cpu(TorchProbeTrainer, store_splits, regularization=[1.0, 100.0], **budget)
+    assert trainer.placement.full_batch
+    # In the split's own row order, though a split read in blocks is validated in storage order.
+    expected = trainer.decision_function(store_splits.val)
+    np.testing.assert_allclose(trainer.val_scores, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_adamw_is_only_chosen_when_asked_for(splits: Splits) -> None:
     trainer = TorchProbeTrainer(48, ProbeTrainingConfig(device="cpu", optimizer="adamw", max_iterations=2))
     trainer.fit_datasets(splits.train, splits.val)

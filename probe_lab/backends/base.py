@@ -44,6 +44,9 @@ Activations = np.ndarray | torch.Tensor | Sequence[str | Path] | ActivationDatas
 class FitResult:
     weights: ProbeWeights
     details: dict[str, Any] = field(default_factory=dict)  # solver, iterations, converged, ...
+    # The probe's logits on the validation split the fit was given, in its row order (float32, where
+    # the fit computed them), when the fit's own validation pass scored it with these weights.
+    val_logits: torch.Tensor | None = None
 
 
 @dataclass
@@ -200,7 +203,10 @@ class ProbeTrainer(ABC):
         if not all(fits):
             return None
         results = [result for fitted in fits for result in fitted]
-        on_device = device_decision_functions([result.weights for result in results], val)
+        if all(result.val_logits is not None for result in results):  # scored by the fits: not read again
+            on_device = torch.stack([result.val_logits.to(results[0].val_logits.device) for result in results], 1)
+        else:
+            on_device = device_decision_functions([result.weights for result in results], val)
         val_aurocs, scores = metrics.aurocs(val.labels, on_device), on_device.cpu().numpy()
         records = [CandidateRecord(option, val_auroc=float(val_aurocs[k])) for k, option in enumerate(options)]
         best = best_candidate(np.array([record.score for record in records]))

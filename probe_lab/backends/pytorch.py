@@ -204,7 +204,12 @@ class TorchProbeTrainer(ProbeTrainer):
         details = self._details(module, placement, epochs, steps, datamodule.dtype) | stages
         probe = module.probe
         weights, biases = probe.raw_weight().reshape(len(regularizations), -1), probe.raw_biases()
-        return [FitResult(ProbeWeights(w.numpy(), float(b)), details) for w, b in zip(weights, biases, strict=True)]
+        # A data-parallel fit's processes each validate their own part of the split.
+        val_logits = module.validated_logits(datamodule.val_order()) if processes == 1 else None
+        return [
+            FitResult(ProbeWeights(w.numpy(), float(b)), details, None if val_logits is None else val_logits[:, k])
+            for k, (w, b) in enumerate(zip(weights, biases, strict=True))
+        ]
 
     def _details(
         self, module: ProbeModule, placement: Placement, epochs: int, steps: int, dtype: torch.dtype

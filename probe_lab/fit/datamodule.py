@@ -95,6 +95,7 @@ class ProbeDataModule(pl.LightningDataModule):
         self._resident: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._streams: dict[str, StreamedBatches] = {}
         self._blocks: SplitBlocks | None = None
+        self._val_blocks: SplitBlocks | None = None
 
     def hold_whole(self) -> torch.Tensor:
         """A resident training split read whole onto the device (and, on a GPU, the validation split
@@ -144,8 +145,16 @@ class ProbeDataModule(pl.LightningDataModule):
         if self.placement.val_beside_train:
             return DataLoader(_OneItem(self._whole("val", self.val)), batch_size=None)
         if self.placement.full_batch:  # validated once, read as the training blocks are
-            return DataLoader(_Blocks(self._split_blocks(self.val)), batch_size=None)
+            self._val_blocks = self._split_blocks(self.val)
+            return DataLoader(_Blocks(self._val_blocks), batch_size=None)
         return self._loader("val", self.val, shuffle=False)
+
+    def val_order(self) -> np.ndarray:
+        """The positions of the validation rows in the order validation batches bring them (a split read
+        in blocks comes in storage order)."""
+        if self._val_blocks is not None and not self.placement.val_beside_train:
+            return np.concatenate(self._val_blocks.segments)
+        return np.arange(len(self.val))
 
     def _whole(self, part: str, dataset: ActivationDataset) -> tuple[torch.Tensor, torch.Tensor]:
         if part not in self._resident:

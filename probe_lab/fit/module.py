@@ -69,6 +69,9 @@ class ProbeModule(pl.LightningModule):
         self.capture_seconds = 0.0  # capturing the CUDA graph of an evaluation
         self.group: FitGroup | None = None  # the processes of a data-parallel fit
         self._shard_statistics: tuple[int, torch.Tensor, torch.Tensor, bool] | None = None
+        # A full-batch fit's validation logits, block by block as validated (it validates once, after
+        # L-BFGS has stopped), so that the split need not be read again to score it.
+        self.val_logits: list[torch.Tensor] = []
 
     @classmethod
     def at_best_constant(
@@ -163,9 +166,14 @@ class ProbeModule(pl.LightningModule):
             self.trainer.should_stop = True
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_logits = []
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self.probe(x)
+        if not self.automatic_optimization:
+            self.val_logits.append(logits.detach())
         if logits.ndim == 2:
             self.val_auroc.update(logits, y.long()[:, None].expand_as(logits))
             return
@@ -176,6 +184,20 @@ class ProbeModule(pl.LightningModule):
         if isinstance(self.val_auroc, MultilabelAUROC):
             self.log("val_auroc", self.val_auroc.compute().max(), prog_bar=True)
             self.val_auroc.reset()
+
+    def validated_logits(self, order: np.ndarray) -> torch.Tensor | None:
+        """(N, K) float32 logits of the last validation of a full-batch fit, in the validation split's
+        own row order, given `order`, the positions of the rows as they were validated; None when the
+        last validation did not cover those rows (or the fit is minibatch AdamW, which goes on to load
+        its best checkpoint)."""
+        if self.automatic_optimization or not self.val_logits:
+            return None
+        logits = torch.cat(self.val_logits).reshape(-1, self.probe.outputs)
+        if len(logits) != len(order):
+            return None
+        scores = torch.empty_like(logits)
+        scores[torch.from_numpy(order).to(logits.device)] = logits
+        return scores
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_name is OptimizerName.lbfgs:
