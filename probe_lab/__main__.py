@@ -24,8 +24,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from probe_lab.artifacts import atomic_write_bytes
 from probe_lab.cli_help import answer_help_or_version, training_help
 from probe_lab.errors import ProbeLabError
+from probe_lab.locks import writing
 from probe_lab.report.run_log import RUN_LOG
 from probe_lab.report.sweep.job import ERROR_FILE, error_line, record_failure, start_job
 from probe_lab.settings.parallel import follower_process
@@ -58,11 +60,14 @@ def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        return sweep_job(cfg, out_dir)
-    follower = follower_process()
-    if not follower:
-        (out_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier run's, in a folder given again
+        return sweep_job(cfg, out_dir, hydra_cfg.output_subdir)
+    follower = follower_process()  # writes nothing, so takes no folder
+    folder = None if follower else RunFolder(out_dir, hydra_cfg.output_subdir)
+    if folder is not None and not folder.claim():
+        sys.exit(2)
     try:
+        if not follower:
+            (out_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier run's, in a folder given again
         settings = to_settings(cfg, RunConfig)  # checked before torch, sklearn and matplotlib are imported
         from probe_lab.run import run
 
@@ -72,22 +77,63 @@ def hydra_main(cfg: DictConfig) -> float:
         if isinstance(err, ProbeLabError):
             sys.exit(2)
         raise  # a bug, not bad input: Hydra reports it with its traceback
+    finally:
+        if folder is not None:
+            folder.release()
     return result.val_auroc
 
 
-def sweep_job(cfg: DictConfig, out_dir: Path) -> float:
+class RunFolder:
+    """A run folder held by this process while it runs (`probe_lab.locks`), so that a second command
+    aimed at a folder another one is filling is refused with one line and writes none of probe_lab's
+    files there. Hydra records a job's config in its output subfolder before any of probe_lab's code
+    runs, so a refused command has already rewritten that record: the holder puts its own back when
+    it releases the folder."""
+
+    def __init__(self, out_dir: Path, hydra_subdir: str | None) -> None:
+        self.out_dir = out_dir
+        self.record = out_dir / hydra_subdir if hydra_subdir else None
+        self.lock = writing(out_dir, "run folder")
+        self.kept: dict[Path, bytes] = {}
+
+    def claim(self) -> bool:
+        """Take the folder, or print why not (another process holds it) and return False."""
+        try:
+            self.lock.__enter__()
+        except ProbeLabError as err:
+            print(f"probe_lab: error: {err}", file=sys.stderr)
+            return False
+        if self.record is not None and self.record.is_dir():
+            self.kept = {path: path.read_bytes() for path in self.record.glob("*.yaml")}
+        return True
+
+    def release(self) -> None:
+        for path, data in self.kept.items():
+            if not path.is_file() or path.read_bytes() != data:
+                atomic_write_bytes(path, data)
+        self.lock.__exit__(None, None, None)
+
+
+def sweep_job(cfg: DictConfig, out_dir: Path, hydra_subdir: str | None = None) -> float:
     """One job of a multirun. A failure is printed and written to the job's error.txt instead of raised:
     an exception or sys.exit here would stop the sweep before the other jobs run and before its summary.
     """
     from probe_lab.run import run
 
     follower = follower_process()  # a SLURM task of a data-parallel job other than the first
-    job_id = None if follower else start_job(out_dir)
-    try:
-        result = run(cfg, out_dir, job_id)
-    except Exception as err:
-        report_failure(out_dir, err, job_id, record=not follower)
+    folder = None if follower else RunFolder(out_dir, hydra_subdir)
+    if folder is not None and not folder.claim():
         return math.nan
+    try:
+        job_id = None if follower else start_job(out_dir)
+        try:
+            result = run(cfg, out_dir, job_id)
+        except Exception as err:
+            report_failure(out_dir, err, job_id, record=not follower)
+            return math.nan
+    finally:
+        if folder is not None:
+            folder.release()
     return result.val_auroc
 
 

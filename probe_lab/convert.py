@@ -22,6 +22,7 @@ from probe_lab.data.sources import read_labels
 from probe_lab.data.tables import DTYPES, MappedFile, map_npy, nonfinite_rows
 from probe_lab.data.tensor_files import as_vector, list_tensor_files, load_tensor_file, sample_shape
 from probe_lab.errors import ProbeLabError
+from probe_lab.locks import writing
 from probe_lab.report.progress import progress_counter
 from probe_lab.store import MANIFEST, ActivationStore, Manifest
 from probe_lab.version import version_line
@@ -75,7 +76,8 @@ def convert(
     overwrite: bool = False,
     progress: bool = False,
 ) -> Manifest:
-    """Write the store; every check that can fail runs before DST is touched."""
+    """Write the store; every check that can fail runs before DST is touched. DST is locked while it
+    is written (`probe_lab.locks`): a second conversion into it refuses instead of replacing it."""
     if dtype not in DTYPES:
         raise ProbeLabError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     _check_destination(dst, overwrite)
@@ -84,7 +86,14 @@ def convert(
     assert labels is not None
     if len(labels) != source.rows:
         raise ProbeLabError(f"{labels_path}: {len(labels)} labels but {src} holds {source.rows} rows")
+    with writing(dst, "store"):
+        _check_destination(dst, overwrite)  # again: another conversion may have finished meanwhile
+        return _write_store(source, src, dst, labels, dtype=dtype, shard_mb=shard_mb, progress=progress)
 
+
+def _write_store(
+    source: _Source, src: Path, dst: Path, labels: np.ndarray, *, dtype: str, shard_mb: float, progress: bool
+) -> Manifest:
     target = DTYPES[dtype]
     with staged_folder(dst) as staging:
         writer = ActivationStore.create(staging, source.dim, source.layers, dtype, shard_mb=shard_mb, overwrite=True)

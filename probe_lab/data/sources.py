@@ -10,6 +10,7 @@ run decides the placement from the opened source's size, then reads it where the
 
 from __future__ import annotations
 
+import tokenize
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +157,7 @@ def read_labels(path: str | None, setting: str, required: bool) -> np.ndarray | 
     if file.suffix == ".npy":
         try:
             labels = np.load(file, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
+        except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as err:
             raise ProbeLabError(f"{setting} ({file}): not a readable .npy array ({str(err).splitlines()[0]})") from None
         if not isinstance(labels, np.ndarray):
             raise ProbeLabError(f"{setting} ({file}): expected one .npy array, got a {type(labels).__name__} archive")

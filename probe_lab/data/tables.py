@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import tokenize
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -234,7 +235,10 @@ def map_npy(path: Path) -> MappedFile | np.ndarray:
         if version not in ((1, 0), (2, 0)):
             return np.load(path, mmap_mode="r", allow_pickle=False)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(file)
+        try:
+            shape, fortran_order, dtype = read_header(file)
+        except (SyntaxError, tokenize.TokenError) as err:  # numpy parses the header as a Python literal
+            raise ValueError(f"the .npy header is not readable ({err})") from None
         offset = file.tell()
     if fortran_order or dtype.hasobject:
         return np.load(path, mmap_mode="r", allow_pickle=False)

@@ -33,6 +33,7 @@ from probe_lab.extract import model as models
 from probe_lab.extract import plan
 from probe_lab.extract.capture import LayerCapture, pooling, resolve_layers
 from probe_lab.extract.texts import read_texts
+from probe_lab.locks import writing
 from probe_lab.report.progress import progress_counter
 from probe_lab.settings.extract import CHAT_TEMPLATE, ExtractConfig, PaddingSide, Pooling
 from probe_lab.store.manifest import JOURNAL, MANIFEST, ShardInfo
@@ -69,7 +70,13 @@ class ExtractionSummary:
 
 
 def extract(settings: ExtractConfig) -> ExtractionSummary:
-    """Run `settings`' extraction into `settings.output`; see the module docstring."""
+    """Run `settings`' extraction into `settings.output`, which is locked meanwhile (`probe_lab.locks`:
+    a second extraction into it refuses); see the module docstring."""
+    with writing(Path(settings.output), "store"):
+        return _extract(settings)
+
+
+def _extract(settings: ExtractConfig) -> ExtractionSummary:
     start = time.perf_counter()
     output = Path(settings.output)
     source = models.locate(settings.model)
