@@ -3,7 +3,8 @@
 With `-m` (Hydra multirun) it trains one probe per combination of the swept values; a job that fails is
 recorded in its folder and the sweep goes on, and `probe_lab.report.sweep.callback.SweepSummary` summarizes them all.
 A single run that fails leaves its error line (and, for an unexpected exception, the traceback) in
-error.txt of its run folder, and how far it got in the run's log.
+error.txt of its run folder, and how far it got in the run's log. A run stopped by SIGTERM exits 143
+with one line saying how to resume it (`probe_lab.stopping`, `resume=true`).
 
 In a data-parallel fit (`trainer.devices=N`, launched by Lightning, `torchrun` or SLURM) every process
 runs this app; only the first writes its run folder, logs and prints a summary. The others train their
@@ -24,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from probe_lab import stopping
 from probe_lab.artifacts import atomic_write_bytes
 from probe_lab.cli_help import answer_help_or_version, training_help
 from probe_lab.errors import ProbeLabError
@@ -32,6 +34,7 @@ from probe_lab.report.run_log import RUN_LOG
 from probe_lab.report.sweep.job import ERROR_FILE, error_line, record_failure, start_job
 from probe_lab.settings.parallel import follower_process
 from probe_lab.settings.schema import RunConfig, register_configs, to_settings
+from probe_lab.stopping import sigterm_stops_the_run
 
 register_configs()
 
@@ -71,8 +74,14 @@ def hydra_main(cfg: DictConfig) -> float:
         settings = to_settings(cfg, RunConfig)  # checked before torch, sklearn and matplotlib are imported
         from probe_lab.run import run
 
-        result = run(cfg, out_dir, settings=settings)
-    except Exception as err:
+        with sigterm_stops_the_run():
+            result = run(cfg, out_dir, settings=settings)
+    except BaseException as err:
+        if stopping.received():
+            report_stop(out_dir, None, record=not follower)
+            sys.exit(stopping.EXIT_CODE)
+        if not isinstance(err, Exception):
+            raise
         report_failure(out_dir, err, None, record=not follower)
         if isinstance(err, ProbeLabError):
             sys.exit(2)
@@ -127,14 +136,29 @@ def sweep_job(cfg: DictConfig, out_dir: Path, hydra_subdir: str | None = None) -
     try:
         job_id = None if follower else start_job(out_dir)
         try:
-            result = run(cfg, out_dir, job_id)
-        except Exception as err:
+            with sigterm_stops_the_run():
+                result = run(cfg, out_dir, job_id)
+        except BaseException as err:
+            if stopping.received():  # this job was stopped; the sweep's other jobs go on
+                report_stop(out_dir, job_id, record=not follower)
+                return math.nan
+            if not isinstance(err, Exception):
+                raise
             report_failure(out_dir, err, job_id, record=not follower)
             return math.nan
     finally:
         if folder is not None:
             folder.release()
     return result.val_auroc
+
+
+def report_stop(out_dir: Path, job_id: str | None, *, record: bool = True) -> None:
+    """A run or sweep job stopped by SIGTERM: one line saying whether it can be resumed."""
+    line = stopping.stopped_line(out_dir)
+    print(f"probe_lab: error: {line}", file=sys.stderr)
+    RUN_LOG.error(line)
+    if record:
+        record_failure(out_dir, line, "", job_id)
 
 
 def report_failure(out_dir: Path, err: Exception, job_id: str | None, *, record: bool = True) -> None:

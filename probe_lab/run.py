@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from probe_lab.artifacts import staged_artifacts, write_json
+from probe_lab.artifacts import RESUME, staged_artifacts, write_json
 from probe_lab.assessment import assess, control_probes, load_control
 from probe_lab.backends import backend_class
 from probe_lab.backends.base import ProbeTrainer
@@ -32,6 +32,7 @@ from probe_lab.report.run_files import ARTIFACTS, write_artifacts
 from probe_lab.report.run_log import RUN_LOG, print_summary
 from probe_lab.report.summary import parity_run_lines, run_summary_lines
 from probe_lab.report.sweep.job import JOB_ID_KEY
+from probe_lab.resuming import run_staging
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.backend import BackendChoice, resolve_backend
 from probe_lab.settings.data import LAYER_ALL
@@ -135,7 +136,7 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
         with tempfile.TemporaryDirectory(prefix="probe_lab-") as scratch:
             train_backend(choice, fit, splits, data, timings, Path(scratch))
         return RunResult(out_dir, {}, math.nan)
-    with staged_artifacts(out_dir) as staging:
+    with run_staging(out_dir, resolved_config, resume=settings.resume) as staging:
         run_metrics, files = train_backend(choice, fit, splits, data, timings, staging)
     print_summary(run_summary_lines(choice.name, choice.reason, run_metrics, out_dir, files))
     return RunResult(out_dir, run_metrics, float(run_metrics["val"]["auroc"]))
@@ -262,7 +263,8 @@ def train_backend(
     write_json(folder / "metrics.json", run_metrics)
 
     files = ARTIFACTS + (["regularization_path.png"] if trainer.regularization_path else [])
-    files += sorted(f"{path.name}/" for path in folder.iterdir() if path.is_dir())  # logs, checkpoints
+    # logs and checkpoints (a fit's resume points are not published)
+    files += sorted(f"{path.name}/" for path in folder.iterdir() if path.is_dir() and path.name != RESUME)
     return run_metrics, files
 
 

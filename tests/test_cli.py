@@ -36,7 +36,7 @@ def test_default_run_writes_every_artifact(cli) -> None:
     assert probe_json["config"]["probe"]["regularization"] == 100.0
     assert (result.run_dir / "roc.png").stat().st_size > 1000
     assert "test     AUROC" in result.stdout and str(result.run_dir) in result.stdout
-    assert not list(result.run_dir.glob(".staging-*"))
+    assert not list(result.run_dir.glob(".staging*"))
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,7 @@ def test_processes_fit_the_probe_of_one_and_write_the_run_folder_once(cli, singl
     assert result.stdout.count("probe_lab: pytorch backend") == 1
     assert f"{processes} processes" in result.stdout
     assert sorted(p.name for p in result.run_dir.glob("*.log")) == ["probe_lab.log"]
-    assert not list(result.run_dir.glob(".staging-*"))
+    assert not list(result.run_dir.glob(".staging*"))
     assert "Traceback" not in result.stderr
 
 

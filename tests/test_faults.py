@@ -203,3 +203,137 @@ def test_the_same_command_twice_gives_the_same_probe_bit_for_bit(tmp_path: Path,
     assert (first.run_dir / "probe.safetensors").read_bytes() == (second.run_dir / "probe.safetensors").read_bytes()
     assert without_timings(first.metrics()) == without_timings(second.metrics())
     assert (first.run_dir / MANIFEST).exists() is False  # a run folder, not a store
+
+
+# -- an extraction killed as its store grows ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def extraction_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A tiny GPT-2-style model, 1500 labelled texts, and the store an uninterrupted extraction of every
+    token's rows at two layers writes from them (about 2.4 MB in 0.05 MB shards)."""
+    from tiny_models import save_model, write_texts
+
+    from probe_lab.extract.run import extract
+    from probe_lab.settings.extract import (
+        ExtractConfig,
+        ExtractDatasetSettings,
+        ExtractModelSettings,
+        ModelDtype,
+        Pooling,
+    )
+
+    root = tmp_path_factory.mktemp("extraction")
+    model = save_model(root / "model", "gpt2")
+    write_texts(root / "texts.csv", n=1500, seed=4)
+    extract(
+        ExtractConfig(
+            model=ExtractModelSettings(path=str(model), device="cpu", dtype=ModelDtype.float32),
+            dataset=ExtractDatasetSettings(path=str(root / "texts.csv")),
+            layers=[1, -1],
+            pooling=Pooling.tokens,
+            output=str(root / "whole"),
+            shard_mb=0.05,
+            batch_tokens=512,
+            progress=False,
+        )
+    )
+    return model, root / "texts.csv", root / "whole"
+
+
+def folder_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.glob("*") if folder.is_dir() else []:
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:  # renamed into place meanwhile
+            continue
+    return total
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.7])
+def test_an_extraction_killed_as_its_store_grows_never_opens_incomplete_and_resumes_to_the_same_store(
+    extraction_inputs: tuple[Path, Path, Path], tmp_path: Path, share: float
+) -> None:
+    model, texts, whole = extraction_inputs
+    output = tmp_path / "store"
+    command = [
+        sys.executable,
+        "-m",
+        "probe_lab.extract",
+        f"model.path={model}",
+        f"dataset.path={texts}",
+        "model.device=cpu",
+        "model.dtype=float32",
+        "layers=[1,-1]",
+        "pooling=tokens",
+        "shard_mb=0.05",
+        "batch_tokens=512",
+        "progress=false",
+        f"output={output}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    target = int(share * folder_bytes(whole))
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while child.poll() is None and not (output.is_dir() and folder_bytes(output) >= target):
+        assert time.monotonic() < deadline, "the extraction never started writing"
+        time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL, "the extraction finished before it could be killed"
+
+    with pytest.raises(ProbeLabError, match=r"unfinished extraction|manifest\.json|not found|does not exist"):
+        ActivationStore.open(output)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert sorted(path.name for path in output.iterdir()) == sorted(path.name for path in whole.iterdir())
+    for file in whole.iterdir():
+        assert (output / file.name).read_bytes() == file.read_bytes(), file.name
+
+
+# -- a full disk under a run folder -------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 4 MB tmpfs mounted for the test: a real file system that fills up (mounting needs root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"mounting a small tmpfs is not allowed here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path, leave: int) -> None:
+    """Fill `disk` but for `leave` bytes."""
+    stats = os.statvfs(disk)
+    with open(disk / "filler", "wb") as file:
+        file.write(b"\0" * max(0, stats.f_bavail * stats.f_frsize - leave))
+
+
+def test_a_full_disk_while_a_run_writes_its_files_leaves_the_earlier_run_untouched(
+    small_disk: Path, npy_data: tuple[Path, Path]
+) -> None:
+    x, y = npy_data
+    command = ("progress_bar=false", "backend=sklearn", "data=npy", f"data.x={x}", f"data.y={y}", "seed=1")
+    run_dir = small_disk / "run"
+    first = run_module("probe_lab", *command, run_dir=run_dir)
+    assert first.returncode == 0, first.stderr
+    published = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file() and path.suffix != ".log"}
+    assert "probe.safetensors" in published and "roc.png" in published
+
+    fill(small_disk, leave=48 << 10)  # room for Hydra's record and the log lines, not for the plots
+    second = run_module("probe_lab", *command, "seed=2", run_dir=run_dir)
+    assert second.returncode == 2, second.stderr
+    line = second.stderr.strip()
+    assert "\n" not in line, line
+    assert line == (
+        f"probe_lab: error: {run_dir}: no space left on device while the run wrote its files; nothing of it "
+        "was published and the folder's earlier files are as they were"
+    )
+    for name, data in published.items():
+        assert (run_dir / name).read_bytes() == data, name
+    assert not list(run_dir.glob(".staging*"))

@@ -22,12 +22,14 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from probe_lab.artifacts import RESUME
 from probe_lab.backends.base import FitResult, ProbeTrainer
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.errors import ProbeLabError
 from probe_lab.fit.datamodule import ProbeDataModule
 from probe_lab.fit.distributed import is_collective_failure, lost_process
 from probe_lab.fit.module import ProbeModule, prepared_module
+from probe_lab.fit.resume import finished, resume_point
 from probe_lab.fit.trainer import LightningParts, build_trainer, quiet_lightning
 from probe_lab.probe import ProbeWeights
 from probe_lab.settings import Penalty, ProbeTrainingConfig
@@ -66,6 +68,7 @@ class TorchProbeTrainer(ProbeTrainer):
         self.callbacks = list(callbacks)
         self.lightning = lightning or LightningParts()
         self._warned_joint_adamw = False
+        self._fits = 0  # Lightning fits so far: a fit's place in the run names its resume point
 
     def _check_config(self) -> None:
         if self.config.penalty is not Penalty.l2:
@@ -137,6 +140,10 @@ class TorchProbeTrainer(ProbeTrainer):
                 "follows the best value); full-batch L-BFGS brings each value to its own optimum",
                 len(regularizations),
             )
+        self._fits += 1
+        # A minibatch fit of one process in a run folder can be resumed (`probe_lab.fit.resume`).
+        resumable = self.run_dir is not None and not placement.full_batch and not placement.processes.data_parallel
+        resume_folder = self.run_dir / RESUME / f"fit-{self._fits}" if resumable else None
         with tempfile.TemporaryDirectory(prefix="probe_lab-") as scratch:
             out_dir = self.run_dir or Path(scratch)
             with quiet_lightning():
@@ -148,6 +155,7 @@ class TorchProbeTrainer(ProbeTrainer):
                     logs_dir=self.run_dir,
                     progress_bar=self.progress_bar,
                     extra_callbacks=self.callbacks,
+                    resume_folder=resume_folder,
                 )
             rank, processes = trainer.global_rank, trainer.world_size
             if processes != placement.processes.count:
@@ -189,15 +197,20 @@ class TorchProbeTrainer(ProbeTrainer):
                 blocks=blocks,
             )
             stages = {"load_seconds": loaded - start, "statistics_seconds": time.perf_counter() - loaded}
+            checkpoint = resume_point(resume_folder) if resume_folder is not None else None
+            if checkpoint is not None:
+                log.info("resuming fit %d from %s", self._fits, checkpoint)
             try:
                 with quiet_lightning():
-                    trainer.fit(module, datamodule=datamodule)
+                    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
             except RuntimeError as err:  # Lightning's and DDP's own collectives fail this way too
                 if processes > 1 and is_collective_failure(err):
                     raise lost_process(rank, processes, err) from None
                 raise
             if not placement.full_batch:  # a full-batch fit's one checkpoint holds the module's own state
                 _load_best_checkpoint(trainer, module)
+            if resume_folder is not None:
+                finished(resume_folder)
             epochs, steps = trainer.current_epoch, trainer.global_step
         if not trainer.is_global_zero:
             return []  # process 0 holds the same probe, and reports it

@@ -8,11 +8,13 @@ split the segments between them, so reading, conversion and the host-to-device c
 batches overlap (the DataLoader's prefetching and pinned memory do the rest).
 
 A DataLoader re-iterates this dataset every epoch; with persistent workers each worker keeps its copy,
-so the epoch counter that varies the shuffle lives here rather than in a sampler.
+so the epoch counter that varies the shuffle lives here rather than in a sampler. `seek` sets it (and
+the batches to skip) for a fit that resumes.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections.abc import Iterator
@@ -57,9 +59,22 @@ class StreamedBatches(IterableDataset):
         self.prefetch = max(1, prefetch)
         self.pin_memory = pin_memory
         self.epoch = 0
+        self.skip = 0
+        self.read_through = False  # the last epoch begun has been read to its end
+
+    def seek(self, epoch: int, skip: int = 0) -> None:
+        """The next iteration is epoch `epoch`'s, from its batch `skip` on (the ones before it are read
+        and dropped: a resumed fit sees the batches an uninterrupted one would)."""
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
+        skip, self.skip = self.skip, 0
+        self.read_through = False
+        yield from itertools.islice(self._epoch(epoch), skip, None)
+        self.read_through = True
+
+    def _epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rng = np.random.default_rng([self.seed, epoch])
         segments = self.dataset.segments(self.read_rows)
         order = rng.permutation(len(segments)) if self.shuffle else np.arange(len(segments))

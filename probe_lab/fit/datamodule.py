@@ -96,6 +96,7 @@ class ProbeDataModule(pl.LightningDataModule):
         self._streams: dict[str, StreamedBatches] = {}
         self._blocks: SplitBlocks | None = None
         self._val_blocks: SplitBlocks | None = None
+        self._position = (0, 0)  # the training stream's epoch and batches to skip, for a resumed fit
 
     def hold_whole(self) -> torch.Tensor:
         """A resident training split read whole onto the device (and, on a GPU, the validation split
@@ -149,6 +150,16 @@ class ProbeDataModule(pl.LightningDataModule):
             return DataLoader(_Blocks(self._val_blocks), batch_size=None)
         return self._loader("val", self.val, shuffle=False)
 
+    def seek(self, epoch: int, batches: int) -> None:
+        """The next training epoch is `epoch`, from its batch `batches` on (`probe_lab.fit.resume`)."""
+        self._position = (epoch, batches)
+        if "train" in self._streams:
+            self._streams["train"].seek(epoch, batches)
+
+    def epoch_read_through(self) -> bool:
+        """Whether the training stream's last epoch begun has been read to its end."""
+        return "train" in self._streams and self._streams["train"].read_through
+
     def val_order(self) -> np.ndarray:
         """The positions of the validation rows in the order validation batches bring them (a split read
         in blocks comes in storage order)."""
@@ -182,5 +193,7 @@ class ProbeDataModule(pl.LightningDataModule):
                 prefetch=self.streaming.prefetch_batches,
                 pin_memory=pin,
             )
+            if shuffle:
+                self._streams[part].seek(*self._position)
         threaded = shuffle and workers > 1
         return DataLoader(self._streams[part], batch_size=None, pin_memory=pin and not threaded)

@@ -12,6 +12,7 @@ check and the model summary, which a user's Trainer flag overrides. Its own fixe
   `progress_bar=False` (and Lightning's own bar is then off too);
 - its progress bar is `probe_lab.fit.progress_bar.lightning_progress_bar`'s (bars on a terminal only);
 - without any logger given, a `CSVLogger` writes `logs/metrics.csv` into the run folder;
+- a minibatch fit in a run folder keeps a resume point (`probe_lab.fit.resume`);
 - a data-parallel fit (`trainer.devices` × `trainer.num_nodes` processes) runs on a `DDPStrategy` it
   builds, with collectives that time out after `collective_timeout_s` and without Lightning's
   DistributedSampler (each process holds its own shard).
@@ -36,6 +37,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from probe_lab.errors import ProbeLabError
 from probe_lab.fit.progress_bar import lightning_progress_bar
+from probe_lab.fit.resume import resume_callbacks
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.placement import Placement
 
@@ -96,9 +98,11 @@ def build_trainer(
     logs_dir: Path | None,
     progress_bar: bool,
     extra_callbacks: Sequence[pl.Callback] = (),
+    resume_folder: Path | None = None,
 ) -> pl.Trainer:
     """The Trainer of one fit. out_dir: its root and checkpoints' folder; logs_dir: where the default
-    CSV logs go (None: no default logger)."""
+    CSV logs go (None: no default logger); resume_folder: where a minibatch fit keeps its resume point
+    (`probe_lab.fit.resume`; also the Trainer's root, where SLURM's requeue checkpoints go)."""
     callbacks = [*(parts.callbacks if parts.callbacks is not None else default_callbacks(config)), *extra_callbacks]
     # A run fits several times (a path's scalings, cross-validation's folds, the controls): each fit
     # keeps its own best checkpoint and patience, never an earlier fit's.
@@ -111,6 +115,8 @@ def build_trainer(
     for callback in callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
             callback.dirpath = str(out_dir / "checkpoints")
+    if resume_folder is not None:
+        callbacks += resume_callbacks(resume_folder)
     if parts.loggers is not None:
         loggers: list[Logger] | bool = parts.loggers or False
     else:
@@ -129,7 +135,7 @@ def build_trainer(
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         "log_every_n_steps": 1,
-        "default_root_dir": str(out_dir),
+        "default_root_dir": str(resume_folder or out_dir),
     }
     return parts.trainer_class(
         **(chosen | options),
@@ -158,6 +164,11 @@ def quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             # device=cpu on a GPU machine is a choice, not an oversight.
             warnings.filterwarnings("ignore", message=r".*GPU available but not used.*")
+            # A resumed fit's checkpoint folders hold its earlier checkpoints, as they should.
+            warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+            # A fit with a resume point and nothing to resume from starts afresh, as it should.
+            warnings.filterwarnings("ignore", message=r".*ckpt_path=None\)` was called without a model.*")
+            warnings.filterwarnings("ignore", message=r".*there is no last checkpoint available.*")
             yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):

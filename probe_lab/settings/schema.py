@@ -121,6 +121,7 @@ class RunConfig:
     seed: int = 42
     progress_bar: bool = True
     parity: bool = False  # experiment=parity: train both backends on the same data and compare them
+    resume: bool = False  # go on from the checkpoints a stopped run of the same command left in its run folder
 
     def __post_init__(self) -> None:
         if self.seed < 0:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from probe_lab.artifacts import atomic_write_bytes
+from probe_lab.artifacts import atomic_write_bytes, is_partial_leftover
 from probe_lab.data.dataset import check_labels
 from probe_lab.data.tables import DTYPE_NAMES, DTYPES
 from probe_lab.errors import ProbeLabError
@@ -303,6 +303,9 @@ def prepare_directory(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise ProbeLabError(f"{path}: exists and is not a directory")
     existing = list(path.iterdir()) if path.is_dir() else []
+    for leftover in [item for item in existing if is_partial_leftover(item.name)]:  # a killed writer's
+        leftover.unlink(missing_ok=True)
+        existing.remove(leftover)
     if existing:
         if not overwrite:
             raise ProbeLabError(f"{path}: already exists and is not empty (overwrite=True replaces a store)")

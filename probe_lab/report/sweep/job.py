@@ -10,6 +10,7 @@ outcome, whichever machines (and clocks) the jobs ran on.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from omegaconf import OmegaConf
 
 from probe_lab.artifacts import atomic_write_bytes
 from probe_lab.errors import ProbeLabError
+
+log = logging.getLogger(__name__)
 
 JOB_ID_FILE = "job_id"  # in the job folder, beside Hydra's output subfolder (.hydra/)
 JOB_ID_KEY = "job_id"  # metrics.json's and parity.json's key for the id of the job that wrote them
@@ -89,8 +92,11 @@ def record_failure(job_dir: Path, line: str, details: str, job_id: str | None) -
     for none), then a sweep job's id (from `start_job`; None for a single run) on a line of its own."""
     body = f"\n{details.rstrip()}\n" if details else ""
     tail = f"\n{ERROR_JOB_ID_PREFIX}{job_id}\n" if job_id is not None else ""
-    job_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(job_dir / ERROR_FILE, f"{line}\n{body}{tail}".encode())
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(job_dir / ERROR_FILE, f"{line}\n{body}{tail}".encode())
+    except OSError as err:  # a full disk, say: the line on stderr and in the log is the record
+        log.warning("%s: could not be written (%s)", job_dir / ERROR_FILE, err.strerror or err)
 
 
 def read_job(job_dir: Path, sweep_dir: Path, output_subdir: str) -> JobRow:

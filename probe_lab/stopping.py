@@ -1,0 +1,61 @@
+"""SIGTERM — what SLURM and most schedulers send before they stop or preempt a job — ends a run with
+one line and a non-zero exit (143, as a shell reports a process ended by SIGTERM), after the fit
+being trained has saved its resume point.
+
+During a Lightning fit, Lightning's own handler takes the signal (it calls the one installed here
+too): the batch being trained finishes, the fit's checkpoint is saved (`probe_lab.fit.resume`), and
+Lightning raises `SIGTERMException`. Anywhere else the handler installed here raises `Stopped` at
+once. Either way `received()` says that the run was stopped rather than failed.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from probe_lab.artifacts import RESUME, STAGING
+
+EXIT_CODE = 128 + signal.SIGTERM
+
+
+class Stopped(Exception):
+    """SIGTERM arrived outside a Lightning fit."""
+
+
+_received = False
+
+
+def received() -> bool:
+    return _received
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global _received
+    _received = True
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:  # no Lightning fit holds the signal now
+        raise Stopped("stopped by SIGTERM")
+
+
+@contextmanager
+def sigterm_stops_the_run() -> Iterator[None]:
+    """While the block runs, SIGTERM stops the run as the module says (the main thread only)."""
+    global _received
+    _received = False
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stopped_line(out_dir: Path) -> str:
+    """What a run stopped by SIGTERM says: whether it can be resumed."""
+    if any((out_dir / STAGING / RESUME).rglob("*.ckpt")):
+        return (
+            f"stopped by SIGTERM; the fit's checkpoint is kept in {out_dir / STAGING / RESUME}: "
+            "run the same command with resume=true to go on from it"
+        )
+    return "stopped by SIGTERM before any checkpoint was saved: run the same command again"

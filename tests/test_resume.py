@@ -1,0 +1,162 @@
+"""Killed and resumed: a streamed AdamW run stopped mid-training (SIGKILL, or SIGTERM as SLURM sends
+before a preemption) and started again with the same command plus resume=true ends with the probe an
+uninterrupted run ends with, bit for bit (same seed, the same batches in the same order, on the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, CliResult, run_module
+from test_faults import without_timings
+
+from probe_lab.convert import main as convert_main
+from probe_lab.data.synthetic import activation_like
+from probe_lab.stopping import Stopped, sigterm_stops_the_run
+
+pytestmark = pytest.mark.faults
+
+BATCHES_PER_EPOCH = 15  # 3600 training rows in batches of 256
+
+
+def streamed_adamw(store: Path) -> tuple[str, ...]:
+    return (
+        "progress_bar=false",
+        "backend=pytorch",
+        "device=cpu",
+        "data=store",
+        f"data.path={store}",
+        "probe.optimizer=adamw",
+        "probe.batch_size=256",
+        "probe.max_iterations=10",
+        "probe.learning_rate=0.01",
+        "probe.early_stopping_patience=3",
+        "seed=3",
+    )
+
+
+def signal_at(epoch: int, batch: int, signum: int, once: Path) -> tuple[str, ...]:
+    """The callback that signals this run once, after `batch` of `epoch` (tests/signal_callback.py)."""
+    return (
+        "+callbacks.stop._target_=signal_callback.SignalAt",
+        f"+callbacks.stop.epoch={epoch}",
+        f"+callbacks.stop.batch={batch}",
+        f"+callbacks.stop.signal={int(signum)}",
+        f"+callbacks.stop.once={once}",
+    )
+
+
+def run(*overrides: str, run_dir: Path, env: dict[str, str] | None = None) -> CliResult:
+    return run_module("probe_lab", *overrides, run_dir=run_dir, env={"PYTHONPATH": str(REPO / "tests"), **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of 6,000 × 32 float32 rows in small shards: its training split (3600 rows) streams in 15
+    batches an epoch."""
+    folder = tmp_path_factory.mktemp("resume")
+    x, y = activation_like(6000, 32, seed=2)
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", y)
+    args = [str(folder / "x.npy"), str(folder / "store"), "--labels", str(folder / "y.npy")]
+    assert convert_main([*args, "--dtype", "float32", "--shard-mb", "0.1", "--no-progress"]) == 0
+    return folder / "store"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(store: Path, tmp_path_factory: pytest.TempPathFactory) -> CliResult:
+    done = run(*streamed_adamw(store), run_dir=tmp_path_factory.mktemp("whole") / "run")
+    assert done.returncode == 0, done.stderr
+    assert done.metrics()["fit"]["epochs"] >= 5  # long enough that the stops below land mid-training
+    return done
+
+
+def same_run(resumed: CliResult, uninterrupted: CliResult) -> None:
+    assert resumed.returncode == 0, resumed.stderr
+    probe = (resumed.run_dir / "probe.safetensors").read_bytes()
+    assert probe == (uninterrupted.run_dir / "probe.safetensors").read_bytes()
+    assert without_timings(resumed.metrics()) == without_timings(uninterrupted.metrics())
+    assert not (resumed.run_dir / ".staging").exists() and not (resumed.run_dir / "resume").exists()
+
+
+@pytest.mark.parametrize(
+    ("signum", "epoch", "batch"),
+    [
+        (signal.SIGKILL, 3, 5),  # from the end of epoch 2: epoch 3 is trained again
+        (signal.SIGTERM, 2, 6),  # from the checkpoint saved at the signal, mid-epoch
+        (signal.SIGTERM, 1, BATCHES_PER_EPOCH - 1),  # after an epoch's last batch, before its validation
+    ],
+    ids=["sigkill-mid-epoch", "sigterm-mid-epoch", "sigterm-after-last-batch"],
+)
+def test_a_stopped_run_resumed_ends_with_the_uninterrupted_probe(
+    store: Path, uninterrupted: CliResult, tmp_path: Path, signum: signal.Signals, epoch: int, batch: int
+) -> None:
+    command = (*streamed_adamw(store), *signal_at(epoch, batch, signum, tmp_path / "signalled"))
+    stopped = run(*command, run_dir=tmp_path / "run")
+    assert stopped.returncode == (143 if signum == signal.SIGTERM else -signal.SIGKILL), stopped.stderr
+    assert (tmp_path / "signalled").exists()
+    assert not (stopped.run_dir / "probe.safetensors").exists()  # nothing published
+    assert list((stopped.run_dir / ".staging" / "resume").rglob("last.ckpt"))
+    if signum == signal.SIGTERM:
+        line = stopped.stderr.strip().splitlines()[-1]
+        assert line.startswith("probe_lab: error: stopped by SIGTERM; the fit's checkpoint is kept in ")
+        assert line.endswith("run the same command with resume=true to go on from it")
+        assert "stopped by SIGTERM" in (stopped.run_dir / "error.txt").read_text()
+
+    resumed = run(*command, "resume=true", run_dir=tmp_path / "run")
+    same_run(resumed, uninterrupted)
+    assert "resuming fit 1 from" in (resumed.run_dir / "probe_lab.log").read_text()
+    assert not (resumed.run_dir / "error.txt").exists()
+    logs = resumed.run_dir / "logs"
+    assert (logs / "metrics.csv").is_file() and (logs / "metrics.stopped-1.csv").is_file()
+
+
+def test_a_requeued_slurm_job_resumes_without_being_told(
+    store: Path, uninterrupted: CliResult, tmp_path: Path
+) -> None:
+    command = (*streamed_adamw(store), *signal_at(2, 3, signal.SIGKILL, tmp_path / "signalled"))
+    assert run(*command, run_dir=tmp_path / "run").returncode == -signal.SIGKILL
+    same_run(run(*command, run_dir=tmp_path / "run", env={"SLURM_RESTART_COUNT": "1"}), uninterrupted)
+
+
+def test_resuming_with_other_settings_is_refused_and_keeps_the_stopped_run(store: Path, tmp_path: Path) -> None:
+    command = (*streamed_adamw(store), *signal_at(1, 2, signal.SIGTERM, tmp_path / "signalled"))
+    assert run(*command, run_dir=tmp_path / "run").returncode == 143
+    refused = run(*command, "probe.learning_rate=0.02", "resume=true", run_dir=tmp_path / "run")
+    assert refused.returncode == 2
+    line = refused.stderr.strip()
+    assert "\n" not in line, line
+    assert "resume=true: the stopped run in" in line and "probe.learning_rate: 0.01 → 0.02" in line
+    assert list((tmp_path / "run" / ".staging" / "resume").rglob("last.ckpt"))  # still there to resume
+    assert not (tmp_path / "run" / "probe.safetensors").exists()
+
+
+def test_resume_with_nothing_to_resume_starts_from_the_beginning(
+    store: Path, uninterrupted: CliResult, tmp_path: Path
+) -> None:
+    resumed = run(*streamed_adamw(store), "resume=true", run_dir=tmp_path / "run")
+    same_run(resumed, uninterrupted)
+    assert "holds no stopped run to resume; starting from the beginning" in resumed.stdout
+
+
+def test_a_fresh_run_in_a_stopped_runs_folder_starts_afresh(
+    store: Path, uninterrupted: CliResult, tmp_path: Path
+) -> None:
+    command = (*streamed_adamw(store), *signal_at(2, 3, signal.SIGTERM, tmp_path / "signalled"))
+    assert run(*command, run_dir=tmp_path / "run").returncode == 143
+    again = run(*command, run_dir=tmp_path / "run")  # no resume=true: the checkpoint is not used
+    same_run(again, uninterrupted)
+    assert "resuming fit" not in (again.run_dir / "probe_lab.log").read_text()
+
+
+def test_sigterm_outside_a_fit_stops_the_run_at_once() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped, match="stopped by SIGTERM"), sigterm_stops_the_run():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # interrupted by the handler
+    assert signal.getsignal(signal.SIGTERM) is before  # the run's handler is gone with the run
