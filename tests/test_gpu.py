@@ -388,3 +388,25 @@ def test_class_mean_probes_on_the_gpu_match_the_cpu(splits, kind: str) -> None:
     cpu.fit_datasets(splits.train, splits.val)
     assert cosine(gpu.coef_, cpu.coef_) >= 0.9999
     assert abs(gpu.intercept_ - cpu.intercept_) < 1e-3 * (1 + abs(cpu.intercept_))
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [("probe.optimizer=lbfgs",), ("probe.optimizer=adamw", "probe.batch_size=1024", "probe.max_iterations=8")],
+    ids=["lbfgs", "adamw"],
+)
+def test_the_same_command_twice_on_the_gpu_gives_the_same_probe(cli, tmp_path, optimizer) -> None:
+    """The README's determinism promise on the GPU: with the same seed, a repeated run's probe and metrics
+    are bit-identical (README, Reliability), mixed precision included."""
+    from test_faults import without_timings
+
+    x, y = activation_like(20000, 512, seed=6)
+    np.save(tmp_path / "x.npy", x.astype(np.float16))
+    np.save(tmp_path / "y.npy", y)
+    data = ("data=npy", f"data.x={tmp_path / 'x.npy'}", f"data.y={tmp_path / 'y.npy'}")
+    command = ("backend=pytorch", "device=cuda", *data)
+    first, second = cli(*command, *optimizer), cli(*command, *optimizer)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert first.metrics()["device"] == "cuda"
+    assert (first.run_dir / "probe.safetensors").read_bytes() == (second.run_dir / "probe.safetensors").read_bytes()
+    assert without_timings(first.metrics()) == without_timings(second.metrics())
