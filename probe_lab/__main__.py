@@ -139,9 +139,11 @@ def sweep_job(cfg: DictConfig, out_dir: Path, hydra_subdir: str | None = None) -
             with sigterm_stops_the_run():
                 result = run(cfg, out_dir, job_id)
         except BaseException as err:
-            if stopping.received():  # this job was stopped; the sweep's other jobs go on
+            if stopping.received():
                 report_stop(out_dir, job_id, record=not follower)
-                return math.nan
+                if runs_the_whole_sweep():  # the signal was meant for the sweep: it ends here
+                    sys.exit(stopping.EXIT_CODE)
+                return math.nan  # a worker's job was stopped; the sweep's other jobs go on
             if not isinstance(err, Exception):
                 raise
             report_failure(out_dir, err, job_id, record=not follower)
@@ -150,6 +152,12 @@ def sweep_job(cfg: DictConfig, out_dir: Path, hydra_subdir: str | None = None) -
         if folder is not None:
             folder.release()
     return result.val_auroc
+
+
+def runs_the_whole_sweep() -> bool:
+    """Whether this process runs every job of the sweep (Hydra's basic launcher), rather than being one
+    of a launcher's workers (joblib) or a job of its own (SLURM)."""
+    return str(HydraConfig.get().launcher.get("_target_", "")).endswith(".BasicLauncher")
 
 
 def report_stop(out_dir: Path, job_id: str | None, *, record: bool = True) -> None:

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,12 +97,17 @@ def staged_artifacts(out_dir: Path, *, resumable: bool = False, resume: bool = F
     try:
         yield staging
         shutil.rmtree(staging / RESUME, ignore_errors=True)
-        for item in sorted(staging.iterdir()):
-            target = out_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            item.replace(target)
-        published = True
+        # SIGTERM waits until every file is in place: a stop never leaves half a run published.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            for item in sorted(staging.iterdir()):
+                target = out_dir / item.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                item.replace(target)
+            published = True
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
     finally:
         if published or not resumable or not any((staging / RESUME).rglob("*.ckpt")):
             shutil.rmtree(staging, ignore_errors=True)

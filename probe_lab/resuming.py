@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from probe_lab.artifacts import RESUME, out_of_space, staged_artifacts, write_json
+from probe_lab.artifacts import RESUME, STAGING, out_of_space, staged_artifacts, write_json
 from probe_lab.errors import ProbeLabError
 
 log = logging.getLogger(__name__)
@@ -33,17 +33,16 @@ def requeued() -> bool:
 
 @contextmanager
 def run_staging(out_dir: Path, resolved_config: dict[str, Any], *, resume: bool) -> Iterator[Path]:
-    """`staged_artifacts` of a run folder: resumable, resuming when asked (or requeued)."""
-    resume = resume or requeued()
+    """`staged_artifacts` of a run folder: resumable, and resuming when asked (or requeued) and a stopped
+    run of the same settings left a resume point; otherwise emptied first, as for a fresh run."""
+    settings = {key: value for key, value in resolved_config.items() if key not in IGNORED}
+    resume = (resume or requeued()) and can_resume(out_dir / STAGING / RESUME, settings, out_dir)
     try:
         with staged_artifacts(out_dir, resumable=True, resume=resume) as staging:
-            settings = {key: value for key, value in resolved_config.items() if key not in IGNORED}
-            record = staging / RESUME / SETTINGS
             if resume:
-                check_same_settings(record, settings, out_dir)
                 keep_earlier_logs(staging / "logs")
-            record.parent.mkdir(exist_ok=True)
-            write_json(record, settings)
+            (staging / RESUME).mkdir(exist_ok=True)
+            write_json(staging / RESUME / SETTINGS, settings)
             yield staging
     except Exception as err:
         if not out_of_space(err):
@@ -54,13 +53,13 @@ def run_staging(out_dir: Path, resolved_config: dict[str, Any], *, resume: bool)
         ) from err
 
 
-def check_same_settings(record: Path, settings: dict[str, Any], out_dir: Path) -> None:
-    """Refuse to resume a stopped run of other settings; say so when there is nothing to resume."""
-    if not any(record.parent.rglob("*.ckpt")):
+def can_resume(points: Path, settings: dict[str, Any], out_dir: Path) -> bool:
+    """Whether `points` holds a stopped run's resume point to go on from; refuses one of other settings."""
+    if not any(points.rglob("*.ckpt")):
         log.warning("resume=true: %s holds no stopped run to resume; starting from the beginning", out_dir)
-        return
+        return False
     try:
-        earlier = json.loads(record.read_text())
+        earlier = json.loads((points / SETTINGS).read_text())
     except (OSError, ValueError):
         earlier = None
     if earlier != settings:
@@ -69,6 +68,7 @@ def check_same_settings(record: Path, settings: dict[str, Any], out_dir: Path) -
             f"resume=true: the stopped run in {out_dir} had other settings ({', '.join(changed[:5])}); "
             "run its command again with resume=true, or leave resume out to start afresh"
         )
+    return True
 
 
 def keep_earlier_logs(logs: Path) -> None:

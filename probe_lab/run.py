@@ -191,7 +191,8 @@ def train_backend(
 ) -> tuple[dict[str, Any], list[str]]:
     """Fit one backend, evaluate it and write its files into `folder`; returns (metrics, file names)."""
     timings = dict(timings)  # read and load; fit, evaluate and write are added here
-    parts = fit.lightning_for(folder) if choice.name == "pytorch" else {}
+    # The pytorch backend's minibatch fits keep resume points in the run's staging folder (`run_staging`).
+    parts = fit.lightning_for(folder) | {"keep_resume_points": True} if choice.name == "pytorch" else {}
     trainer = backend_class(choice.name)(data.dim, fit.config, run_dir=folder, progress_bar=fit.progress_bar, **parts)
     placement = fit.placement if choice.name == "pytorch" else None  # sklearn decides its own (the host)
     RUN_LOG.info("fit      %s backend (%s)", choice.name, choice.reason)

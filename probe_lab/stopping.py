@@ -11,6 +11,7 @@ once. Either way `received()` says that the run was stopped rather than failed.
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,9 +42,13 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 @contextmanager
 def sigterm_stops_the_run() -> Iterator[None]:
-    """While the block runs, SIGTERM stops the run as the module says (the main thread only)."""
+    """While the block runs, SIGTERM stops the run as the module says (in the main thread: a signal
+    handler can be set only there, so a job run in another thread keeps the process's handler)."""
     global _received
     _received = False
+    if threading.current_thread() is not threading.main_thread():  # a job run in a thread: no handlers
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield
@@ -52,10 +57,12 @@ def sigterm_stops_the_run() -> Iterator[None]:
 
 
 def stopped_line(out_dir: Path) -> str:
-    """What a run stopped by SIGTERM says: whether it can be resumed."""
-    if any((out_dir / STAGING / RESUME).rglob("*.ckpt")):
+    """What a run stopped by SIGTERM says: whether it can be resumed, and from where (a run of every
+    layer stages each layer's run in a folder of its own)."""
+    points = sorted({path.parent.parent for path in out_dir.glob(f"**/{STAGING}/{RESUME}/*/*.ckpt")})
+    if points:
         return (
-            f"stopped by SIGTERM; the fit's checkpoint is kept in {out_dir / STAGING / RESUME}: "
+            f"stopped by SIGTERM; the fit's checkpoint is kept in {points[0]}: "
             "run the same command with resume=true to go on from it"
         )
     return "stopped by SIGTERM before any checkpoint was saved: run the same command again"

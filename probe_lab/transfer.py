@@ -33,6 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from probe_lab import stopping
 from probe_lab.artifacts import staged_artifacts
 from probe_lab.cli_help import HYDRA_FLAGS, answer_help_or_version
 from probe_lab.errors import ProbeLabError
@@ -47,6 +48,7 @@ from probe_lab.settings.data import (
 from probe_lab.settings.ignored import ignored_trainer_flags
 from probe_lab.settings.schema import RunConfig, register_configs, to_settings
 from probe_lab.settings.transfer import EXAMPLE, TransferConfig, TransferDataset, naming, parse_datasets
+from probe_lab.stopping import sigterm_stops_the_run
 from probe_lab.version import version_line
 
 if TYPE_CHECKING:
@@ -92,8 +94,17 @@ def hydra_main(cfg: DictConfig) -> None:
     out_dir = Path(hydra_cfg.runtime.output_dir)
     (out_dir / ERROR_FILE).unlink(missing_ok=True)
     try:
-        transfer(cfg, out_dir)
-    except Exception as err:
+        with sigterm_stops_the_run():
+            transfer(cfg, out_dir)
+    except BaseException as err:
+        if stopping.received():  # nothing of the transfer was published
+            line = "stopped by SIGTERM: run the same command again"
+            print(f"probe_lab.transfer: error: {line}", file=sys.stderr)
+            RUN_LOG.error(line)
+            record_failure(out_dir, line, "", None)
+            sys.exit(stopping.EXIT_CODE)
+        if not isinstance(err, Exception):
+            raise
         line = error_line(err)
         bad_input = isinstance(err, ProbeLabError)
         print(f"probe_lab.transfer: error: {line}", file=sys.stderr)

@@ -69,11 +69,24 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(store: Path, tmp_path_factory: pytest.TempPathFactory) -> CliResult:
-    done = run(*streamed_adamw(store), run_dir=tmp_path_factory.mktemp("whole") / "run")
-    assert done.returncode == 0, done.stderr
-    assert done.metrics()["fit"]["epochs"] >= 5  # long enough that the stops below land mid-training
-    return done
+def uninterrupted_runs(store: Path, tmp_path_factory: pytest.TempPathFactory):
+    """uninterrupted_runs(*extra) is the run of `streamed_adamw` with `extra` settings, run once."""
+    done: dict[tuple[str, ...], CliResult] = {}
+
+    def whole(*extra: str) -> CliResult:
+        if extra not in done:
+            result = run(*streamed_adamw(store), *extra, run_dir=tmp_path_factory.mktemp("whole") / "run")
+            assert result.returncode == 0, result.stderr
+            assert result.metrics()["fit"]["epochs"] >= 5  # long enough that the stops below land mid-training
+            done[extra] = result
+        return done[extra]
+
+    return whole
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_runs) -> CliResult:
+    return uninterrupted_runs()
 
 
 def same_run(resumed: CliResult, uninterrupted: CliResult) -> None:
@@ -85,18 +98,29 @@ def same_run(resumed: CliResult, uninterrupted: CliResult) -> None:
 
 
 @pytest.mark.parametrize(
-    ("signum", "epoch", "batch"),
+    ("signum", "epoch", "batch", "extra"),
     [
-        (signal.SIGKILL, 3, 5),  # from the end of epoch 2: epoch 3 is trained again
-        (signal.SIGTERM, 2, 6),  # from the checkpoint saved at the signal, mid-epoch
-        (signal.SIGTERM, 1, BATCHES_PER_EPOCH - 1),  # after an epoch's last batch, before its validation
+        (signal.SIGKILL, 3, 5, ()),  # from the end of epoch 2: epoch 3 is trained again
+        (signal.SIGTERM, 2, 6, ()),  # from the checkpoint saved at the signal, mid-epoch
+        (signal.SIGTERM, 1, BATCHES_PER_EPOCH - 1, ()),  # after an epoch's last batch, before its validation
+        # mid-way through an accumulation window: the gradients gathered so far are in no checkpoint
+        (signal.SIGTERM, 2, 6, ("probe.gradient_accumulation_steps=2",)),
+        # epochs cut short, validated every other epoch: an epoch's end is not where its stream ends
+        (signal.SIGKILL, 3, 5, ("+trainer.limit_train_batches=10", "trainer.check_val_every_n_epoch=2")),
     ],
-    ids=["sigkill-mid-epoch", "sigterm-mid-epoch", "sigterm-after-last-batch"],
+    ids=["sigkill-mid-epoch", "sigterm-mid-epoch", "sigterm-after-last-batch", "accumulating", "short-epochs"],
 )
 def test_a_stopped_run_resumed_ends_with_the_uninterrupted_probe(
-    store: Path, uninterrupted: CliResult, tmp_path: Path, signum: signal.Signals, epoch: int, batch: int
+    store: Path,
+    uninterrupted_runs,
+    tmp_path: Path,
+    signum: signal.Signals,
+    epoch: int,
+    batch: int,
+    extra: tuple[str, ...],
 ) -> None:
-    command = (*streamed_adamw(store), *signal_at(epoch, batch, signum, tmp_path / "signalled"))
+    uninterrupted = uninterrupted_runs(*extra)
+    command = (*streamed_adamw(store), *extra, *signal_at(epoch, batch, signum, tmp_path / "signalled"))
     stopped = run(*command, run_dir=tmp_path / "run")
     assert stopped.returncode == (143 if signum == signal.SIGTERM else -signal.SIGKILL), stopped.stderr
     assert (tmp_path / "signalled").exists()
@@ -139,9 +163,35 @@ def test_resuming_with_other_settings_is_refused_and_keeps_the_stopped_run(store
 def test_resume_with_nothing_to_resume_starts_from_the_beginning(
     store: Path, uninterrupted: CliResult, tmp_path: Path
 ) -> None:
+    """A run killed before its first checkpoint, of other settings, leaves staged files behind: a run with
+    resume=true finds nothing to resume and starts afresh, publishing none of them."""
+    killed = (*streamed_adamw(store), "probe.learning_rate=0.05", *signal_at(0, 2, signal.SIGKILL, tmp_path / "k"))
+    assert run(*killed, run_dir=tmp_path / "run").returncode == -signal.SIGKILL
+    assert (tmp_path / "run" / ".staging" / "logs").is_dir()  # what the killed run staged
     resumed = run(*streamed_adamw(store), "resume=true", run_dir=tmp_path / "run")
     same_run(resumed, uninterrupted)
     assert "holds no stopped run to resume; starting from the beginning" in resumed.stdout
+    assert sorted(p.name for p in (resumed.run_dir / "logs").iterdir()) == ["metrics.csv"]
+    checkpoints = sorted(p.name for p in (resumed.run_dir / "checkpoints").iterdir())
+    assert checkpoints == sorted(p.name for p in (uninterrupted.run_dir / "checkpoints").iterdir())
+
+
+def test_the_python_api_never_resumes_unasked(tmp_path: Path) -> None:
+    """Only a run of the command line keeps and uses resume points: a trainer given a run_dir that holds
+    one (here an unreadable one) fits from the start."""
+    from probe_lab.backends.pytorch import TorchProbeTrainer
+    from probe_lab.data.dataset import ActivationDataset
+    from probe_lab.settings import ProbeTrainingConfig
+
+    stale = tmp_path / "run" / "resume" / "fit-1"
+    stale.mkdir(parents=True)
+    (stale / "last.ckpt").write_bytes(b"not a checkpoint")
+    x, y = activation_like(600, 8, seed=1)
+    config = ProbeTrainingConfig(device="cpu", optimizer="adamw", max_iterations=3, batch_size=128)
+    trainer = TorchProbeTrainer(8, config, run_dir=tmp_path / "run")
+    trainer.fit_datasets(ActivationDataset(x[:400], y[:400]), ActivationDataset(x[400:], y[400:]))
+    assert trainer.fit_details["epochs"] >= 1
+    assert (stale / "last.ckpt").read_bytes() == b"not a checkpoint"
 
 
 def test_a_fresh_run_in_a_stopped_runs_folder_starts_afresh(
@@ -160,3 +210,72 @@ def test_sigterm_outside_a_fit_stops_the_run_at_once() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(10)  # interrupted by the handler
     assert signal.getsignal(signal.SIGTERM) is before  # the run's handler is gone with the run
+
+
+def test_sigterm_in_a_thread_leaves_the_process_handler_alone() -> None:
+    """A job run in a thread (joblib's threading backend) cannot set signal handlers; it runs without."""
+    import threading
+
+    outcome: list[BaseException | None] = []
+
+    def job() -> None:
+        try:
+            with sigterm_stops_the_run():
+                pass
+            outcome.append(None)
+        except BaseException as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join()
+    assert outcome == [None]
+
+
+def test_a_checkpoint_whose_write_fails_leaves_the_one_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import torch
+
+    from probe_lab import artifacts
+    from probe_lab.fit.resume import AtomicCheckpointIO
+
+    path = tmp_path / "resume" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1, "weight": torch.ones(3)}, path)
+
+    def full_disk(descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(artifacts.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        AtomicCheckpointIO().save_checkpoint({"epoch": 2, "weight": torch.zeros(3)}, path)
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_a_stopped_run_of_every_layer_names_the_layer_to_resume(tmp_path: Path) -> None:
+    x, y = activation_like(3000, 2 * 16, seed=5)
+    np.save(tmp_path / "layers.npy", x.reshape(3000, 2, 16))
+    np.save(tmp_path / "y.npy", y)
+    command = (
+        "progress_bar=false",
+        "backend=pytorch",
+        "device=cpu",
+        "data=npy",
+        f"data.x={tmp_path / 'layers.npy'}",
+        f"data.y={tmp_path / 'y.npy'}",
+        "data.layer=all",
+        "probe.optimizer=adamw",
+        "probe.batch_size=256",
+        "probe.max_iterations=4",
+        "eval.bootstrap_resamples=0",
+        *signal_at(1, 3, signal.SIGTERM, tmp_path / "signalled"),
+    )
+    stopped = run(*command, run_dir=tmp_path / "run")
+    assert stopped.returncode == 143, stopped.stderr
+    line = stopped.stderr.strip().splitlines()[-1]
+    assert f"the fit's checkpoint is kept in {tmp_path / 'run' / 'layer_00' / '.staging' / 'resume'}" in line
+    resumed = run(*command, "resume=true", run_dir=tmp_path / "run")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming fit 1 from" in resumed.stdout
+    assert (tmp_path / "run" / "layers.csv").is_file()

@@ -50,6 +50,9 @@ class TorchProbeTrainer(ProbeTrainer):
     state over (except ModelCheckpoint and EarlyStopping, copied for each fit: a fit's best checkpoint
     and patience are its own). lightning: the Trainer class, its flags, callbacks and loggers as
     composed by a user (see `probe_lab.fit.trainer.LightningParts`); by default probe_lab's own.
+    keep_resume_points: a minibatch fit keeps its resume point in run_dir/resume/fit-<n>/ while it
+    runs, and continues from one it finds there (`probe_lab.fit.resume`; a run of the command line asks
+    for them, in a staging folder emptied unless it resumes).
     """
 
     backend = "pytorch"
@@ -63,8 +66,10 @@ class TorchProbeTrainer(ProbeTrainer):
         progress_bar: bool = False,
         callbacks: Sequence[pl.Callback] = (),
         lightning: LightningParts | None = None,
+        keep_resume_points: bool = False,
     ) -> None:
         super().__init__(input_dim, config, run_dir=run_dir, progress_bar=progress_bar)
+        self.keep_resume_points = keep_resume_points
         self.callbacks = list(callbacks)
         self.lightning = lightning or LightningParts()
         self._warned_joint_adamw = False
@@ -142,7 +147,12 @@ class TorchProbeTrainer(ProbeTrainer):
             )
         self._fits += 1
         # A minibatch fit of one process in a run folder can be resumed (`probe_lab.fit.resume`).
-        resumable = self.run_dir is not None and not placement.full_batch and not placement.processes.data_parallel
+        resumable = (
+            self.keep_resume_points
+            and self.run_dir is not None
+            and not placement.full_batch
+            and not placement.processes.data_parallel
+        )
         resume_folder = self.run_dir / RESUME / f"fit-{self._fits}" if resumable else None
         with tempfile.TemporaryDirectory(prefix="probe_lab-") as scratch:
             out_dir = self.run_dir or Path(scratch)

@@ -12,7 +12,8 @@ check and the model summary, which a user's Trainer flag overrides. Its own fixe
   `progress_bar=False` (and Lightning's own bar is then off too);
 - its progress bar is `probe_lab.fit.progress_bar.lightning_progress_bar`'s (bars on a terminal only);
 - without any logger given, a `CSVLogger` writes `logs/metrics.csv` into the run folder;
-- a minibatch fit in a run folder keeps a resume point (`probe_lab.fit.resume`);
+- checkpoints are written whole or not at all (`AtomicCheckpointIO`, unless `trainer.plugins` is set);
+- a minibatch fit asked to keep resume points keeps one (`probe_lab.fit.resume`);
 - a data-parallel fit (`trainer.devices` × `trainer.num_nodes` processes) runs on a `DDPStrategy` it
   builds, with collectives that time out after `collective_timeout_s` and without Lightning's
   DistributedSampler (each process holds its own shard).
@@ -37,7 +38,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from probe_lab.errors import ProbeLabError
 from probe_lab.fit.progress_bar import lightning_progress_bar
-from probe_lab.fit.resume import resume_callbacks
+from probe_lab.fit.resume import AtomicCheckpointIO, resume_callbacks
 from probe_lab.settings import ProbeTrainingConfig
 from probe_lab.settings.placement import Placement
 
@@ -137,6 +138,8 @@ def build_trainer(
         "log_every_n_steps": 1,
         "default_root_dir": str(resume_folder or out_dir),
     }
+    if "plugins" not in options:
+        chosen["plugins"] = [AtomicCheckpointIO()]
     return parts.trainer_class(
         **(chosen | options),
         accelerator=placement.accelerator,

@@ -303,7 +303,8 @@ def prepare_directory(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise ProbeLabError(f"{path}: exists and is not a directory")
     existing = list(path.iterdir()) if path.is_dir() else []
-    for leftover in [item for item in existing if is_partial_leftover(item.name)]:  # a killed writer's
+    # What a killed writer's atomic write left behind is no part of a store.
+    for leftover in [item for item in existing if is_partial_leftover(item.name) and item.is_file()]:
         leftover.unlink(missing_ok=True)
         existing.remove(leftover)
     if existing:
