@@ -80,3 +80,21 @@ def pt_dir(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"{int(v)}\n" for v in y))
     return directory, labels, x, y
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--all-faults",
+        action="store_true",
+        help="also run the fault tests' further kill points and stop points (marked faults_extra); "
+        "without it the fault tests are a bounded set, one case per promise",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--all-faults"):
+        return
+    further = pytest.mark.skip(reason="a further fault case: run with --all-faults")
+    for item in items:
+        if "faults_extra" in item.keywords:
+            item.add_marker(further)

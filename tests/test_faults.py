@@ -6,7 +6,6 @@ published and what was there before is untouched.
 
 from __future__ import annotations
 
-import csv
 import errno
 import json
 import os
@@ -209,13 +208,9 @@ def test_the_same_command_twice_gives_the_same_probe_bit_for_bit(tmp_path: Path,
 # -- an extraction killed as its store grows ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def extraction_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """A tiny GPT-2-style model, 1500 labelled texts, and the store an uninterrupted extraction of every
-    token's rows at two layers writes from them (about 2.4 MB in 0.05 MB shards)."""
-    from tiny_models import save_model, write_texts
-
-    from probe_lab.extract.run import extract
+def token_extraction(model: Path, texts: Path, output: Path):
+    """The settings of the extraction the tests below kill: every token's rows at two layers, in 0.05 MB
+    shards (the command line of `extraction_command`)."""
     from probe_lab.settings.extract import (
         ExtractConfig,
         ExtractDatasetSettings,
@@ -224,41 +219,20 @@ def extraction_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
         Pooling,
     )
 
-    root = tmp_path_factory.mktemp("extraction")
-    model = save_model(root / "model", "gpt2")
-    write_texts(root / "texts.csv", n=1500, seed=4)
-    extract(
-        ExtractConfig(
-            model=ExtractModelSettings(path=str(model), device="cpu", dtype=ModelDtype.float32),
-            dataset=ExtractDatasetSettings(path=str(root / "texts.csv")),
-            layers=[1, -1],
-            pooling=Pooling.tokens,
-            output=str(root / "whole"),
-            shard_mb=0.05,
-            batch_tokens=512,
-            progress=False,
-        )
+    return ExtractConfig(
+        model=ExtractModelSettings(path=str(model), device="cpu", dtype=ModelDtype.float32),
+        dataset=ExtractDatasetSettings(path=str(texts)),
+        layers=[1, -1],
+        pooling=Pooling.tokens,
+        output=str(output),
+        shard_mb=0.05,
+        batch_tokens=512,
+        progress=False,
     )
-    return model, root / "texts.csv", root / "whole"
 
 
-def folder_bytes(folder: Path) -> int:
-    total = 0
-    for path in folder.glob("*") if folder.is_dir() else []:
-        try:
-            total += path.stat().st_size
-        except FileNotFoundError:  # renamed into place meanwhile
-            continue
-    return total
-
-
-@pytest.mark.parametrize("share", [0.0, 0.3, 0.7])
-def test_an_extraction_killed_as_its_store_grows_never_opens_incomplete_and_resumes_to_the_same_store(
-    extraction_inputs: tuple[Path, Path, Path], tmp_path: Path, share: float
-) -> None:
-    model, texts, whole = extraction_inputs
-    output = tmp_path / "store"
-    command = [
+def extraction_command(model: Path, texts: Path, output: Path, run_dir: Path) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "probe_lab.extract",
@@ -272,8 +246,46 @@ def test_an_extraction_killed_as_its_store_grows_never_opens_incomplete_and_resu
         "batch_tokens=512",
         "progress=false",
         f"output={output}",
-        f"hydra.run.dir={tmp_path / 'run'}",
+        f"hydra.run.dir={run_dir}",
     ]
+
+
+@pytest.fixture(scope="module")
+def extraction_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A tiny GPT-2-style model, 1500 labelled texts, and the store an uninterrupted extraction writes
+    from them (about 2.4 MB)."""
+    from tiny_models import save_model, write_texts
+
+    from probe_lab.extract.run import extract
+
+    root = tmp_path_factory.mktemp("extraction")
+    model = save_model(root / "model", "gpt2")
+    write_texts(root / "texts.csv", n=1500, seed=4)
+    extract(token_extraction(model, root / "texts.csv", root / "whole"))
+    return model, root / "texts.csv", root / "whole"
+
+
+def folder_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.glob("*") if folder.is_dir() else []:
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:  # renamed into place meanwhile
+            continue
+    return total
+
+
+@pytest.mark.parametrize(
+    "share", [0.5, pytest.param(0.0, marks=pytest.mark.faults_extra), pytest.param(0.8, marks=pytest.mark.faults_extra)]
+)
+def test_an_extraction_killed_as_its_store_grows_never_opens_incomplete_and_resumes_to_the_same_store(
+    extraction_inputs: tuple[Path, Path, Path], tmp_path: Path, share: float
+) -> None:
+    from probe_lab.extract.run import extract
+
+    model, texts, whole = extraction_inputs
+    output = tmp_path / "store"
+    command = extraction_command(model, texts, output, tmp_path / "run")
     target = int(share * folder_bytes(whole))
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -286,8 +298,7 @@ def test_an_extraction_killed_as_its_store_grows_never_opens_incomplete_and_resu
 
     with pytest.raises(ProbeLabError, match=r"unfinished extraction|manifest\.json|not found|does not exist"):
         ActivationStore.open(output)
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
+    extract(token_extraction(model, texts, output))  # the same extraction again (in this process): it finishes
     assert sorted(path.name for path in output.iterdir()) == sorted(path.name for path in whole.iterdir())
     for file in whole.iterdir():
         assert (output / file.name).read_bytes() == file.read_bytes(), file.name
@@ -338,51 +349,3 @@ def test_a_full_disk_while_a_run_writes_its_files_leaves_the_earlier_run_untouch
     for name, data in published.items():
         assert (run_dir / name).read_bytes() == data, name
     assert not list(run_dir.glob(".staging*"))
-
-
-# -- load: a sweep of 50 jobs, one of them stopped --------------------------------------------
-
-
-def test_a_sweep_of_50_jobs_with_one_stopped_reports_it_and_completes_the_others(tmp_path: Path) -> None:
-    """50 jobs in 2 joblib workers; job 17 is sent SIGTERM mid-fit (tests/signal_callback.py), as a
-    scheduler stops a job: it is reported failed, and the other 49 finish with their own artifacts."""
-    sweep_dir = tmp_path / "sweep"
-    command = [
-        sys.executable,
-        "-m",
-        "probe_lab",
-        "-m",
-        "hydra/launcher=parallel",
-        "hydra.launcher.n_jobs=2",
-        "progress_bar=false",
-        "backend=pytorch",
-        "device=cpu",
-        "data.n=300",
-        "data.dim=8",
-        "eval.bootstrap_resamples=0",
-        "seed=range(50)",
-        "+callbacks.stop._target_=signal_callback.SignalAt",
-        "+callbacks.stop.epoch=0",
-        "+callbacks.stop.batch=0",
-        f"+callbacks.stop.signal={int(signal.SIGTERM)}",
-        f"+callbacks.stop.once={tmp_path / 'signalled'}",
-        "+callbacks.stop.only_seed=17",
-        "+callbacks.stop.seed=${seed}",
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "HYDRA_FULL_ERROR": "0"}
-    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert done.returncode == 1, done.stderr  # a sweep with a failed job exits non-zero, after its summary
-    with (sweep_dir / "summary.csv").open(newline="") as handle:
-        rows = {row["job"]: row for row in csv.DictReader(handle)}
-    assert len(rows) == 50
-    stopped = rows.pop("17")
-    assert stopped["status"] == "failed" and stopped["error"].startswith("stopped by SIGTERM"), stopped
-    assert not (sweep_dir / "17" / "probe.safetensors").exists()
-    for job, row in rows.items():
-        assert row["status"] == "completed", (job, row)
-        metrics = json.loads((sweep_dir / job / "metrics.json").read_text())
-        assert float(row["val_auroc"]) == metrics["val"]["auroc"]
-        assert (sweep_dir / job / "probe.safetensors").is_file()
-        assert not list((sweep_dir / job).glob(".staging*"))
-    assert "  failed   job 17 (seed=17): stopped by SIGTERM" in done.stdout

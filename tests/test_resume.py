@@ -86,7 +86,7 @@ def uninterrupted_runs(store: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(uninterrupted_runs) -> CliResult:
-    return uninterrupted_runs()
+    return uninterrupted_runs(*ACCUMULATING_SHORT)
 
 
 def same_run(resumed: CliResult, uninterrupted: CliResult) -> None:
@@ -97,18 +97,31 @@ def same_run(resumed: CliResult, uninterrupted: CliResult) -> None:
     assert not (resumed.run_dir / ".staging").exists() and not (resumed.run_dir / "resume").exists()
 
 
+EXTRA = pytest.mark.faults_extra
+# Gradients accumulated over 2 batches, epochs cut to 10 batches and validated every other epoch: an
+# optimizer step is not every batch, and an epoch's end is not where its stream ends.
+ACCUMULATING_SHORT = (
+    "probe.gradient_accumulation_steps=2",
+    "+trainer.limit_train_batches=10",
+    "trainer.check_val_every_n_epoch=2",
+)
+
+
 @pytest.mark.parametrize(
-    ("signum", "epoch", "batch", "extra"),
+    ("signum", "epoch", "batch", "extra", "requeued"),
     [
-        (signal.SIGKILL, 3, 5, ()),  # from the end of epoch 2: epoch 3 is trained again
-        (signal.SIGTERM, 2, 6, ()),  # from the checkpoint saved at the signal, mid-epoch
-        (signal.SIGTERM, 1, BATCHES_PER_EPOCH - 1, ()),  # after an epoch's last batch, before its validation
+        # killed: from the end of epoch 2 (not validated), epoch 3 is trained again; SLURM requeues the run
+        pytest.param(signal.SIGKILL, 3, 5, ACCUMULATING_SHORT, True, id="sigkill-requeued"),
+        # from the checkpoint saved at the signal, right after an optimizer step (8 batches, 2 a step)
+        pytest.param(signal.SIGTERM, 2, 7, ACCUMULATING_SHORT, False, id="sigterm-after-a-step"),
+        # after an epoch's last batch, before its end: from the epoch before
+        pytest.param(signal.SIGTERM, 1, 9, ACCUMULATING_SHORT, False, id="sigterm-after-the-last-batch"),
         # mid-way through an accumulation window: the gradients gathered so far are in no checkpoint
-        (signal.SIGTERM, 2, 6, ("probe.gradient_accumulation_steps=2",)),
-        # epochs cut short, validated every other epoch: an epoch's end is not where its stream ends
-        (signal.SIGKILL, 3, 5, ("+trainer.limit_train_batches=10", "trainer.check_val_every_n_epoch=2")),
+        pytest.param(signal.SIGTERM, 2, 6, ACCUMULATING_SHORT, False, id="sigterm-mid-window", marks=EXTRA),
+        pytest.param(signal.SIGTERM, 2, 6, (), False, id="sigterm-mid-epoch", marks=EXTRA),
+        pytest.param(signal.SIGTERM, 1, BATCHES_PER_EPOCH - 1, (), False, id="sigterm-last-batch", marks=EXTRA),
+        pytest.param(signal.SIGKILL, 3, 5, (), False, id="sigkill-mid-epoch", marks=EXTRA),
     ],
-    ids=["sigkill-mid-epoch", "sigterm-mid-epoch", "sigterm-after-last-batch", "accumulating", "short-epochs"],
 )
 def test_a_stopped_run_resumed_ends_with_the_uninterrupted_probe(
     store: Path,
@@ -118,6 +131,7 @@ def test_a_stopped_run_resumed_ends_with_the_uninterrupted_probe(
     epoch: int,
     batch: int,
     extra: tuple[str, ...],
+    requeued: bool,
 ) -> None:
     uninterrupted = uninterrupted_runs(*extra)
     command = (*streamed_adamw(store), *extra, *signal_at(epoch, batch, signum, tmp_path / "signalled"))
@@ -132,7 +146,10 @@ def test_a_stopped_run_resumed_ends_with_the_uninterrupted_probe(
         assert line.endswith("run the same command with resume=true to go on from it")
         assert "stopped by SIGTERM" in (stopped.run_dir / "error.txt").read_text()
 
-    resumed = run(*command, "resume=true", run_dir=tmp_path / "run")
+    if requeued:  # SLURM's requeued job runs the same command: it resumes without resume=true
+        resumed = run(*command, run_dir=tmp_path / "run", env={"SLURM_RESTART_COUNT": "1"})
+    else:
+        resumed = run(*command, "resume=true", run_dir=tmp_path / "run")
     same_run(resumed, uninterrupted)
     assert "resuming fit 1 from" in (resumed.run_dir / "probe_lab.log").read_text()
     assert not (resumed.run_dir / "error.txt").exists()
@@ -140,16 +157,10 @@ def test_a_stopped_run_resumed_ends_with_the_uninterrupted_probe(
     assert (logs / "metrics.csv").is_file() and (logs / "metrics.stopped-1.csv").is_file()
 
 
-def test_a_requeued_slurm_job_resumes_without_being_told(
+def test_resuming_with_other_settings_is_refused_and_a_fresh_run_starts_afresh(
     store: Path, uninterrupted: CliResult, tmp_path: Path
 ) -> None:
-    command = (*streamed_adamw(store), *signal_at(2, 3, signal.SIGKILL, tmp_path / "signalled"))
-    assert run(*command, run_dir=tmp_path / "run").returncode == -signal.SIGKILL
-    same_run(run(*command, run_dir=tmp_path / "run", env={"SLURM_RESTART_COUNT": "1"}), uninterrupted)
-
-
-def test_resuming_with_other_settings_is_refused_and_keeps_the_stopped_run(store: Path, tmp_path: Path) -> None:
-    command = (*streamed_adamw(store), *signal_at(1, 2, signal.SIGTERM, tmp_path / "signalled"))
+    command = (*streamed_adamw(store), *ACCUMULATING_SHORT, *signal_at(1, 3, signal.SIGTERM, tmp_path / "signalled"))
     assert run(*command, run_dir=tmp_path / "run").returncode == 143
     refused = run(*command, "probe.learning_rate=0.02", "resume=true", run_dir=tmp_path / "run")
     assert refused.returncode == 2
@@ -159,16 +170,20 @@ def test_resuming_with_other_settings_is_refused_and_keeps_the_stopped_run(store
     assert list((tmp_path / "run" / ".staging" / "resume").rglob("last.ckpt"))  # still there to resume
     assert not (tmp_path / "run" / "probe.safetensors").exists()
 
+    again = run(*command, run_dir=tmp_path / "run")  # no resume=true: the checkpoint is not used
+    same_run(again, uninterrupted)
+    assert "resuming fit" not in (again.run_dir / "probe_lab.log").read_text()
+
 
 def test_resume_with_nothing_to_resume_starts_from_the_beginning(
     store: Path, uninterrupted: CliResult, tmp_path: Path
 ) -> None:
     """A run killed before its first checkpoint, of other settings, leaves staged files behind: a run with
     resume=true finds nothing to resume and starts afresh, publishing none of them."""
-    killed = (*streamed_adamw(store), "probe.learning_rate=0.05", *signal_at(0, 2, signal.SIGKILL, tmp_path / "k"))
-    assert run(*killed, run_dir=tmp_path / "run").returncode == -signal.SIGKILL
+    other = (*streamed_adamw(store), "probe.learning_rate=0.05")
+    assert run(*other, *signal_at(0, 2, signal.SIGKILL, tmp_path / "k"), run_dir=tmp_path / "run").returncode == -9
     assert (tmp_path / "run" / ".staging" / "logs").is_dir()  # what the killed run staged
-    resumed = run(*streamed_adamw(store), "resume=true", run_dir=tmp_path / "run")
+    resumed = run(*streamed_adamw(store), *ACCUMULATING_SHORT, "resume=true", run_dir=tmp_path / "run")
     same_run(resumed, uninterrupted)
     assert "holds no stopped run to resume; starting from the beginning" in resumed.stdout
     assert sorted(p.name for p in (resumed.run_dir / "logs").iterdir()) == ["metrics.csv"]
@@ -192,16 +207,6 @@ def test_the_python_api_never_resumes_unasked(tmp_path: Path) -> None:
     trainer.fit_datasets(ActivationDataset(x[:400], y[:400]), ActivationDataset(x[400:], y[400:]))
     assert trainer.fit_details["epochs"] >= 1
     assert (stale / "last.ckpt").read_bytes() == b"not a checkpoint"
-
-
-def test_a_fresh_run_in_a_stopped_runs_folder_starts_afresh(
-    store: Path, uninterrupted: CliResult, tmp_path: Path
-) -> None:
-    command = (*streamed_adamw(store), *signal_at(2, 3, signal.SIGTERM, tmp_path / "signalled"))
-    assert run(*command, run_dir=tmp_path / "run").returncode == 143
-    again = run(*command, run_dir=tmp_path / "run")  # no resume=true: the checkpoint is not used
-    same_run(again, uninterrupted)
-    assert "resuming fit" not in (again.run_dir / "probe_lab.log").read_text()
 
 
 def test_sigterm_outside_a_fit_stops_the_run_at_once() -> None:
@@ -254,8 +259,8 @@ def test_a_checkpoint_whose_write_fails_leaves_the_one_before(tmp_path: Path, mo
 
 
 def test_a_stopped_run_of_every_layer_names_the_layer_to_resume(tmp_path: Path) -> None:
-    x, y = activation_like(3000, 2 * 16, seed=5)
-    np.save(tmp_path / "layers.npy", x.reshape(3000, 2, 16))
+    x, y = activation_like(1500, 2 * 16, seed=5)
+    np.save(tmp_path / "layers.npy", x.reshape(1500, 2, 16))
     np.save(tmp_path / "y.npy", y)
     command = (
         "progress_bar=false",
@@ -267,7 +272,7 @@ def test_a_stopped_run_of_every_layer_names_the_layer_to_resume(tmp_path: Path) 
         "data.layer=all",
         "probe.optimizer=adamw",
         "probe.batch_size=256",
-        "probe.max_iterations=4",
+        "probe.max_iterations=3",
         "eval.bootstrap_resamples=0",
         *signal_at(1, 3, signal.SIGTERM, tmp_path / "signalled"),
     )

@@ -34,7 +34,12 @@ from probe_lab.data.streaming import put_unless_stopped
 
 class SplitBlocks:
     """(x (k, D) in the stored dtype, y (k,) float32) blocks of `dataset` on `device`, in storage order;
-    iterate once per pass. Blocks are runs of at most `read_rows` rows (`ActivationDataset.segments`)."""
+    iterate once per pass. Blocks are runs of at most `read_rows` rows (`ActivationDataset.segments`).
+
+    On a GPU, blocks beyond the device's part come as views of two device buffers that the next copies
+    reuse once the consumer asks for the block after next: a consumer that holds a block after asking
+    for the next one (Lightning's loops fetch one batch ahead) needs `reuse_device_buffers=False`, and
+    gets each block in memory of its own."""
 
     def __init__(
         self,
@@ -46,6 +51,7 @@ class SplitBlocks:
         prefetch: int = 2,
         hold_on_host: bool = False,
         device_bytes: int = 0,
+        reuse_device_buffers: bool = True,
     ) -> None:
         if dataset.labels is None:
             raise ValueError("SplitBlocks needs labelled data")
@@ -55,6 +61,7 @@ class SplitBlocks:
         self.threads = max(1, threads)
         self.prefetch = max(1, prefetch)
         self.pin = device.type == "cuda"
+        self.reuse_device_buffers = reuse_device_buffers
         labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.float32))
         self.labels = [labels[segment].to(device) for segment in self.segments]  # small: kept where they are used
         row_bytes = dataset.dim * dataset.storage_dtype.itemsize
@@ -106,7 +113,7 @@ class SplitBlocks:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from zip(self.on_device, self.labels[: len(self.on_device)], strict=True)
         rest = iter(self.host) if self.host is not None else self._read_ahead(self.rest)
-        if self.pin:
+        if self.pin and self.reuse_device_buffers:
             rest = self._copied_to_device(rest)
         for block, labels in zip(rest, self.labels[len(self.on_device) :], strict=True):
             yield block.to(self.device, non_blocking=True), labels

@@ -119,7 +119,12 @@ class ProbeDataModule(pl.LightningDataModule):
         return self._blocks
 
     def _split_blocks(
-        self, dataset: ActivationDataset, *, hold_on_host: bool = False, device_bytes: int = 0
+        self,
+        dataset: ActivationDataset,
+        *,
+        hold_on_host: bool = False,
+        device_bytes: int = 0,
+        reuse_device_buffers: bool = True,
     ) -> SplitBlocks:
         # On a GPU a block's compute takes far less than its copy, and each block costs a few launches
         # and an autograd call: blocks of GPU_BLOCK_MB keep that overhead small against the copy.
@@ -133,6 +138,7 @@ class ProbeDataModule(pl.LightningDataModule):
             prefetch=self.streaming.prefetch_batches + 1,
             hold_on_host=hold_on_host,
             device_bytes=device_bytes,
+            reuse_device_buffers=reuse_device_buffers,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -146,7 +152,8 @@ class ProbeDataModule(pl.LightningDataModule):
         if self.placement.val_beside_train:
             return DataLoader(_OneItem(self._whole("val", self.val)), batch_size=None)
         if self.placement.full_batch:  # validated once, read as the training blocks are
-            self._val_blocks = self._split_blocks(self.val)
+            # Lightning's validation loop holds a batch while it fetches the next: no reused buffers.
+            self._val_blocks = self._split_blocks(self.val, reuse_device_buffers=False)
             return DataLoader(_Blocks(self._val_blocks), batch_size=None)
         return self._loader("val", self.val, shuffle=False)
 
