@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save
 
@@ -134,6 +134,7 @@ def test_damaged_shards_are_refused(store_template: Path, shard: int, damage: st
             position = int(where * (len(data) - 1))
             data[position] ^= 1 + value % 255
         else:
+            assume(value != header_end - 8)  # the length it has: no damage
             data[:8] = value.to_bytes(8, "little")
         path.write_bytes(bytes(data))
         if damage == "flip" and position < header_end:
