@@ -276,10 +276,16 @@ def folder_bytes(folder: Path) -> int:
 
 
 @pytest.mark.parametrize(
-    "share", [0.5, pytest.param(0.0, marks=pytest.mark.faults_extra), pytest.param(0.8, marks=pytest.mark.faults_extra)]
+    ("share", "signum"),
+    [
+        (0.5, signal.SIGKILL),
+        (0.5, signal.SIGTERM),  # stopped with one line; its complete shards kept
+        pytest.param(0.0, signal.SIGKILL, marks=pytest.mark.faults_extra),
+        pytest.param(0.8, signal.SIGKILL, marks=pytest.mark.faults_extra),
+    ],
 )
 def test_an_extraction_killed_as_its_store_grows_never_opens_incomplete_and_resumes_to_the_same_store(
-    extraction_inputs: tuple[Path, Path, Path], tmp_path: Path, share: float
+    extraction_inputs: tuple[Path, Path, Path], tmp_path: Path, share: float, signum: signal.Signals
 ) -> None:
     from probe_lab.extract.run import extract
 
@@ -287,14 +293,20 @@ def test_an_extraction_killed_as_its_store_grows_never_opens_incomplete_and_resu
     output = tmp_path / "store"
     command = extraction_command(model, texts, output, tmp_path / "run")
     target = int(share * folder_bytes(whole))
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while child.poll() is None and not (output.is_dir() and folder_bytes(output) >= target):
         assert time.monotonic() < deadline, "the extraction never started writing"
         time.sleep(0.002)
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=30)
-    assert child.returncode == -signal.SIGKILL, "the extraction finished before it could be killed"
+    child.send_signal(signum)
+    _, stderr = child.communicate(timeout=60)
+    if signum == signal.SIGKILL:
+        assert child.returncode == -signal.SIGKILL, "the extraction finished before it could be killed"
+    else:
+        assert child.returncode == 143, stderr
+        assert stderr.strip().splitlines()[-1] == (
+            "probe_lab.extract: stopped by SIGTERM; its complete shards are kept: run the same command again to resume"
+        )
 
     with pytest.raises(ProbeLabError, match=r"unfinished extraction|manifest\.json|not found|does not exist"):
         ActivationStore.open(output)
