@@ -26,6 +26,31 @@ from probe_lab.transfer import transfer_settings
 QUIET = ("progress_bar=false", "backend=sklearn")
 
 
+def test_a_transfer_stopped_by_sigterm_says_so_in_one_line_and_publishes_nothing(tmp_path: Path) -> None:
+    datasets = "datasets=[{source:synthetic,n:2000,dim:16,seed:1,name:A},{source:synthetic,n:2000,dim:16,seed:2}]"
+    stop = (  # tests/signal_callback.py: SIGTERM to this process after the second epoch's third batch
+        "+callbacks.stop._target_=signal_callback.SignalAt",
+        "+callbacks.stop.epoch=1",
+        "+callbacks.stop.batch=2",
+        "+callbacks.stop.signal=15",
+        f"+callbacks.stop.once={tmp_path / 'signalled'}",
+    )
+    adamw = ("progress_bar=false", "backend=pytorch", "device=cpu", "probe.optimizer=adamw", "probe.batch_size=128")
+    result = run_module(
+        "probe_lab.transfer",
+        *adamw,
+        datasets,
+        *stop,
+        run_dir=tmp_path / "transfer",
+        env={"PYTHONPATH": str(Path(__file__).parent)},
+    )
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip() == "probe_lab.transfer: error: stopped by SIGTERM: run the same command again"
+    assert (tmp_path / "signalled").exists()
+    published = sorted(path.name for path in result.run_dir.iterdir())
+    assert published == [".hydra", "error.txt", "transfer.log"], published
+
+
 def test_transfer_matrix_of_three_datasets(tmp_path: Path, npy_data: tuple[Path, Path]) -> None:
     x_path, y_path = npy_data  # 600 × 32; default name "x", trained with the top-level seed (42)
     datasets = (
