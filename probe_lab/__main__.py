@@ -34,7 +34,7 @@ from probe_lab.report.run_log import RUN_LOG
 from probe_lab.report.sweep.job import ERROR_FILE, error_line, record_failure, start_job
 from probe_lab.settings.parallel import follower_process
 from probe_lab.settings.schema import RunConfig, register_configs, to_settings
-from probe_lab.stopping import sigterm_stops_the_run
+from probe_lab.stopping import Stopped, sigterm_stops_the_run
 
 register_configs()
 
@@ -76,12 +76,10 @@ def hydra_main(cfg: DictConfig) -> float:
 
         with sigterm_stops_the_run():
             result = run(cfg, out_dir, settings=settings)
-    except BaseException as err:
-        if stopping.received():
-            report_stop(out_dir, None, record=not follower)
-            sys.exit(stopping.EXIT_CODE)
-        if not isinstance(err, Exception):
-            raise
+    except Stopped:
+        report_stop(out_dir, None, record=not follower)
+        sys.exit(stopping.EXIT_CODE)
+    except Exception as err:
         report_failure(out_dir, err, None, record=not follower)
         if isinstance(err, ProbeLabError):
             sys.exit(2)
@@ -138,14 +136,12 @@ def sweep_job(cfg: DictConfig, out_dir: Path, hydra_subdir: str | None = None) -
         try:
             with sigterm_stops_the_run():
                 result = run(cfg, out_dir, job_id)
-        except BaseException as err:
-            if stopping.received():
-                report_stop(out_dir, job_id, record=not follower)
-                if runs_the_whole_sweep():  # the signal was meant for the sweep: it ends here
-                    sys.exit(stopping.EXIT_CODE)
-                return math.nan  # a worker's job was stopped; the sweep's other jobs go on
-            if not isinstance(err, Exception):
-                raise
+        except Stopped:
+            report_stop(out_dir, job_id, record=not follower)
+            if runs_the_whole_sweep():  # the signal was meant for the sweep: it ends here
+                sys.exit(stopping.EXIT_CODE)
+            return math.nan  # a worker's job was stopped; the sweep's other jobs go on
+        except Exception as err:
             report_failure(out_dir, err, job_id, record=not follower)
             return math.nan
     finally:

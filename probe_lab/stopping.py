@@ -5,7 +5,8 @@ being trained has saved its resume point.
 During a Lightning fit, Lightning's own handler takes the signal (it calls the one installed here
 too): the batch being trained finishes, the fit's checkpoint is saved (`probe_lab.fit.resume`), and
 Lightning raises `SIGTERMException`. Anywhere else the handler installed here raises `Stopped` at
-once. Either way `received()` says that the run was stopped rather than failed.
+once. Either way the block of `sigterm_stops_the_run` ends in `Stopped`, whatever the signal made the
+code below it raise, so a caller tells a stopped run from a failed one by the exception's type.
 """
 
 from __future__ import annotations
@@ -29,10 +30,6 @@ class Stopped(Exception):
 _received = False
 
 
-def received() -> bool:
-    return _received
-
-
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     global _received
     _received = True
@@ -42,8 +39,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 @contextmanager
 def sigterm_stops_the_run() -> Iterator[None]:
-    """While the block runs, SIGTERM stops the run as the module says (in the main thread: a signal
-    handler can be set only there, so a job run in another thread keeps the process's handler)."""
+    """While the block runs, SIGTERM stops the run as the module says, raising `Stopped` out of the block
+    (in the main thread: a signal handler can be set only there, so a job run in another thread keeps
+    the process's handler)."""
     global _received
     _received = False
     if threading.current_thread() is not threading.main_thread():  # a job run in a thread: no handlers
@@ -52,6 +50,10 @@ def sigterm_stops_the_run() -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield
+    except BaseException as err:  # Lightning's SIGTERMException, or what a stop made fail
+        if _received and not isinstance(err, Stopped):
+            raise Stopped("stopped by SIGTERM") from err
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -48,7 +48,7 @@ from probe_lab.settings.data import (
 from probe_lab.settings.ignored import ignored_trainer_flags
 from probe_lab.settings.schema import RunConfig, register_configs, to_settings
 from probe_lab.settings.transfer import EXAMPLE, TransferConfig, TransferDataset, naming, parse_datasets
-from probe_lab.stopping import sigterm_stops_the_run
+from probe_lab.stopping import Stopped, sigterm_stops_the_run
 from probe_lab.version import version_line
 
 if TYPE_CHECKING:
@@ -96,15 +96,13 @@ def hydra_main(cfg: DictConfig) -> None:
     try:
         with sigterm_stops_the_run():
             transfer(cfg, out_dir)
-    except BaseException as err:
-        if stopping.received():  # nothing of the transfer was published
-            line = "stopped by SIGTERM: run the same command again"
-            print(f"probe_lab.transfer: error: {line}", file=sys.stderr)
-            RUN_LOG.error(line)
-            record_failure(out_dir, line, "", None)
-            sys.exit(stopping.EXIT_CODE)
-        if not isinstance(err, Exception):
-            raise
+    except Stopped:  # nothing of the transfer was published
+        line = "stopped by SIGTERM: run the same command again"
+        print(f"probe_lab.transfer: error: {line}", file=sys.stderr)
+        RUN_LOG.error(line)
+        record_failure(out_dir, line, "", None)
+        sys.exit(stopping.EXIT_CODE)
+    except Exception as err:
         line = error_line(err)
         bad_input = isinstance(err, ProbeLabError)
         print(f"probe_lab.transfer: error: {line}", file=sys.stderr)
