@@ -2,26 +2,33 @@
 
 Each layer is a training run of its own (`probe_lab.run.run`) in the run folder's `layer_KK/`, with
 its probe, metrics and plots; all use the same split of rows (the seed's), so their metrics compare.
-A store's checksums are verified once, with the first layer. The run folder then gets `layers.csv`
-and `layers.json` (per layer: val and test AUROC and AP, the folder of its probe) and `layers.png`
-(AUROC by layer, validation and test), and the summary ends with the table and the best layer by
-validation AUROC.
+
+A multi-layer store or .npy array is read once, in one pass, into host memory that every layer's run
+reads from, when all its layers fit the host budget (`holds_every_layer`; a store's checksums and
+NaN/Inf rows come from that same pass). Otherwise each layer is read on its own from where it is
+stored, and a store's checksums are verified once, with the first layer.
+
+The run folder then gets `layers.csv` and `layers.json` (per layer: val and test AUROC and AP, the
+folder of its probe; how the layers were read) and `layers.png` (AUROC by layer, validation and
+test), and the summary ends with the table and the best layer by validation AUROC.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
 from probe_lab.artifacts import staged_artifacts, write_json
-from probe_lab.data.sources import layer_count
+from probe_lab.data.sources import Source, every_layer_bytes, layer_count, read_every_layer
 from probe_lab.errors import ProbeLabError
-from probe_lab.report.run_log import print_summary
+from probe_lab.report.run_log import RUN_LOG, print_summary
 from probe_lab.settings.data import StoreData
+from probe_lab.settings.placement import holds_every_layer
 from probe_lab.settings.schema import RunConfig
 
 LAYERS_FILES = ("layers.csv", "layers.json", "layers.png")
@@ -41,6 +48,7 @@ def run_every_layer(cfg: DictConfig, out_dir: Path, job_id: str | None, settings
         raise ProbeLabError(
             "data.layer=all sets each layer's thresholds on that layer of eval.control: leave eval.control.layer unset"
         )
+    sources, reading = read_layers(settings)
     rows = []
     for layer in range(count):
         verified = layer > 0 and isinstance(settings.data, StoreData)  # checksums already checked
@@ -49,7 +57,8 @@ def run_every_layer(cfg: DictConfig, out_dir: Path, job_id: str | None, settings
         with open_dict(layer_cfg):
             layer_cfg.data.layer = layer
         folder = out_dir / f"layer_{layer:02d}"
-        result = run(layer_cfg, folder, job_id, dataclasses.replace(settings, data=data))
+        source = sources[layer] if sources is not None else None
+        result = run(layer_cfg, folder, job_id, dataclasses.replace(settings, data=data), source=source)
         metrics = result.metrics
         rows.append(
             {
@@ -67,14 +76,33 @@ def run_every_layer(cfg: DictConfig, out_dir: Path, job_id: str | None, settings
             table = csv.DictWriter(file, fieldnames=list(rows[0]))
             table.writeheader()
             table.writerows(rows)
-        write_json(staging / "layers.json", {"best_layer": best["layer"], "layers": rows})
+        write_json(staging / "layers.json", {"best_layer": best["layer"], "read": reading, "layers": rows})
         plot_layers(staging / "layers.png", rows, best["layer"])
-    print_summary(layer_lines(rows, best, out_dir))
-    return RunResult(out_dir, {"layers": rows, "best_layer": best["layer"]}, best["val_auroc"])
+    print_summary(layer_lines(rows, best, out_dir, reading))
+    return RunResult(out_dir, {"layers": rows, "best_layer": best["layer"], "read": reading}, best["val_auroc"])
 
 
-def layer_lines(rows: list[dict[str, Any]], best: dict[str, Any], out_dir: Path) -> list[str]:
-    lines = [f"probe_lab: one probe per layer ({len(rows)} layers)", "  layer  val AUROC  test AUROC"]
+def read_layers(settings: RunConfig) -> tuple[list[Source] | None, str]:
+    """Every layer read in one pass into host memory, as one source per layer, when the placement
+    says they fit (`holds_every_layer`); else None, and each layer's run reads its own. With a line
+    that says which, for the log, layers.json and the summary."""
+    nbytes = every_layer_bytes(settings.data)
+    if nbytes is None:
+        reading = "each layer read on its own (per-sample tensor files)"
+    elif not holds_every_layer(nbytes, settings.device.host_budget_gb):
+        reading = f"each layer read on its own: all layers ({nbytes / 1e9:.3g} GB) exceed the host budget"
+    else:
+        started = time.perf_counter()
+        sources = read_every_layer(settings.data, progress=settings.progress_bar)
+        reading = f"one pass over every layer ({nbytes / 1e9:.3g} GB) into host memory"
+        RUN_LOG.info("layers   %s, in %.2f s", reading, time.perf_counter() - started)
+        return sources, reading
+    RUN_LOG.info("layers   %s", reading)
+    return None, reading
+
+
+def layer_lines(rows: list[dict[str, Any]], best: dict[str, Any], out_dir: Path, reading: str) -> list[str]:
+    lines = [f"probe_lab: one probe per layer ({len(rows)} layers; {reading})", "  layer  val AUROC  test AUROC"]
     for row in rows:
         mark = "  ← best (validation)" if row is best else ""
         lines.append(f"  {row['layer']:>5}  {row['val_auroc']:.4f}     {row['test_auroc']:.4f}{mark}")

@@ -52,10 +52,17 @@ class RunResult:
     val_auroc: float  # of the exported probe; with experiment=parity, the better backend's
 
 
-def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: RunConfig | None = None) -> RunResult:
+def run(
+    cfg: DictConfig,
+    out_dir: Path,
+    job_id: str | None = None,
+    settings: RunConfig | None = None,
+    source: Source | None = None,
+) -> RunResult:
     """Train (or, with experiment=parity, compare) as `cfg` says, into `out_dir`. job_id: a multirun
     job's id, recorded in metrics.json / parity.json so that the sweep summary knows them for its own.
-    settings: `cfg` already checked as a RunConfig (`to_settings`), when the caller has it."""
+    settings: `cfg` already checked as a RunConfig (`to_settings`), when the caller has it. source:
+    the data `settings.data` describes, already read (one layer of a `data.layer=all` run)."""
     settings = settings or to_settings(cfg, RunConfig)
     if settings.data.layer == LAYER_ALL:
         from probe_lab.layers import run_every_layer
@@ -71,7 +78,7 @@ def run(cfg: DictConfig, out_dir: Path, job_id: str | None = None, settings: Run
     if not settings.parity and (ignored := ignored_trainer_flags(settings.trainer, choice.name)):
         log.warning(ignored)
     start = time.perf_counter()
-    source = open_source(settings.data, settings.seed, progress=settings.progress_bar)
+    source = source or open_source(settings.data, settings.seed, progress=settings.progress_bar)
     check_width(settings.model, source)
     layer = "" if settings.data.layer is None else f", layer {settings.data.layer}"
     RUN_LOG.info(

@@ -7,7 +7,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-from test_composition import refusal
+import pytest
+import torch
+from test_composition import composed, refusal
+from test_store import write_store
+
+from probe_lab.data.tables import MappedFile
+from probe_lab.run import run
+from probe_lab.store import ActivationStore
+from probe_lab.store import scan as scan_module
 
 
 def layered_npy(folder: Path) -> tuple[Path, Path]:
@@ -49,3 +57,44 @@ def test_data_layer_all_without_a_layer_axis_and_a_bad_layer_are_refused(cli, tm
     data = ("data=npy", f"data.x={tmp_path / 'flat.npy'}", f"data.y={tmp_path / 'y.npy'}")
     assert "data.layer=all: data=npy holds no layer axis" in refusal(cli(*data, "data.layer=all"))
     assert refusal(cli(*data, "data.layer=top")) == "data.layer must be a layer index or all, got 'top'"
+
+
+def layered_store(folder: Path) -> Path:
+    """The rows of `layered_npy` as a bfloat16 store of several shards."""
+    x, y = layered_npy(folder)
+    return write_store(folder / "store", torch.from_numpy(np.load(x)), np.load(y), "bfloat16", shard_mb=0.02)
+
+
+def every_layer(folder: Path, store: Path, *overrides: str) -> tuple[dict, list[int]]:
+    """A data.layer=all run on `store`, in this process: its layers.json and the shards each scan read."""
+    scanned: list[int] = []
+    original = scan_module.scan_shard
+
+    def counting_scan(shard: MappedFile, *args: object) -> np.ndarray:
+        scanned.append(int(shard.path.stem.split("-")[-1]))
+        return original(shard, *args)
+
+    cfg = composed("config", "data=store", f"data.path={store}", "data.layer=all", "backend=sklearn", *overrides)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scan_module, "scan_shard", counting_scan)
+        run(cfg, folder)
+    return json.loads((folder / "layers.json").read_text()), scanned
+
+
+def test_data_layer_all_reads_a_store_once_for_every_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = layered_store(tmp_path)
+    shards = len(ActivationStore.open(store).manifest.shards)
+    assert shards > 1
+    per_layer, scanned_per_layer = every_layer(tmp_path / "per_layer", store, "device.host_budget_gb=0")
+    assert per_layer["read"].startswith("each layer read on its own")
+    assert len(scanned_per_layer) == 4 * shards  # what one pass saves: a scan per layer
+
+    def no_mapped_reads(self: MappedFile) -> None:
+        raise AssertionError(f"{self.path} read again after the scan")
+
+    monkeypatch.setattr(MappedFile, "array", no_mapped_reads)
+    held, scanned = every_layer(tmp_path / "held", store)
+    assert held["read"].startswith("one pass over every layer")
+    assert sorted(scanned) == list(range(shards))  # each shard read once, by the one scan
+    assert held["layers"] == [row | {"probe": row["probe"].replace("per_layer", "held")} for row in per_layer["layers"]]
+    assert held["best_layer"] == 2

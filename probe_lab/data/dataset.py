@@ -20,7 +20,15 @@ import torch
 from torch.utils.data import Dataset
 
 from probe_lab.data.h2d import copy_to_device
-from probe_lab.data.tables import ArrayTable, DeviceTable, MappedFile, RowTable, TensorFileTable, nonfinite_rows
+from probe_lab.data.tables import (
+    ArrayTable,
+    DeviceTable,
+    MappedFile,
+    RowTable,
+    TensorFileTable,
+    host_table,
+    nonfinite_rows,
+)
 from probe_lab.errors import ProbeLabError
 
 __all__ = ["ActivationDataset", "check_labels"]
@@ -130,7 +138,7 @@ class ActivationDataset(Dataset):
         else:
             device = self.device
             rows = torch.cat([self.to_device(device), other.to_device(device).to(self.storage_dtype)])
-            table = DeviceTable(rows) if device.type != "cpu" else _host_table(rows)
+            table = DeviceTable(rows) if device.type != "cpu" else host_table(rows)
             both = ActivationDataset(table, name=self.name)
         both._checked_finite = self._checked_finite and other._checked_finite
         both.labels = (
@@ -361,9 +369,3 @@ def _check_array(array: np.ndarray | MappedFile, name: str) -> None:
         raise ProbeLabError(f"{name}: activations must be floating point, got dtype {array.dtype}")
     if len(array.shape) not in (2, 3):
         raise ProbeLabError(f"{name}: activations must have shape (N, D) or (N, L, D), got {array.shape}")
-
-
-def _host_table(rows: torch.Tensor) -> ArrayTable:
-    """A host tensor (N, D) of a storage dtype as an `ArrayTable` over its memory (bfloat16 as bits)."""
-    array = rows.view(torch.int16).numpy().view(np.uint16) if rows.dtype == torch.bfloat16 else rows.numpy()
-    return ArrayTable(array, rows.dtype)

@@ -119,6 +119,36 @@ def layer_count(cfg: DataSettings) -> int | None:
     return None
 
 
+def every_layer_bytes(cfg: DataSettings) -> int | None:
+    """Bytes of every layer of a multi-layer store or .npy array (N×L×D) as stored; reads headers
+    only. None for a source whose layers are read one at a time (per-sample tensor files, N×D rows)."""
+    if isinstance(cfg, StoreData) and cfg.path is not None:
+        store = ActivationStore.open(cfg.path)
+        return store.manifest.nbytes if store.layers is not None else None
+    if isinstance(cfg, NpyData):
+        x = _npy_array(cfg)[1]
+        return int(np.prod(x.shape)) * x.dtype.itemsize if len(x.shape) == 3 else None
+    return None
+
+
+def read_every_layer(cfg: DataSettings, *, progress: bool = False) -> list[Source]:
+    """Each layer of a multi-layer store or .npy array as a source already read: the whole N×L×D
+    array is read once, in one pass (a store's by its scan, checksums and NaN/Inf rows included),
+    into host memory that every layer's source reads from. Only for what `every_layer_bytes` sizes."""
+    if isinstance(cfg, StoreData):
+        assert cfg.path is not None
+        datasets = ActivationStore.open(cfg.path).layer_datasets(verify=cfg.verify, progress=progress)
+    else:
+        assert isinstance(cfg, NpyData)
+        x_path, x = _npy_array(cfg)
+        whole = np.array(x.array() if isinstance(x, MappedFile) else x)  # one sequential read
+        labels = read_labels(cfg.y, "data.y", True)
+        datasets = [
+            ActivationDataset(whole, labels, layer=layer, name=f"data.x ({x_path})") for layer in range(whole.shape[1])
+        ]
+    return [Source(d.name, len(d), d.dim, d.storage_dtype, dataset=d) for d in datasets]
+
+
 def _npy_array(cfg: NpyData) -> tuple[Path, MappedFile | np.ndarray]:
     """data.x's path and its array, mapped (not read)."""
     x_path = _existing_file(cfg.x, "data.x")

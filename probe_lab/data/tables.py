@@ -159,6 +159,13 @@ class ArrayTable(RowTable):
         return out
 
 
+def host_table(rows: torch.Tensor) -> ArrayTable:
+    """A host tensor (N, D) or (N, L, D) of a storage dtype as an `ArrayTable` over its memory, not
+    copied (bfloat16 as its bit patterns)."""
+    array = rows.view(torch.int16).numpy().view(np.uint16) if rows.dtype == torch.bfloat16 else rows.numpy()
+    return ArrayTable(array, rows.dtype)
+
+
 class DeviceTable(RowTable):
     """Rows of a tensor (N, D) or (N, L, D) held on a device such as a GPU; reads return tensors on
     that device (a view when the rows are consecutive), so data loaded once is never copied back."""

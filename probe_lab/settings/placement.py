@@ -23,6 +23,10 @@ MemAvailable), and sizes in the data's stored dtype:
 - a single-layer store is then copied onto the GPU by the scan that verifies it (one read of the
   store) when twice the store fits B: the whole store is held until its splits are copied out.
 
+With `data.layer=all`, a multi-layer store or .npy array is read once, in one pass, and held in host
+memory for every layer's fit when all its layers fit H (`holds_every_layer`); otherwise each layer is
+read on its own from where it is stored.
+
 A data-parallel fit (`Processes`: `trainer.devices` × `trainer.num_nodes` processes) is decided the
 same way for one process's shard of the training and validation rows, against one device's B; the
 defaults of B on the CPU and of H (half the available RAM) are shared by the processes of a node.
@@ -249,6 +253,12 @@ def warn_once(message: str) -> None:
     """A fallback warning, logged the first time only: the Python API decides a placement per fit, and
     a script fitting many probes would otherwise repeat it for each."""
     log.warning(message)
+
+
+def holds_every_layer(nbytes: int, host_budget_gb: float | None) -> bool:
+    """`data.layer=all`: whether a source's every layer (`nbytes` as stored) is read in one pass and
+    held in host memory for the layers' fits: when it fits the host budget H."""
+    return nbytes <= host_budget(host_budget_gb)
 
 
 def host_budget(configured_gb: float | None, *, share: int = 1) -> int:

@@ -61,7 +61,8 @@ class DeviceConfig:
     full-batch L-BFGS; beyond it each evaluation streams the split from pinned host memory or storage.
     null: half the device's memory (total GPU memory on CUDA, available RAM on the CPU).
     host_budget_gb: on a GPU, how much pinned host memory a training split beyond memory_budget_gb may
-    be held in (null: half the available RAM; 0: none, the split is read from storage at every pass).
+    be held in (null: half the available RAM; 0: none, the split is read from storage at every pass);
+    with data.layer=all, how large a multi-layer source may be to be read in one pass and held.
     collective_timeout_s: in a data-parallel fit, how long a process waits for the others (to start,
     and at each evaluation's all-reduce) before it stops with an error instead of hanging."""
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from probe_lab.data.dataset import ActivationDataset, check_labels
-from probe_lab.data.tables import NUMPY_STORAGE, ArrayTable, DeviceTable, MappedFile, RowTable
+from probe_lab.data.tables import NUMPY_STORAGE, ArrayTable, DeviceTable, MappedFile, RowTable, host_table
 from probe_lab.errors import ProbeLabError
 from probe_lab.store.manifest import JOURNAL, MANIFEST, SAFETENSORS_DTYPES, TENSOR_NAME, Manifest, ShardInfo
 from probe_lab.store.scan import scan_shards
@@ -131,6 +131,23 @@ class ActivationStore:
         on_device = ActivationDataset(held, self.labels, name=dataset.name)
         on_device.groups = dataset.groups
         return on_device
+
+    def layer_datasets(self, *, verify: bool = True, progress: bool = False) -> list[ActivationDataset]:
+        """Each layer of a multi-layer store as a dataset, after one scan that reads every row, every
+        layer, into host memory (checksums verified unless not `verify`): the layers share that copy,
+        and reading them never touches the store again."""
+        if self.layers is None:
+            raise ProbeLabError(f"{self.path}: the store's rows hold no layer axis (N×D)")
+        rows = torch.empty((self.rows, *self.manifest.row_shape), dtype=self.dtype)
+        table = host_table(rows)
+        table.nonfinite = self.scan(verify=verify, progress=progress, into=rows)
+        groups = self.row_samples()
+        datasets = []
+        for layer in range(self.layers):
+            dataset = ActivationDataset(table, self.labels, layer=layer, name=f"data.path ({self.path})")
+            dataset.groups = groups
+            datasets.append(dataset)
+        return datasets
 
     def scan(self, *, verify: bool = True, progress: bool = False, into: torch.Tensor | None = None) -> np.ndarray:
         """Read every shard once, sequentially: verify its checksum (unless `verify=False`) and return

@@ -1,5 +1,6 @@
 """The one-pass scan of a store: every shard read once, its checksum verified, its NaN/Inf rows found,
-and, when asked, every row copied to a GPU as it is read (through probe_lab.data.h2d)."""
+and, when asked, every row kept as it is read: copied to a GPU (through probe_lab.data.h2d), or read
+straight into a host tensor."""
 
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ def scan_shards(
     shards: list[MappedFile], manifest: Manifest, *, verify: bool, progress: bool, into: torch.Tensor | None
 ) -> np.ndarray:
     """Read every shard once, several at a time in threads; return the rows (and layers) holding
-    NaN or Inf, bool (rows,) or (rows, layers). verify: check each shard's checksum. into: a
-    (rows, dim) GPU tensor of a single-layer store's dtype, which receives every row as it is read.
+    NaN or Inf, bool (rows,) or (rows, layers). verify: check each shard's checksum. into: a tensor of
+    the store's dtype that receives every row as it is read: on a GPU, (rows, dim) of a single-layer
+    store; on the host, (rows, *row_shape) of any store (every layer).
     """
     masks: list[np.ndarray] = [np.empty(0)] * len(shards)
     bar = progress_counter(manifest.nbytes, desc="scan store", unit="B", unit_scale=True, enabled=progress)
@@ -43,7 +45,8 @@ def scan_shards(
         rows = into[starts[index] : starts[index + 1]] if into is not None else None
         masks[index] = scan_shard(shards[index], manifest.shards[index], manifest.torch_dtype, verify, bar, rows)
 
-    threads = min(SCAN_THREADS_TO_DEVICE if into is not None else SCAN_THREADS, os.cpu_count() or 1)
+    to_device = into is not None and into.device.type != "cpu"
+    threads = min(SCAN_THREADS_TO_DEVICE if to_device else SCAN_THREADS, os.cpu_count() or 1)
     with bar, ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(scan_one, range(len(shards))))
     return np.concatenate(masks)
@@ -52,8 +55,9 @@ def scan_shards(
 def scan_shard(
     shard: MappedFile, info: ShardInfo, dtype: torch.dtype, verify: bool, bar: Progress, into: torch.Tensor | None
 ) -> np.ndarray:
-    """One shard read front to back with plain file reads (so the process's memory stays flat): its
-    NaN/Inf mask, after its checksum was verified (unless not `verify`); `into`: its rows on a GPU."""
+    """One shard read front to back with plain file reads (so the process's memory stays flat unless
+    the rows are kept): its NaN/Inf mask, after its checksum was verified (unless not `verify`);
+    `into`: where its rows are kept, on a GPU or on the host."""
     row_shape = shard.shape[1:]
     row_bytes = int(np.prod(row_shape)) * dtype.itemsize
     digest = hashlib.sha256()
@@ -69,11 +73,11 @@ def scan_shard(
             mask[start:stop] = nonfinite_rows(rows, dtype)
             bar.update(len(raw))
 
-        if into is None:
+        if into is None or into.device.type == "cpu":
             chunk_rows = max(1, SCAN_READ_BYTES // row_bytes)
-            buffer = torch.empty((chunk_rows, *row_shape), dtype=dtype)
+            buffer = torch.empty((chunk_rows, *row_shape), dtype=dtype) if into is None else None
             for start, stop in chunk_ranges(info.rows, chunk_rows):
-                read(buffer[: stop - start], start, stop)
+                read(buffer[: stop - start] if buffer is not None else into[start:stop], start, stop)
         else:
             chunk_rows = max(1, SCAN_READ_BYTES_TO_DEVICE // row_bytes)
             buffers = _thread_pinned_buffers(chunk_rows * row_bytes)
