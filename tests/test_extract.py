@@ -18,6 +18,7 @@ import torch
 from tiny_models import save_model, write_texts
 
 from probe_lab.errors import ProbeLabError
+from probe_lab.extract import plan
 from probe_lab.extract import run as extraction
 from probe_lab.extract.capture import LayerCapture, find_blocks, resolve_layers
 from probe_lab.extract.texts import read_texts
@@ -145,6 +146,20 @@ def test_layers_resolve_from_indices_fractions_and_all() -> None:
         resolve_layers([5], 4)
     with pytest.raises(ProbeLabError, match="layers: -6 is beyond"):
         resolve_layers([-6], 4)
+
+
+def test_chunks_ramp_up_and_down_around_whole_texts() -> None:
+    """The first chunk's pass and the last chunk's writing overlap nothing: both are one shard."""
+    lengths = np.random.default_rng(0).integers(1, 40, 2000)  # 40,000 rows, shards of 1,000
+    chunks = plan.chunks(lengths, 1000)
+    shards = [-(-chunk.rows // 1000) for chunk in chunks]
+    assert shards[:3] == [1, 2, plan.CHUNK_SHARDS] and shards[-2:] == [1, 1]
+    assert max(shards) == plan.CHUNK_SHARDS and max(chunk.rows for chunk in chunks) <= plan.CHUNK_SHARDS * 1000
+    assert [chunk.first for chunk in chunks[1:]] == [chunk.stop for chunk in chunks[:-1]]
+    assert (chunks[0].first, chunks[-1].stop) == (0, 2000)
+    assert [chunk.rows for chunk in chunks] == [int(lengths[c.first : c.stop].sum()) for c in chunks]
+    long_text = plan.chunks(np.array([3, 50, 3]), 10)  # a text longer than a chunk is a chunk of its own
+    assert [(c.first, c.stop, c.rows) for c in long_text] == [(0, 1, 3), (1, 2, 50), (2, 3, 3)]
 
 
 def _interrupted(models, texts, output: Path, monkeypatch, *, shards: int = 1, **config) -> int:

@@ -127,18 +127,30 @@ class LayerCapture:
 
 
 def pooling(kind: str, mask: torch.Tensor) -> Pool:
-    """A pool for one batch whose real tokens are `mask` (B, T) of 0/1, padding on either side:
-    `last` — each text's last real token; `mean` — the mean over its real tokens (summed in float32);
-    `tokens` — every real token, text by text, in position order."""
+    """A pool for one batch whose real tokens are `mask` (B, T) of 0/1 on the host, padding on either
+    side: `last` — each text's last real token; `mean` — the mean over its real tokens (summed in
+    float32); `tokens` — every real token, text by text, in position order.
+
+    Which rows `last` and `tokens` take is worked out here, on the host, from the mask: picking them
+    is then one gather on the device, which never waits for the device (a boolean mask would read
+    its count back, stalling the host until the model got there). The indices and weights are moved
+    to each device a layer comes from once per batch (a model spread over GPUs has several)."""
+    real = mask.bool()
+    if kind == "last":
+        columns = real.shape[1] - 1 - real.flip(1).to(torch.uint8).argmax(1)
+        rows = torch.arange(len(real)) * real.shape[1] + columns
+    elif kind == "tokens":
+        rows = real.reshape(-1).nonzero().squeeze(1)
+    else:
+        rows = real.to(torch.float32)[..., None]  # weights of the mean
+    on_device: dict[torch.device, torch.Tensor] = {}
 
     def pool(hidden: torch.Tensor) -> torch.Tensor:
-        real = mask.to(hidden.device)
-        if kind == "last":
-            last = real.shape[1] - 1 - real.flip(1).argmax(1)
-            return hidden[torch.arange(len(hidden), device=hidden.device), last]
+        taken = on_device.get(hidden.device)
+        if taken is None:
+            taken = on_device[hidden.device] = rows.to(hidden.device, non_blocking=True)
         if kind == "mean":
-            weights = real.to(torch.float32)[..., None]
-            return ((hidden.float() * weights).sum(1) / weights.sum(1)).to(hidden.dtype)
-        return hidden[real.bool()]
+            return ((hidden.float() * taken).sum(1) / taken.sum(1)).to(hidden.dtype)
+        return hidden.reshape(-1, hidden.shape[-1]).index_select(0, taken)
 
     return pool

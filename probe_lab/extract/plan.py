@@ -6,6 +6,11 @@ ended with the chunk: an interrupted extraction resumes at the first chunk whose
 and the plan — a function of the token counts and the settings alone — is the same when the command
 runs again. A chunk spans several shards so that sorting its texts by length leaves little padding
 even when every token is a row (a 256 MB shard of 8192-wide rows holds only ~60 texts of 256 tokens).
+
+A chunk is written while the next one runs through the model, so the first chunk's pass is not
+overlapped by any writing, and the last chunk's writing by no pass. The chunks therefore ramp: the
+first holds one shard, the next two, then CHUNK_SHARDS each, and towards the end each holds at most
+half of the rows still to come, down to one shard.
 Within a chunk, texts are sorted by length and cut into batches of at most `batch_tokens` tokens,
 padding included, and `max_batch_size` texts, so little compute goes to padding.
 """
@@ -31,17 +36,22 @@ def rows_per_text(lengths: np.ndarray, per_token: bool) -> np.ndarray:
     return lengths.astype(np.int64) if per_token else np.ones(len(lengths), dtype=np.int64)
 
 
-def chunks(rows: np.ndarray, chunk_rows: int) -> list[Chunk]:
-    """Consecutive texts grouped so that each group's rows fit `chunk_rows` (at least one text each)."""
+def chunks(rows: np.ndarray, shard_rows: int) -> list[Chunk]:
+    """Consecutive texts grouped into chunks of whole texts (at least one each) whose rows fit the
+    ramp of the module docstring: 1, 2, then CHUNK_SHARDS shards of `shard_rows`, and at most half of
+    the rows left (one shard at least) towards the end."""
     out: list[Chunk] = []
-    first, held = 0, 0
-    for index, count in enumerate(rows.tolist()):
-        if held and held + count > chunk_rows:
-            out.append(Chunk(first, index, held))
-            first, held = index, 0
-        held += count
-    if held or first < len(rows):
-        out.append(Chunk(first, len(rows), held))
+    counts = rows.tolist()
+    left = int(rows.sum())
+    first = 0
+    while first < len(counts):
+        shards = min(CHUNK_SHARDS, 2 ** len(out), max(1, left // 2 // shard_rows))
+        limit, held, stop = shards * shard_rows, 0, first
+        while stop < len(counts) and (stop == first or held + counts[stop] <= limit):
+            held += counts[stop]
+            stop += 1
+        out.append(Chunk(first, stop, held))
+        first, left = stop, left - held
     return out
 
 

@@ -94,7 +94,7 @@ def _extract(settings: ExtractConfig) -> ExtractionSummary:
     rows = plan.rows_per_text(lengths, per_token)
     row_bytes = len(layers) * dim * getattr(torch, settings.model.dtype.value).itemsize
     shard_rows = max(1, int(settings.shard_mb * 2**20) // row_bytes)
-    chunks = plan.chunks(rows, shard_rows * plan.CHUNK_SHARDS)
+    chunks = plan.chunks(rows, shard_rows)
     identity = _identity(settings, source, texts.sha256, layers)
     kept, resuming = _resumable(output, identity, settings.overwrite)
     done = _chunks_done(kept, chunks)
@@ -352,7 +352,7 @@ class ChunkBuffers:
         row = shape[1:]
         slot = self.slots[self.turn]
         if slot is None or slot.dtype != dtype or tuple(slot.shape[1:]) != row or len(slot) < shape[0]:
-            slot = torch.zeros((max(self.max_rows, shape[0]), *row), dtype=dtype)
+            slot = torch.empty((max(self.max_rows, shape[0]), *row), dtype=dtype)
             self.slots[self.turn] = slot = page_locked(slot) if self.pinned else slot
         self.turn ^= 1
         return slot[: shape[0]]
