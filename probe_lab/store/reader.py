@@ -140,7 +140,7 @@ class ActivationStore:
             raise ProbeLabError(f"{self.path}: the store's rows hold no layer axis (N×D)")
         rows = torch.empty((self.rows, *self.manifest.row_shape), dtype=self.dtype)
         table = host_table(rows)
-        table.nonfinite = self.scan(verify=verify, progress=progress, into=rows)
+        table.nonfinite = scan_shards(self._shards, self.manifest, verify=verify, progress=progress, hold=rows)
         groups = self.row_samples()
         datasets = []
         for layer in range(self.layers):

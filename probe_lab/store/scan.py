@@ -30,34 +30,54 @@ SCAN_READ_BYTES_TO_DEVICE = 8 << 20
 
 
 def scan_shards(
-    shards: list[MappedFile], manifest: Manifest, *, verify: bool, progress: bool, into: torch.Tensor | None
+    shards: list[MappedFile],
+    manifest: Manifest,
+    *,
+    verify: bool,
+    progress: bool,
+    into: torch.Tensor | None = None,
+    hold: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Read every shard once, several at a time in threads; return the rows (and layers) holding
-    NaN or Inf, bool (rows,) or (rows, layers). verify: check each shard's checksum. into: a tensor of
-    the store's dtype that receives every row as it is read: on a GPU, (rows, dim) of a single-layer
-    store; on the host, (rows, *row_shape) of any store (every layer).
+    NaN or Inf, bool (rows,) or (rows, layers). verify: check each shard's checksum. into: a
+    (rows, dim) GPU tensor of a single-layer store's dtype, which receives every row as it is read.
+    hold: a host tensor (rows, *row_shape) of the store's dtype that the rows are read straight into
+    (every layer of a multi-layer store).
     """
     masks: list[np.ndarray] = [np.empty(0)] * len(shards)
     bar = progress_counter(manifest.nbytes, desc="scan store", unit="B", unit_scale=True, enabled=progress)
     starts = np.cumsum([0] + [shard.rows for shard in manifest.shards])
 
     def scan_one(index: int) -> None:
-        rows = into[starts[index] : starts[index + 1]] if into is not None else None
-        masks[index] = scan_shard(shards[index], manifest.shards[index], manifest.torch_dtype, verify, bar, rows)
+        span = slice(starts[index], starts[index + 1])
+        masks[index] = scan_shard(
+            shards[index],
+            manifest.shards[index],
+            manifest.torch_dtype,
+            verify,
+            bar,
+            into[span] if into is not None else None,
+            hold[span] if hold is not None else None,
+        )
 
-    to_device = into is not None and into.device.type != "cpu"
-    threads = min(SCAN_THREADS_TO_DEVICE if to_device else SCAN_THREADS, os.cpu_count() or 1)
+    threads = min(SCAN_THREADS_TO_DEVICE if into is not None else SCAN_THREADS, os.cpu_count() or 1)
     with bar, ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(scan_one, range(len(shards))))
     return np.concatenate(masks)
 
 
 def scan_shard(
-    shard: MappedFile, info: ShardInfo, dtype: torch.dtype, verify: bool, bar: Progress, into: torch.Tensor | None
+    shard: MappedFile,
+    info: ShardInfo,
+    dtype: torch.dtype,
+    verify: bool,
+    bar: Progress,
+    into: torch.Tensor | None = None,
+    hold: torch.Tensor | None = None,
 ) -> np.ndarray:
     """One shard read front to back with plain file reads (so the process's memory stays flat unless
-    the rows are kept): its NaN/Inf mask, after its checksum was verified (unless not `verify`);
-    `into`: where its rows are kept, on a GPU or on the host."""
+    the rows are held): its NaN/Inf mask, after its checksum was verified (unless not `verify`);
+    `into`: its rows on a GPU; `hold`: its rows on the host, read straight there."""
     row_shape = shard.shape[1:]
     row_bytes = int(np.prod(row_shape)) * dtype.itemsize
     digest = hashlib.sha256()
@@ -73,11 +93,11 @@ def scan_shard(
             mask[start:stop] = nonfinite_rows(rows, dtype)
             bar.update(len(raw))
 
-        if into is None or into.device.type == "cpu":
+        if into is None:
             chunk_rows = max(1, SCAN_READ_BYTES // row_bytes)
-            buffer = torch.empty((chunk_rows, *row_shape), dtype=dtype) if into is None else None
+            buffer = torch.empty((chunk_rows, *row_shape), dtype=dtype) if hold is None else None
             for start, stop in chunk_ranges(info.rows, chunk_rows):
-                read(buffer[: stop - start] if buffer is not None else into[start:stop], start, stop)
+                read(buffer[: stop - start] if buffer is not None else hold[start:stop], start, stop)
         else:
             chunk_rows = max(1, SCAN_READ_BYTES_TO_DEVICE // row_bytes)
             buffers = _thread_pinned_buffers(chunk_rows * row_bytes)
