@@ -28,6 +28,7 @@ from probe_lab.data.sources import Source, every_layer_bytes, layer_count, read_
 from probe_lab.errors import ProbeLabError
 from probe_lab.report.run_log import RUN_LOG, print_summary
 from probe_lab.settings.data import StoreData
+from probe_lab.settings.parallel import Processes
 from probe_lab.settings.placement import holds_every_layer
 from probe_lab.settings.schema import RunConfig
 
@@ -87,10 +88,15 @@ def read_layers(settings: RunConfig) -> tuple[list[Source] | None, str]:
     says they fit (`holds_every_layer`); else None, and each layer's run reads its own. With a line
     that says which, for the log, layers.json and the summary."""
     nbytes = every_layer_bytes(settings.data)
+    # the processes of a data-parallel fit on one node each run this, and share its RAM
+    share = Processes.from_trainer_flags(settings.trainer).devices
+    budget = settings.device.host_budget_gb
     if nbytes is None:
         reading = "each layer read on its own (per-sample tensor files)"
-    elif not holds_every_layer(nbytes, settings.device.host_budget_gb):
-        reading = f"each layer read on its own: all layers ({nbytes / 1e9:.3g} GB) exceed the host budget"
+    elif not holds_every_layer(nbytes, budget, share=share):
+        limit = "half the free RAM" if budget is None else f"device.host_budget_gb={budget:g}"
+        per_process = f" per process of {share}" if share > 1 else ""
+        reading = f"each layer read on its own: all layers ({nbytes / 1e9:.3g} GB) exceed {limit}{per_process}"
     else:
         started = time.perf_counter()
         sources = read_every_layer(settings.data, progress=settings.progress_bar)

@@ -20,7 +20,7 @@ from tiny_models import save_model, write_texts
 from probe_lab.errors import ProbeLabError
 from probe_lab.extract import plan
 from probe_lab.extract import run as extraction
-from probe_lab.extract.capture import LayerCapture, find_blocks, resolve_layers
+from probe_lab.extract.capture import LayerCapture, find_blocks, pooling, resolve_layers
 from probe_lab.extract.texts import read_texts
 from probe_lab.settings.extract import (
     ExtractConfig,
@@ -160,6 +160,16 @@ def test_chunks_ramp_up_and_down_around_whole_texts() -> None:
     assert [chunk.rows for chunk in chunks] == [int(lengths[c.first : c.stop].sum()) for c in chunks]
     long_text = plan.chunks(np.array([3, 50, 3]), 10)  # a text longer than a chunk is a chunk of its own
     assert [(c.first, c.stop, c.rows) for c in long_text] == [(0, 1, 3), (1, 2, 50), (2, 3, 3)]
+
+
+def test_pooling_refuses_hidden_states_not_shaped_as_the_batch() -> None:
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    hidden = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    assert torch.equal(pooling("tokens", mask)(hidden), hidden[mask.bool()])
+    assert torch.equal(pooling("last", mask)(hidden), hidden[[0, 1], [1, 2]])
+    for kind in ("last", "tokens", "mean"):
+        with pytest.raises(ProbeLabError, match=r"hidden states of shape \(2, 5, 4\) for a batch of \(2, 3\)"):
+            pooling(kind, mask)(torch.zeros(2, 5, 4))
 
 
 def _interrupted(models, texts, output: Path, monkeypatch, *, shards: int = 1, **config) -> int:

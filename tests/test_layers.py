@@ -14,6 +14,7 @@ from test_store import write_store
 
 from probe_lab.data.tables import MappedFile
 from probe_lab.run import run
+from probe_lab.settings import placement
 from probe_lab.store import ActivationStore
 from probe_lab.store import scan as scan_module
 
@@ -98,3 +99,13 @@ def test_data_layer_all_reads_a_store_once_for_every_layer(tmp_path: Path, monke
     assert sorted(scanned) == list(range(shards))  # each shard read once, by the one scan
     assert held["layers"] == [row | {"probe": row["probe"].replace("per_layer", "held")} for row in per_layer["layers"]]
     assert held["best_layer"] == 2
+
+
+def test_every_layer_is_held_when_it_fits_the_host_budget_shared_by_a_nodes_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(placement, "available_ram", lambda: 4_000_000_000)  # default budget: half of it
+    assert placement.holds_every_layer(1_500_000_000, None)
+    assert not placement.holds_every_layer(1_500_000_000, None, share=2)  # each process holds its own copy
+    assert placement.holds_every_layer(1_500_000_000, 1.5, share=2)  # a budget set is each process's
+    assert not placement.holds_every_layer(1, 0)

@@ -120,14 +120,15 @@ def layer_count(cfg: DataSettings) -> int | None:
 
 
 def every_layer_bytes(cfg: DataSettings) -> int | None:
-    """Bytes of every layer of a multi-layer store or .npy array (N×L×D) as stored; reads headers
-    only. None for a source whose layers are read one at a time (per-sample tensor files, N×D rows)."""
+    """Bytes of every layer of a multi-layer store or .npy array (N×L×D) as held in memory (float64
+    as float32, the dtype it is read in); reads headers only. None for a source whose layers are
+    read one at a time (per-sample tensor files, N×D rows)."""
     if isinstance(cfg, StoreData) and cfg.path is not None:
         store = ActivationStore.open(cfg.path)
         return store.manifest.nbytes if store.layers is not None else None
     if isinstance(cfg, NpyData):
         x = _npy_array(cfg)[1]
-        return int(np.prod(x.shape)) * x.dtype.itemsize if len(x.shape) == 3 else None
+        return int(np.prod(x.shape)) * min(x.dtype.itemsize, 4) if len(x.shape) == 3 else None
     return None
 
 
@@ -141,8 +142,9 @@ def read_every_layer(cfg: DataSettings, *, progress: bool = False) -> list[Sourc
     else:
         assert isinstance(cfg, NpyData)
         x_path, x = _npy_array(cfg)
-        whole = np.array(x.array() if isinstance(x, MappedFile) else x)  # one sequential read
         labels = read_labels(cfg.y, "data.y", True)
+        values = x.array() if isinstance(x, MappedFile) else x
+        whole = np.array(values, dtype=np.float32 if values.dtype == np.float64 else values.dtype)  # one read
         datasets = [
             ActivationDataset(whole, labels, layer=layer, name=f"data.x ({x_path})") for layer in range(whole.shape[1])
         ]

@@ -146,6 +146,11 @@ def pooling(kind: str, mask: torch.Tensor) -> Pool:
     on_device: dict[torch.device, torch.Tensor] = {}
 
     def pool(hidden: torch.Tensor) -> torch.Tensor:
+        if tuple(hidden.shape[:2]) != tuple(real.shape):
+            raise ProbeLabError(
+                f"model.path: a block gave hidden states of shape {tuple(hidden.shape)} for a batch of "
+                f"{tuple(real.shape)} tokens; expected (batch, tokens, width)"
+            )
         taken = on_device.get(hidden.device)
         if taken is None:
             taken = on_device[hidden.device] = rows.to(hidden.device, non_blocking=True)

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The plan's version, part of an extraction's identity: a journal written under another plan is refused
+# with that said, rather than resumed into a store laid out differently from a fresh one.
+PLAN_VERSION = 2
 CHUNK_SHARDS = 4  # shards of rows one chunk holds at most: the window texts are sorted by length in
 
 
@@ -45,7 +48,7 @@ def chunks(rows: np.ndarray, shard_rows: int) -> list[Chunk]:
     left = int(rows.sum())
     first = 0
     while first < len(counts):
-        shards = min(CHUNK_SHARDS, 2 ** len(out), max(1, left // 2 // shard_rows))
+        shards = min(CHUNK_SHARDS, 2 ** min(len(out), 8), max(1, left // 2 // shard_rows))
         limit, held, stop = shards * shard_rows, 0, first
         while stop < len(counts) and (stop == first or held + counts[stop] <= limit):
             held += counts[stop]

@@ -273,6 +273,7 @@ def _identity(settings: ExtractConfig, source: models.ModelSource, dataset_sha25
         "batch_tokens": settings.batch_tokens,
         "max_batch_size": settings.max_batch_size,
         "shard_mb": settings.shard_mb,
+        "plan": plan.PLAN_VERSION,
         "probe_lab": metadata.version("probe-lab"),
     }
 

@@ -255,10 +255,11 @@ def warn_once(message: str) -> None:
     log.warning(message)
 
 
-def holds_every_layer(nbytes: int, host_budget_gb: float | None) -> bool:
-    """`data.layer=all`: whether a source's every layer (`nbytes` as stored) is read in one pass and
-    held in host memory for the layers' fits: when it fits the host budget H."""
-    return nbytes <= host_budget(host_budget_gb)
+def holds_every_layer(nbytes: int, host_budget_gb: float | None, *, share: int = 1) -> bool:
+    """`data.layer=all`: whether a source's every layer (`nbytes` as held) is read in one pass and
+    held in host memory for the layers' fits: when it fits the host budget H (its default shared by
+    the `share` processes of a node, each of which holds its own copy)."""
+    return nbytes <= host_budget(host_budget_gb, share=share)
 
 
 def host_budget(configured_gb: float | None, *, share: int = 1) -> int:
