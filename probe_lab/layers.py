@@ -9,8 +9,9 @@ NaN/Inf rows come from that same pass). Otherwise each layer is read on its own 
 stored, and a store's checksums are verified once, with the first layer.
 
 The run folder then gets `layers.csv` and `layers.json` (per layer: val and test AUROC and AP, the
-folder of its probe; how the layers were read) and `layers.png` (AUROC by layer, validation and
-test), and the summary ends with the table and the best layer by validation AUROC.
+folder of its probe; how the layers were read, and the seconds of the one pass) and `layers.png`
+(AUROC by layer, validation and test), and the summary ends with the table and the best layer by
+validation AUROC.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def run_every_layer(cfg: DictConfig, out_dir: Path, job_id: str | None, settings
         raise ProbeLabError(
             "data.layer=all sets each layer's thresholds on that layer of eval.control: leave eval.control.layer unset"
         )
+    started = time.perf_counter()
     sources, reading = read_layers(settings)
+    read_seconds = time.perf_counter() - started
     rows = []
     for layer in range(count):
         verified = layer > 0 and isinstance(settings.data, StoreData)  # checksums already checked
@@ -77,7 +80,8 @@ def run_every_layer(cfg: DictConfig, out_dir: Path, job_id: str | None, settings
             table = csv.DictWriter(file, fieldnames=list(rows[0]))
             table.writeheader()
             table.writerows(rows)
-        write_json(staging / "layers.json", {"best_layer": best["layer"], "read": reading, "layers": rows})
+        record = {"best_layer": best["layer"], "read": reading, "read_seconds": read_seconds, "layers": rows}
+        write_json(staging / "layers.json", record)
         plot_layers(staging / "layers.png", rows, best["layer"])
     print_summary(layer_lines(rows, best, out_dir, reading))
     return RunResult(out_dir, {"layers": rows, "best_layer": best["layer"], "read": reading}, best["val_auroc"])

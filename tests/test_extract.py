@@ -162,6 +162,11 @@ def test_chunks_ramp_up_and_down_around_whole_texts() -> None:
     assert [(c.first, c.stop, c.rows) for c in long_text] == [(0, 1, 3), (1, 2, 50), (2, 3, 3)]
 
 
+def test_write_time_counts_overlapping_spans_once() -> None:
+    assert extraction.covered_seconds([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0), (5.5, 5.7)]) == 4.0
+    assert extraction.covered_seconds([]) == 0.0
+
+
 def test_pooling_refuses_hidden_states_not_shaped_as_the_batch() -> None:
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     hidden = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)

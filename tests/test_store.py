@@ -127,6 +127,31 @@ def test_whole_shards_written_side_by_side_equal_shards_written_in_turn(
     assert torch.equal(ActivationStore.open(tmp_path / "full").dataset(0).to_tensor(), x[:, 0])
 
 
+def test_shards_appended_not_yet_durable_are_flushed_when_asked_and_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from probe_lab.store import writer as store_writer
+
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1])
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_writer.os, "fsync", recording_fsync)
+    x, y = torch.randn(300, 16), np.arange(300) % 2
+    with ActivationStore.create(tmp_path / "s", 16, shard_mb=0.002) as writer:  # 65 rows a shard
+        first = writer.append_shards(x[:150], y[:150], durable=False)
+        assert len(first) > 1 and not flushed  # written, not yet flushed
+        writer.make_durable(first)
+        assert flushed == [shard.file for shard in first]
+        second = writer.append_shards(x[150:], y[150:], durable=False)
+        assert writer.shards == first + second
+    assert {shard.file for shard in second} <= set(flushed[len(first) :])  # close flushed the rest
+    assert torch.equal(ActivationStore.open(tmp_path / "s").dataset().to_tensor(), x.half())
+
+
 def test_reads_keep_the_order_and_repeats_asked_for(tmp_path: Path) -> None:
     x = (
         torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2 * 3, 1, 4).expand(6, 3, 4)

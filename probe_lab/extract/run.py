@@ -55,7 +55,7 @@ class ExtractionSummary:
     truncated: int
     seconds: float  # the whole extraction, the model's loading included
     loop_seconds: float  # running the texts through the model and writing their rows
-    write_seconds: float  # writing the shards (hashed and written in a thread beside the model's work)
+    write_seconds: float  # writing, hashing and flushing the shards, in threads beside the model's work
     resumed_shards: int
 
     def line(self) -> str:
@@ -115,18 +115,50 @@ def _extract(settings: ExtractConfig) -> ExtractionSummary:
     todo = chunks[done:]
     todo_tokens = int(lengths[todo[0].first :].sum()) if todo else 0
 
-    def write(x: torch.Tensor, chunk: plan.Chunk) -> float:
-        """The chunk's shard, then the journal that lists it; returns the seconds it took."""
+    def write(x: torch.Tensor, chunk: plan.Chunk) -> tuple[tuple[float, float], Future]:
+        """The chunk's shards written and hashed (its buffer is free again when this returns), then
+        handed to the flusher; returns when it was busy and the flusher's future."""
         started = time.perf_counter()
         first = int(first_rows[chunk.first])
-        writer.append_shards(x, labels_per_row[first : first + chunk.rows])
-        _write_journal(output, identity, writer.shards)
-        return time.perf_counter() - started
+        shards = writer.append_shards(x, labels_per_row[first : first + chunk.rows], durable=False)
+        listed = writer.shards
+        return (started, time.perf_counter()), flusher.submit(flush, shards, listed)
 
-    # One writer thread: a chunk's shard is hashed and written while the next chunk runs through the
-    # model (at most two chunks held), in order, so the journal always lists a prefix of the chunks.
+    flush_failed: list[BaseException] = []
+
+    def flush(shards: tuple[ShardInfo, ...], listed: tuple[ShardInfo, ...]) -> tuple[float, float]:
+        """The chunk's shards flushed to the disk, then the journal that lists them; nothing after a
+        flush failed, so no journal can list shards an earlier chunk's failure left unflushed."""
+        if flush_failed:
+            raise flush_failed[0]
+        started = time.perf_counter()
+        try:
+            writer.make_durable(shards)
+            _write_journal(output, identity, listed)
+        except BaseException as failure:
+            flush_failed.append(failure)
+            raise
+        return started, time.perf_counter()
+
+    # Two threads beside the model's: the writer writes and hashes a chunk's shards while the next
+    # chunk runs through the model (at most two chunks held), and the flusher flushes them to the
+    # disk and lists them in the journal while the writer goes on with the next chunk, so the disk
+    # is busy all along. Each takes the chunks in order, so the journal always lists a prefix of them.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe_lab-extract-writer")
-    pending: Future[float] | None = None
+    flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe_lab-extract-flusher")
+    pending: Future[tuple[tuple[float, float], Future]] | None = None
+    flushing: list[Future[tuple[float, float]]] = []
+    busy: list[tuple[float, float]] = []  # when the writer or the flusher was at work
+
+    def handed_over() -> None:
+        """The pending chunk written and its flush queued; a failed flush so far raised."""
+        span, flushed = pending.result()
+        busy.append(span)
+        flushing.append(flushed)
+        for future in flushing:
+            if future.done() and future.exception() is not None:
+                raise future.exception()
+
     try:
         model = models.load_model(source, settings.model)
         with (
@@ -139,24 +171,31 @@ def _extract(settings: ExtractConfig) -> ExtractionSummary:
             ) as counter,
             torch.inference_mode(),
         ):
-            looping, writing = time.perf_counter(), 0.0
+            looping = time.perf_counter()
             progress = TokenRate(counter, looping)
             buffers = ChunkBuffers(max((chunk.rows for chunk in todo), default=0), models.input_device(model))
             for chunk in todo:
                 x = _chunk_rows(capture, model, ids[chunk.first : chunk.stop], settings, tokenizer, progress, buffers)
                 if pending is not None:
-                    writing += pending.result()
+                    handed_over()
                 pending = pool.submit(write, x, chunk)
             if pending is not None:
-                writing += pending.result()
+                handed_over()
+            busy.extend(future.result() for future in flushing)
             looped = time.perf_counter() - looping
     except BaseException:
+        # the shards being written are finished or removed, and flushed and listed or not, never left
+        # half-listed
         if pending is not None:
-            wait([pending])  # the shard being written is finished or removed, never left half-listed
+            wait([pending])
+            if pending.exception() is None:
+                flushing.append(pending.result()[1])
+        wait(flushing)
         writer.interrupt()
         raise
     finally:
         pool.shutdown(wait=True)
+        flusher.shutdown(wait=True)
     provenance = identity | {"tokens": int(lengths.sum()), "truncated": truncated, "texts": len(ids)}
     manifest = writer.close(samples=plan.sample_positions(lengths, per_token), provenance=provenance)
     return ExtractionSummary(
@@ -171,9 +210,19 @@ def _extract(settings: ExtractConfig) -> ExtractionSummary:
         truncated=truncated,
         seconds=time.perf_counter() - start,
         loop_seconds=looped,
-        write_seconds=writing,
+        write_seconds=covered_seconds(busy),
         resumed_shards=len(kept),
     )
+
+
+def covered_seconds(spans: list[tuple[float, float]]) -> float:
+    """The seconds covered by at least one of the (start, end) spans."""
+    covered, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return covered
 
 
 def _chunk_rows(

@@ -124,11 +124,17 @@ class StoreWriter:
         self._labels.append(labels)
         self.rows += len(values)
 
-    def append_shards(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor | list[int]) -> None:
+    def append_shards(
+        self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor | list[int], *, durable: bool = True
+    ) -> tuple[ShardInfo, ...]:
         """Append rows as shards of their own — full shards, the last one possibly short — as `append`
         followed by `end_shard` would, but writing and hashing up to PARALLEL_SHARDS shards side by side.
-        The shard being written, if any, is ended first. Returns when every shard is on disk; if one
-        fails, none of this call's shards is kept."""
+        The shard being written, if any, is ended first. Returns this call's shards, once every one is
+        on disk; if one fails, none of them is kept.
+
+        durable=False returns once the shards are written and hashed, before they are flushed to the
+        disk: the caller makes them durable (`make_durable`) before anything lists them (a journal),
+        so flushing them can overlap the next shards' writing. `close` flushes every shard anyway."""
         values, labels = self._checked(x, y)
         self.end_shard()
         first = len(self._shards)
@@ -138,16 +144,28 @@ class StoreWriter:
             max_workers=min(PARALLEL_SHARDS, len(pieces)), thread_name_prefix="probe_lab-store-shard"
         ) as pool:
             written = [
-                pool.submit(self._write_whole_shard, name, piece) for name, piece in zip(names, pieces, strict=True)
+                pool.submit(self._write_whole_shard, name, piece, durable)
+                for name, piece in zip(names, pieces, strict=True)
             ]
             failure = next((future.exception() for future in written if future.exception() is not None), None)
         if failure is not None:
             for name in names:
                 (self.path / name).unlink(missing_ok=True)
             raise failure
-        self._shards.extend(future.result() for future in written)
+        shards = tuple(future.result() for future in written)
+        self._shards.extend(shards)
         self._labels.append(labels)
         self.rows += len(values)
+        return shards
+
+    def make_durable(self, shards: Sequence[ShardInfo]) -> None:
+        """Flush written shards to the disk (fsync; at once for those already flushed)."""
+        for shard in shards:
+            fd = os.open(self.path / shard.file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _checked(
         self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor | list[int]
@@ -197,6 +215,7 @@ class StoreWriter:
         if self._file is not None:
             self._finish_shard()
         self._stop_hasher()
+        self.make_durable(self._shards)  # shards appended with durable=False included
         _write_npy(self.path / LABELS, np.concatenate(self._labels))
         if samples is not None:
             if samples.shape != (self.rows, 2):
@@ -258,8 +277,9 @@ class StoreWriter:
         self._file = None
         self._current_name = ""
 
-    def _write_whole_shard(self, name: str, values: np.ndarray) -> ShardInfo:
-        """Shard `name` holding `values`, header first, hashed while written; on disk when this returns."""
+    def _write_whole_shard(self, name: str, values: np.ndarray, durable: bool = True) -> ShardInfo:
+        """Shard `name` holding `values`, header first, hashed while written; flushed to the disk when
+        this returns if `durable`."""
         data = memoryview(np.ascontiguousarray(values)).cast("B")
         digest = hashlib.sha256()
         with open(self.path / name, "wb") as file:
@@ -269,7 +289,8 @@ class StoreWriter:
                 file.write(piece)
                 digest.update(piece)
             file.flush()
-            os.fsync(file.fileno())
+            if durable:
+                os.fsync(file.fileno())
         return ShardInfo(name, len(values), digest.hexdigest())
 
     def _header(self, rows: int) -> bytes:
