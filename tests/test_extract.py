@@ -351,7 +351,8 @@ def test_extract_help_describes_each_setting_and_follows_the_overrides() -> None
 
 
 def test_a_model_spread_by_accelerate_gives_the_same_rows(models, texts, tmp_path) -> None:
-    """model.device_map=auto (accelerate places the blocks; here all on the CPU) changes nothing."""
+    """model.device_map=auto (accelerate places the blocks: on the CPU here, on a GPU where there is one)
+    gives the rows of the model on the CPU (to float32 rounding: a GPU sums in another order)."""
     plain = tmp_path / "plain"
     extraction.extract(settings(models["llama"], texts, plain, layers=[1, -1]))
     spread = settings(models["llama"], texts, tmp_path / "spread", layers=[1, -1])
@@ -360,7 +361,9 @@ def test_a_model_spread_by_accelerate_gives_the_same_rows(models, texts, tmp_pat
     first, second = ActivationStore.open(plain), ActivationStore.open(tmp_path / "spread")
     rows = np.arange(first.rows)
     for layer in range(2):
-        torch.testing.assert_close(second.table().read(rows, layer), first.table().read(rows, layer))
+        torch.testing.assert_close(
+            second.table().read(rows, layer), first.table().read(rows, layer), atol=2e-5, rtol=1e-4
+        )
     assert second.provenance["model"] == first.provenance["model"]
 
 
