@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from store_io import evict  # this script's folder is on sys.path when it runs
 
 from probe_lab.data.synthetic import activation_like
 from probe_lab.store import ActivationStore
@@ -41,17 +41,6 @@ def write_store(path: Path, rows: int, layers: int, dim: int) -> None:
             count = min(block, rows - start)
             draws = [activation_like(count, dim, seed=start * layers + k, dtype=np.float16) for k in range(layers)]
             writer.append(np.stack([x for x, _ in draws], axis=1), draws[layers // 2][1])
-
-
-def drop_from_page_cache(folder: Path) -> None:
-    """Evict the clean pages of every file in `folder` from the page cache."""
-    for path in folder.iterdir():
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def run(store: Path, backend: str, folder: Path, extra: list[str]) -> tuple[float, dict]:
@@ -88,7 +77,7 @@ def main() -> None:
         for name, extra in (("one pass", []), ("layer by layer", ["device.host_budget_gb=0"])):
             folder = scratch / name.replace(" ", "_")
             if not args.warm:
-                drop_from_page_cache(store)
+                evict(list(store.iterdir()))
             wall, layers = run(store, args.backend, folder, extra)
             seconds = layers["read_seconds"]  # the one pass, before the layers' runs (≈0 layer by layer)
             for row in layers["layers"]:
