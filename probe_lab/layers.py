@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from probe_lab.artifacts import staged_artifacts, write_json
-from probe_lab.data.sources import Source, every_layer_bytes, layer_count, read_every_layer
+from probe_lab.data.sources import Source, every_layer_bytes, layer_count, open_source, read_every_layer
 from probe_lab.errors import ProbeLabError
 from probe_lab.report.run_log import RUN_LOG, print_summary
 from probe_lab.settings.data import StoreData
@@ -39,7 +39,7 @@ LAYERS_FILES = ("layers.csv", "layers.json", "layers.png")
 def run_every_layer(cfg: DictConfig, out_dir: Path, job_id: str | None, settings: RunConfig) -> Any:
     """Train a probe on each layer into `out_dir/layer_KK/`, then write the layer table and plot."""
     from probe_lab.report.plots import plot_layers
-    from probe_lab.run import RunResult, run
+    from probe_lab.run import RunResult, check_runnable, check_width, run
 
     count = layer_count(settings.data)
     if count is None:
@@ -50,6 +50,8 @@ def run_every_layer(cfg: DictConfig, out_dir: Path, job_id: str | None, settings
         raise ProbeLabError(
             "data.layer=all sets each layer's thresholds on that layer of eval.control: leave eval.control.layer unset"
         )
+    check_runnable(settings, job_id)  # refusals that need no data, before the layers are read
+    check_width(settings.model, open_source(dataclasses.replace(settings.data, layer=0), settings.seed))
     started = time.perf_counter()
     sources, reading = read_layers(settings)
     read_seconds = time.perf_counter() - started

@@ -68,11 +68,9 @@ def run(
         from probe_lab.layers import run_every_layer
 
         return run_every_layer(cfg, out_dir, job_id, settings)
-    if settings.data.test_split <= 0:
-        raise ProbeLabError("data.test_split must be > 0 for a training run (test metrics need rows)")
+    choice, processes = check_runnable(settings, job_id)
     config = training_config(settings)
     resolved_config = OmegaConf.to_container(cfg, resolve=True)
-    choice = resolve_backend(settings.backend.name.value, settings.model.size_b, settings.backend.threshold_b)
 
     RUN_LOG.info("backend  %s", "sklearn and pytorch (experiment=parity)" if settings.parity else choice.name)
     if not settings.parity and (ignored := ignored_trainer_flags(settings.trainer, choice.name)):
@@ -90,21 +88,6 @@ def run(
         layer,
     )
     sizes = source.split_bytes(settings.data.validation_split, settings.data.test_split)
-    processes = Processes.from_trainer_flags(settings.trainer) if choice.name == "pytorch" else ONE_PROCESS
-    if job_id is not None and processes.data_parallel and launched_processes() == 1:
-        # Lightning's own launcher would start the other processes by rerunning this command: the whole sweep.
-        raise ProbeLabError(
-            f"trainer.devices={processes.devices} in a sweep: a sweep job's processes are started by its "
-            "launcher (hydra/launcher=slurm, one task per process) or by torchrun"
-        )
-    if settings.eval.controls and processes.data_parallel:
-        raise ProbeLabError(
-            "eval.controls trains its control probe in one process: leave trainer.devices and trainer.num_nodes unset"
-        )
-    if settings.parity and processes.data_parallel:
-        raise ProbeLabError(
-            "experiment=parity trains in one process: leave trainer.devices and trainer.num_nodes unset"
-        )
     # Parity loads the data as the pytorch backend would; sklearn reads it from wherever it is held.
     backend = "pytorch" if settings.parity else choice.name
     placement = decide_placement(config, sizes, backend=backend, processes=processes)
@@ -147,6 +130,30 @@ def run(
         run_metrics, files = train_backend(choice, fit, splits, data, timings, staging)
     print_summary(run_summary_lines(choice.name, choice.reason, run_metrics, out_dir, files))
     return RunResult(out_dir, run_metrics, float(run_metrics["val"]["auroc"]))
+
+
+def check_runnable(settings: RunConfig, job_id: str | None) -> tuple[BackendChoice, Processes]:
+    """The run's backend and processes, after every refusal that needs no data: a `data.layer=all`
+    run makes them before it reads its layers, so a bad setting costs no read of a large store."""
+    if settings.data.test_split <= 0:
+        raise ProbeLabError("data.test_split must be > 0 for a training run (test metrics need rows)")
+    choice = resolve_backend(settings.backend.name.value, settings.model.size_b, settings.backend.threshold_b)
+    processes = Processes.from_trainer_flags(settings.trainer) if choice.name == "pytorch" else ONE_PROCESS
+    if job_id is not None and processes.data_parallel and launched_processes() == 1:
+        # Lightning's own launcher would start the other processes by rerunning this command: the whole sweep.
+        raise ProbeLabError(
+            f"trainer.devices={processes.devices} in a sweep: a sweep job's processes are started by its "
+            "launcher (hydra/launcher=slurm, one task per process) or by torchrun"
+        )
+    if settings.eval.controls and processes.data_parallel:
+        raise ProbeLabError(
+            "eval.controls trains its control probe in one process: leave trainer.devices and trainer.num_nodes unset"
+        )
+    if settings.parity and processes.data_parallel:
+        raise ProbeLabError(
+            "experiment=parity trains in one process: leave trainer.devices and trainer.num_nodes unset"
+        )
+    return choice, processes
 
 
 def training_config(settings: RunConfig) -> ProbeTrainingConfig:

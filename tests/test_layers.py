@@ -13,6 +13,7 @@ from test_composition import composed, refusal
 from test_store import write_store
 
 from probe_lab.data.tables import MappedFile
+from probe_lab.errors import ProbeLabError
 from probe_lab.run import run
 from probe_lab.settings import placement
 from probe_lab.store import ActivationStore
@@ -109,3 +110,25 @@ def test_every_layer_is_held_when_it_fits_the_host_budget_shared_by_a_nodes_proc
     assert not placement.holds_every_layer(1_500_000_000, None, share=2)  # each process holds its own copy
     assert placement.holds_every_layer(1_500_000_000, 1.5, share=2)  # a budget set is each process's
     assert not placement.holds_every_layer(1, 0)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.test_split=0", "data.test_split must be > 0"),
+        ("model.hidden_dim=32", "model.hidden_dim=32 .* has 16 dims"),
+    ],
+)
+def test_data_layer_all_refuses_a_bad_setting_before_it_reads_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, override: str, message: str
+) -> None:
+    store = layered_store(tmp_path)
+
+    def no_scan(shard: MappedFile, *args: object) -> None:
+        raise AssertionError(f"{shard.path} read before the refusal")
+
+    monkeypatch.setattr(scan_module, "scan_shard", no_scan)
+    cfg = composed("config", "data=store", f"data.path={store}", "data.layer=all", "backend=sklearn", override)
+    with pytest.raises(ProbeLabError, match=message):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
