@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from probe_lab.extract import plan
-from probe_lab.extract.run import extract, padded_batch
+from probe_lab.extract.forward import padded_batch
+from probe_lab.extract.run import extract
 from probe_lab.settings.extract import ExtractConfig, ExtractDatasetSettings, ExtractModelSettings, ModelDtype, Pooling
 
 

@@ -18,6 +18,7 @@ import torch
 from tiny_models import save_model, write_texts
 
 from probe_lab.errors import ProbeLabError
+from probe_lab.extract import journal as extraction_journal
 from probe_lab.extract import plan
 from probe_lab.extract import run as extraction
 from probe_lab.extract.capture import LayerCapture, find_blocks, pooling, resolve_layers
@@ -180,7 +181,7 @@ def test_pooling_refuses_hidden_states_not_shaped_as_the_batch() -> None:
 def _interrupted(models, texts, output: Path, monkeypatch, *, shards: int = 1, **config) -> int:
     """An extraction into `output` stopped (KeyboardInterrupt) after `shards` journal writes of complete
     shards; returns how many shards the last journal lists."""
-    journal = extraction._write_journal
+    journal = extraction_journal.write_journal
     writes = []
 
     def crash_after_the_shards(*args) -> None:
@@ -189,7 +190,7 @@ def _interrupted(models, texts, output: Path, monkeypatch, *, shards: int = 1, *
         if len(writes) == shards + 1:  # the journal of the empty store, then one per complete chunk
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(extraction, "_write_journal", crash_after_the_shards)
+    monkeypatch.setattr(extraction_journal, "write_journal", crash_after_the_shards)
     with pytest.raises(KeyboardInterrupt):
         extraction.extract(settings(models["gpt2"], texts, output, **config))
     monkeypatch.undo()

@@ -2,10 +2,10 @@
 
 `extract(settings)` checks everything it can before the model loads (the texts, the layers against
 the model's depth, the output against an unfinished extraction there), then runs the plan
-(`probe_lab.extract.plan`): each chunk's texts in length-sorted batches, each batch's layers pooled
-as they are produced (`probe_lab.extract.capture`), the chunk's rows written in text order as its own
-shards (side by side) by a writer thread while the next chunk runs through the model, and the journal
-(`extraction.json`: the settings' identity and the shards complete so far) replaced after each.
+(`probe_lab.extract.plan`): each chunk's texts through the model (`probe_lab.extract.forward`), the
+chunk's rows written in text order as its own shards (side by side) by a writer thread while the next
+chunk runs through the model, then flushed and listed in the journal (`probe_lab.extract.journal`:
+the settings' identity and the shards complete so far) by a flusher thread.
 A run that stops — an error, Ctrl-C, a killed process — leaves its complete shards and the
 journal; the same command then continues after them, and a command with another model, dataset or
 settings is refused (`overwrite=true` starts afresh). The manifest is written last, so an unfinished
@@ -14,29 +14,26 @@ store is never read as complete.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
-from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from probe_lab.artifacts import atomic_write_bytes
-from probe_lab.data.page_locked import page_locked
 from probe_lab.errors import ProbeLabError
+from probe_lab.extract import journal, plan
 from probe_lab.extract import model as models
-from probe_lab.extract import plan
-from probe_lab.extract.capture import LayerCapture, pooling, resolve_layers
+from probe_lab.extract.capture import LayerCapture, resolve_layers
+from probe_lab.extract.forward import ChunkBuffers, TokenRate, chunk_rows
 from probe_lab.extract.texts import read_texts
 from probe_lab.locks import writing
 from probe_lab.report.progress import progress_counter
-from probe_lab.settings.extract import CHAT_TEMPLATE, ExtractConfig, PaddingSide, Pooling
-from probe_lab.store.manifest import JOURNAL, MANIFEST, ShardInfo
+from probe_lab.settings.extract import CHAT_TEMPLATE, ExtractConfig, Pooling
+from probe_lab.store.manifest import ShardInfo
 from probe_lab.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -95,9 +92,9 @@ def _extract(settings: ExtractConfig) -> ExtractionSummary:
     row_bytes = len(layers) * dim * getattr(torch, settings.model.dtype.value).itemsize
     shard_rows = max(1, int(settings.shard_mb * 2**20) // row_bytes)
     chunks = plan.chunks(rows, shard_rows)
-    identity = _identity(settings, source, texts.sha256, layers)
-    kept, resuming = _resumable(output, identity, settings.overwrite)
-    done = _chunks_done(kept, chunks)
+    identity = journal.extraction_identity(settings, source, texts.sha256, layers)
+    kept, resuming = journal.resumable(output, identity, settings.overwrite)
+    done = journal.chunks_done(kept, chunks)
     labels_per_row = np.repeat(texts.labels, rows)
     first_rows = np.cumsum(rows) - rows  # each text's first row in the store
     kept_rows = sum(shard.rows for shard in kept)
@@ -111,7 +108,7 @@ def _extract(settings: ExtractConfig) -> ExtractionSummary:
         kept=kept,
         kept_labels=labels_per_row[:kept_rows],
     )
-    _write_journal(output, identity, writer.shards)
+    journal.write_journal(output, identity, writer.shards)
     todo = chunks[done:]
     todo_tokens = int(lengths[todo[0].first :].sum()) if todo else 0
 
@@ -134,7 +131,7 @@ def _extract(settings: ExtractConfig) -> ExtractionSummary:
         started = time.perf_counter()
         try:
             writer.make_durable(shards)
-            _write_journal(output, identity, listed)
+            journal.write_journal(output, identity, listed)
         except BaseException as failure:
             flush_failed.append(failure)
             raise
@@ -175,7 +172,7 @@ def _extract(settings: ExtractConfig) -> ExtractionSummary:
             progress = TokenRate(counter, looping)
             buffers = ChunkBuffers(max((chunk.rows for chunk in todo), default=0), models.input_device(model))
             for chunk in todo:
-                x = _chunk_rows(capture, model, ids[chunk.first : chunk.stop], settings, tokenizer, progress, buffers)
+                x = chunk_rows(capture, model, ids[chunk.first : chunk.stop], settings, tokenizer, progress, buffers)
                 if pending is not None:
                     handed_over()
                 pending = pool.submit(write, x, chunk)
@@ -225,66 +222,6 @@ def covered_seconds(spans: list[tuple[float, float]]) -> float:
     return covered
 
 
-def _chunk_rows(
-    capture: LayerCapture,
-    model: torch.nn.Module,
-    ids: list[list[int]],
-    settings: ExtractConfig,
-    tokenizer: Any,
-    progress: TokenRate,
-    buffers: ChunkBuffers,
-) -> torch.Tensor:
-    """The chunk's rows in text order, (rows, D) for one layer or (rows, L, D), in one of `buffers`:
-    each text's rows of a batch are copied from the device straight to their places, asynchronously
-    from a GPU (the next batch runs meanwhile); the chunk is complete when this returns."""
-    lengths = np.array([len(row) for row in ids])
-    per_token = settings.pooling is Pooling.tokens
-    counts = plan.rows_per_text(lengths, per_token)
-    starts = np.cumsum(counts) - counts
-    out: torch.Tensor | None = None
-    device = models.input_device(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    for batch in plan.batches(lengths, settings.batch_tokens, settings.max_batch_size):
-        inputs, mask = padded_batch([ids[i] for i in batch], pad, settings.model.padding_side, capture.accepts)
-        inputs = {name: value.to(device) for name, value in inputs.items()}
-        layers = capture.run(pooling(settings.pooling.value, mask), **inputs)
-        rows = torch.stack([layer.to(layers[0].device) for layer in layers], dim=1)  # (batch rows, L, D)
-        if out is None:
-            out = buffers.take((int(counts.sum()), *rows.shape[1:]), rows.dtype)
-        offset = 0
-        for text in batch:
-            out[starts[text] : starts[text] + counts[text]].copy_(
-                rows[offset : offset + counts[text]], non_blocking=True
-            )
-            offset += int(counts[text])
-        buffers.used(rows.device)
-        # Freed now, not when the next batch is taken: the copies are queued before any later kernel
-        # that could reuse the memory, so the next batch's forward pass has it back.
-        del rows, layers
-        progress.batch_done(len(batch), int(lengths[batch].sum()))
-    assert out is not None
-    buffers.wait()
-    return out[:, 0] if out.shape[1] == 1 else out
-
-
-def padded_batch(
-    ids: list[list[int]], pad: int, side: PaddingSide, accepts: set[str]
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """(model inputs, attention mask) of a batch padded on `side`; with left padding the positions of
-    each text's tokens are passed as counted from its first token, where the model takes them."""
-    longest = max(len(row) for row in ids)
-    tokens = torch.full((len(ids), longest), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), longest), dtype=torch.long)
-    for i, row in enumerate(ids):
-        span = slice(0, len(row)) if side is PaddingSide.right else slice(longest - len(row), longest)
-        tokens[i, span] = torch.tensor(row, dtype=torch.long)
-        mask[i, span] = 1
-    inputs = {"input_ids": tokens, "attention_mask": mask}
-    if side is PaddingSide.left and "position_ids" in accepts:
-        inputs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
-    return inputs, mask
-
-
 def _tokenized(tokenizer: Any, texts: list[str], settings: ExtractConfig) -> tuple[list[list[int]], int]:
     """Token ids per text (special tokens as the tokenizer adds them, unless a chat template did),
     cut to dataset.max_length; and how many texts were cut."""
@@ -308,112 +245,3 @@ def _chat_template(tokenizer: Any, settings: ExtractConfig) -> Any:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     return apply
-
-
-def _identity(settings: ExtractConfig, source: models.ModelSource, dataset_sha256: str, layers: list[int]) -> dict:
-    """What makes two extractions the same: recorded in the journal and, with counts, the manifest."""
-    dataset = asdict(settings.dataset) | {"sha256": dataset_sha256}
-    return {
-        "model": source.identity()
-        | {"dtype": settings.model.dtype.value, "padding_side": settings.model.padding_side.value},
-        "dataset": {key: str(value) if isinstance(value, Path) else value for key, value in dataset.items()},
-        "layers": layers,
-        "pooling": settings.pooling.value,
-        "batch_tokens": settings.batch_tokens,
-        "max_batch_size": settings.max_batch_size,
-        "shard_mb": settings.shard_mb,
-        "plan": plan.PLAN_VERSION,
-        "probe_lab": metadata.version("probe-lab"),
-    }
-
-
-def _resumable(output: Path, identity: dict, overwrite: bool) -> tuple[list[ShardInfo], bool]:
-    """(the complete shards of an unfinished extraction at `output` with the same identity, whether
-    there is one); ([], False) when there is none, or with `overwrite`. Refuses one with another
-    identity."""
-    journal = output / JOURNAL
-    if overwrite or not journal.is_file() or (output / MANIFEST).is_file():
-        return [], False  # nothing to resume (a complete store is refused by the writer unless overwrite)
-    try:
-        recorded = json.loads(journal.read_text())
-        kept = [ShardInfo(**shard) for shard in recorded["shards"]]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ProbeLabError(f"{journal}: unreadable ({err}); overwrite=true starts afresh") from None
-    if recorded.get("identity") != identity:
-        differs = [key for key in identity if recorded.get("identity", {}).get(key) != identity[key]]
-        raise ProbeLabError(
-            f"output ({output}): an unfinished extraction with another {', '.join(differs) or 'setup'}; "
-            "run it with its own settings to resume it, or overwrite=true to start afresh"
-        )
-    for shard in kept:
-        if not (output / shard.file).is_file():
-            raise ProbeLabError(f"{output / shard.file}: listed in {JOURNAL} but missing; overwrite=true starts afresh")
-    return kept, True
-
-
-def _chunks_done(kept: list[ShardInfo], chunks: list[plan.Chunk]) -> int:
-    """How many chunks the kept shards hold (each chunk ends a shard; a long text may fill several)."""
-    held, done, total = sum(shard.rows for shard in kept), 0, 0
-    for chunk in chunks:
-        if total + chunk.rows > held:
-            break
-        total += chunk.rows
-        done += 1
-    if total != held:
-        raise ProbeLabError(f"{JOURNAL}: its shards end inside a chunk of this plan; overwrite=true starts afresh")
-    return done
-
-
-def _write_journal(output: Path, identity: dict, shards: tuple[ShardInfo, ...]) -> None:
-    record = {"identity": identity, "shards": [asdict(shard) for shard in shards]}
-    atomic_write_bytes(output / JOURNAL, (json.dumps(record, indent=1) + "\n").encode())
-
-
-class TokenRate:
-    """The extraction's progress: texts done on the counter, tokens per second beside it."""
-
-    def __init__(self, counter: Any, start: float) -> None:
-        self.counter, self.start, self.tokens = counter, start, 0
-
-    def batch_done(self, texts: int, tokens: int) -> None:
-        self.tokens += tokens
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        self.counter.set_postfix_str(f"{self.tokens / elapsed:,.0f} tok/s", refresh=False)
-        self.counter.update(texts)
-
-
-class ChunkBuffers:
-    """The host memory chunks' rows are gathered in: two buffers, taken in turn, so that one is written
-    to the store while the next chunk fills the other (the writer is done with a buffer before it is
-    taken again). Page-locked when the model runs on a GPU, so that copies into them run
-    asynchronously; made once for the largest chunk, since page-locking costs more than the copies,
-    and registered in place once written (`page_locked`: `pin_memory=True` page-locks at a tenth of
-    the speed, BENCHMARKS.md)."""
-
-    def __init__(self, max_rows: int, device: torch.device) -> None:
-        self.max_rows = max_rows
-        self.pinned = device.type == "cuda"
-        self.slots: list[torch.Tensor | None] = [None, None]
-        self.turn = 0
-        self.devices: set[torch.device] = set()
-
-    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """A (rows, L, D) tensor of `dtype` in the next buffer."""
-        row = shape[1:]
-        slot = self.slots[self.turn]
-        if slot is None or slot.dtype != dtype or tuple(slot.shape[1:]) != row or len(slot) < shape[0]:
-            slot = torch.empty((max(self.max_rows, shape[0]), *row), dtype=dtype)
-            self.slots[self.turn] = slot = page_locked(slot) if self.pinned else slot
-        self.turn ^= 1
-        return slot[: shape[0]]
-
-    def used(self, device: torch.device) -> None:
-        """Rows were copied from `device`: `wait` waits for it."""
-        if device.type == "cuda":
-            self.devices.add(device)
-
-    def wait(self) -> None:
-        """Until every copy queued into the buffers has landed."""
-        for device in self.devices:
-            torch.cuda.synchronize(device)
-        self.devices.clear()
