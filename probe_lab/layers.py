@@ -51,9 +51,10 @@ def run_every_layer(cfg: DictConfig, out_dir: Path, job_id: str | None, settings
             "data.layer=all sets each layer's thresholds on that layer of eval.control: leave eval.control.layer unset"
         )
     check_runnable(settings, job_id)  # refusals that need no data, before the layers are read
-    check_width(settings.model, open_source(dataclasses.replace(settings.data, layer=0), settings.seed))
+    opened = open_source(dataclasses.replace(settings.data, layer=0), settings.seed)  # headers and labels
+    check_width(settings.model, opened)
     started = time.perf_counter()
-    sources, reading = read_layers(settings)
+    sources, reading = read_layers(settings, opened)
     read_seconds = time.perf_counter() - started
     rows = []
     for layer in range(count):
@@ -89,11 +90,11 @@ def run_every_layer(cfg: DictConfig, out_dir: Path, job_id: str | None, settings
     return RunResult(out_dir, {"layers": rows, "best_layer": best["layer"], "read": reading}, best["val_auroc"])
 
 
-def read_layers(settings: RunConfig) -> tuple[list[Source] | None, str]:
-    """Every layer read in one pass into host memory, as one source per layer, when the placement
-    says they fit (`holds_every_layer`); else None, and each layer's run reads its own. With a line
-    that says which, for the log, layers.json and the summary."""
-    nbytes = every_layer_bytes(settings.data)
+def read_layers(settings: RunConfig, opened: Source) -> tuple[list[Source] | None, str]:
+    """Every layer of `opened` (`settings.data`, opened) read in one pass into host memory, as one
+    source per layer, when the placement says they fit (`holds_every_layer`); else None, and each
+    layer's run reads its own. With a line that says which, for the log, layers.json and the summary."""
+    nbytes = every_layer_bytes(opened, settings.data)
     # the processes of a data-parallel fit on one node each run this, and share its RAM
     share = Processes.from_trainer_flags(settings.trainer).devices
     budget = settings.device.host_budget_gb
@@ -105,7 +106,7 @@ def read_layers(settings: RunConfig) -> tuple[list[Source] | None, str]:
         reading = f"each layer read on its own: all layers ({nbytes / 1e9:.3g} GB) exceed {limit}{per_process}"
     else:
         started = time.perf_counter()
-        sources = read_every_layer(settings.data, progress=settings.progress_bar)
+        sources = read_every_layer(opened, settings.data, progress=settings.progress_bar)
         reading = f"one pass over every layer ({nbytes / 1e9:.3g} GB) into host memory"
         RUN_LOG.info("layers   %s, in %.2f s", reading, time.perf_counter() - started)
         return sources, reading

@@ -119,32 +119,32 @@ def layer_count(cfg: DataSettings) -> int | None:
     return None
 
 
-def every_layer_bytes(cfg: DataSettings) -> int | None:
+def every_layer_bytes(source: Source, cfg: DataSettings) -> int | None:
     """Bytes of every layer of a multi-layer store or .npy array (N×L×D) as held in memory (float64
-    as float32, the dtype it is read in); reads headers only. None for a source whose layers are
-    read one at a time (per-sample tensor files, N×D rows)."""
-    if isinstance(cfg, StoreData) and cfg.path is not None:
-        store = ActivationStore.open(cfg.path)
-        return store.manifest.nbytes if store.layers is not None else None
+    as float32, the dtype it is read in), from `source` (`cfg` opened) and headers only. None for a
+    source whose layers are read one at a time (per-sample tensor files, N×D rows)."""
+    if source.store is not None:
+        return source.store.manifest.nbytes if source.store.layers is not None else None
     if isinstance(cfg, NpyData):
         x = _npy_array(cfg)[1]
         return int(np.prod(x.shape)) * min(x.dtype.itemsize, 4) if len(x.shape) == 3 else None
     return None
 
 
-def read_every_layer(cfg: DataSettings, *, progress: bool = False) -> list[Source]:
-    """Each layer of a multi-layer store or .npy array as a source already read: the whole N×L×D
-    array is read once, in one pass (a store's by its scan, checksums and NaN/Inf rows included),
-    into host memory that every layer's source reads from. Only for what `every_layer_bytes` sizes."""
-    if isinstance(cfg, StoreData):
-        assert cfg.path is not None
-        datasets = ActivationStore.open(cfg.path).layer_datasets(verify=cfg.verify, progress=progress)
+def read_every_layer(source: Source, cfg: DataSettings, *, progress: bool = False) -> list[Source]:
+    """Each layer of a multi-layer store or .npy array (`source`, `cfg` opened) as a source already
+    read: the whole N×L×D array is read once, in one pass (a store's by its scan, checksums and
+    NaN/Inf rows included), into host memory that every layer's source reads from. Only for what
+    `every_layer_bytes` sizes."""
+    if source.store is not None:
+        verify = cfg.verify if isinstance(cfg, StoreData) else True
+        datasets = source.store.layer_datasets(verify=verify, progress=progress)
     else:
-        assert isinstance(cfg, NpyData)
+        assert isinstance(cfg, NpyData) and source.dataset is not None
         x_path, x = _npy_array(cfg)
-        labels = read_labels(cfg.y, "data.y", True)
         values = x.array() if isinstance(x, MappedFile) else x
         whole = np.array(values, dtype=np.float32 if values.dtype == np.float64 else values.dtype)  # one read
+        labels = source.dataset.labels
         datasets = [
             ActivationDataset(whole, labels, layer=layer, name=f"data.x ({x_path})") for layer in range(whole.shape[1])
         ]
