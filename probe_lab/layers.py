@@ -50,12 +50,17 @@ def run_every_layer(cfg: DictConfig, out_dir: Path, job_id: str | None, settings
         raise ProbeLabError(
             "data.layer=all sets each layer's thresholds on that layer of eval.control: leave eval.control.layer unset"
         )
-    check_runnable(settings, job_id)  # refusals that need no data, before the layers are read
+    choice, _ = check_runnable(settings, job_id)  # refusals that need no data, before the layers are read
     opened = open_source(dataclasses.replace(settings.data, layer=0), settings.seed)  # headers and labels
     check_width(settings.model, opened)
     started = time.perf_counter()
     sources, reading = read_layers(settings, opened)
     read_seconds = time.perf_counter() - started
+    # The host budget decided how the layers were read; a sklearn fit has no other use for it, so a
+    # layer's run must not name it as a setting without effect.
+    device = settings.device
+    if choice.name == "sklearn":
+        device = dataclasses.replace(device, host_budget_gb=None)
     rows = []
     for layer in range(count):
         verified = layer > 0 and isinstance(settings.data, StoreData)  # checksums already checked
@@ -65,7 +70,7 @@ def run_every_layer(cfg: DictConfig, out_dir: Path, job_id: str | None, settings
             layer_cfg.data.layer = layer
         folder = out_dir / f"layer_{layer:02d}"
         source = sources[layer] if sources is not None else None
-        result = run(layer_cfg, folder, job_id, dataclasses.replace(settings, data=data), source=source)
+        result = run(layer_cfg, folder, job_id, dataclasses.replace(settings, data=data, device=device), source=source)
         metrics = result.metrics
         rows.append(
             {

@@ -83,12 +83,16 @@ def every_layer(folder: Path, store: Path, *overrides: str) -> tuple[dict, list[
     return json.loads((folder / "layers.json").read_text()), scanned
 
 
-def test_data_layer_all_reads_a_store_once_for_every_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_layer_all_reads_a_store_once_for_every_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     store = layered_store(tmp_path)
     shards = len(ActivationStore.open(store).manifest.shards)
     assert shards > 1
     per_layer, scanned_per_layer = every_layer(tmp_path / "per_layer", store, "device.host_budget_gb=0")
     assert per_layer["read"].startswith("each layer read on its own")
+    # the budget decided the reading: no layer's sklearn fit calls it a setting without effect
+    assert "host_budget_gb" not in caplog.text
     assert len(scanned_per_layer) == 4 * shards  # what one pass saves: a scan per layer
 
     def no_mapped_reads(self: MappedFile) -> None:
