@@ -22,6 +22,7 @@ from probe_lab.extract import journal as extraction_journal
 from probe_lab.extract import plan
 from probe_lab.extract import run as extraction
 from probe_lab.extract.capture import LayerCapture, find_blocks, pooling, resolve_layers
+from probe_lab.extract.forward import ChunkBuffers
 from probe_lab.extract.texts import read_texts
 from probe_lab.settings.extract import (
     ExtractConfig,
@@ -422,3 +423,16 @@ def test_the_progress_counts_texts_and_shows_tokens_per_second(models, texts, tm
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("extract:")]
     assert lines, "no progress line"
     assert re.fullmatch(r"extract: 40 of 40 text \(100%\), [\d,]+ tok/s  \(\d+ s\)", lines[-1]), lines[-1]
+
+
+def test_chunk_buffers_made_ahead_are_taken_in_turn_and_remade_for_other_rows() -> None:
+    buffers = ChunkBuffers(8, pinned=False)
+    buffers.prepare((2, 3), torch.bfloat16)
+    assert buffers.preparing is not None
+    prepared = [buffer.data_ptr() for buffer in buffers.preparing.result()]
+    first, second, third = (buffers.take((n, 2, 3), torch.bfloat16) for n in (8, 5, 2))
+    assert (first.shape, second.shape, third.shape) == ((8, 2, 3), (5, 2, 3), (2, 2, 3))
+    assert [first.data_ptr(), second.data_ptr()] == prepared  # the buffers made ahead, in turn
+    assert third.data_ptr() == first.data_ptr()  # the first buffer again, not a new one
+    other = buffers.take((4, 2, 3), torch.float32)  # rows of another dtype: a buffer of their own
+    assert other.dtype == torch.float32 and other.data_ptr() != second.data_ptr()

@@ -5,6 +5,7 @@ the copies run while the next batch does)."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -93,27 +94,42 @@ class TokenRate:
 class ChunkBuffers:
     """The host memory chunks' rows are gathered in: two buffers, taken in turn, so that one is written
     to the store while the next chunk fills the other (the writer is done with a buffer before it is
-    taken again). Page-locked when the model runs on a GPU, so that copies into them run
+    taken again). Page-locked when `pinned` (the model runs on a GPU), so that copies into them run
     asynchronously; made once for the largest chunk, since page-locking costs more than the copies,
-    and registered in place once written (`page_locked`: `pin_memory=True` page-locks at a tenth of
-    the speed, BENCHMARKS.md)."""
+    and registered in place (`page_locked`: `pin_memory=True` page-locks at a tenth of the speed,
+    BENCHMARKS.md). `prepare` makes them on a thread while the model loads: page-locking fresh memory
+    faults in every page, a fifth of a second per 512 MB, which would otherwise stall the first chunks."""
 
-    def __init__(self, max_rows: int, device: torch.device) -> None:
+    def __init__(self, max_rows: int, pinned: bool) -> None:
         self.max_rows = max_rows
-        self.pinned = device.type == "cuda"
+        self.pinned = pinned
         self.slots: list[torch.Tensor | None] = [None, None]
+        self.preparing: Future[list[torch.Tensor | None]] | None = None
         self.turn = 0
         self.devices: set[torch.device] = set()
 
+    def prepare(self, row: tuple[int, ...], dtype: torch.dtype) -> None:
+        """Start making both buffers for rows shaped `row` of `dtype`; `take` waits for them."""
+        if self.max_rows == 0:
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe_lab-extract-buffers")
+        self.preparing = pool.submit(lambda: [self._new((self.max_rows, *row), dtype) for _ in self.slots])
+        pool.shutdown(wait=False)
+
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A (rows, L, D) tensor of `dtype` in the next buffer."""
+        if self.preparing is not None:
+            self.slots, self.preparing = self.preparing.result(), None
         row = shape[1:]
         slot = self.slots[self.turn]
         if slot is None or slot.dtype != dtype or tuple(slot.shape[1:]) != row or len(slot) < shape[0]:
-            slot = torch.empty((max(self.max_rows, shape[0]), *row), dtype=dtype)
-            self.slots[self.turn] = slot = page_locked(slot) if self.pinned else slot
+            slot = self.slots[self.turn] = self._new((max(self.max_rows, shape[0]), *row), dtype)
         self.turn ^= 1
         return slot[: shape[0]]
+
+    def _new(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        buffer = torch.empty(shape, dtype=dtype)
+        return page_locked(buffer) if self.pinned else buffer
 
     def used(self, device: torch.device) -> None:
         """Rows were copied from `device`: `wait` waits for it."""

@@ -147,6 +147,14 @@ def device(name: str) -> torch.device:
     return chosen
 
 
+def runs_on_gpu(settings: ExtractModelSettings) -> bool:
+    """Whether the model will run on a GPU (in part, with device_map): its rows then reach the host by
+    asynchronous copies, into page-locked memory."""
+    if settings.device_map:
+        return torch.cuda.is_available()
+    return device(settings.device).type == "cuda"
+
+
 def input_device(model: torch.nn.Module) -> torch.device:
     """Where a batch's token ids go: the device of the input embeddings (the first block with device_map)."""
     return model.get_input_embeddings().weight.device

@@ -156,6 +156,8 @@ def _extract(settings: ExtractConfig) -> ExtractionSummary:
             if future.done() and future.exception() is not None:
                 raise future.exception()
 
+    buffers = ChunkBuffers(max((chunk.rows for chunk in todo), default=0), pinned=models.runs_on_gpu(settings.model))
+    buffers.prepare((len(layers), dim), getattr(torch, settings.model.dtype.value))  # while the model loads
     try:
         model = models.load_model(source, settings.model)
         with (
@@ -170,7 +172,6 @@ def _extract(settings: ExtractConfig) -> ExtractionSummary:
         ):
             looping = time.perf_counter()
             progress = TokenRate(counter, looping)
-            buffers = ChunkBuffers(max((chunk.rows for chunk in todo), default=0), models.input_device(model))
             for chunk in todo:
                 x = chunk_rows(capture, model, ids[chunk.first : chunk.stop], settings, tokenizer, progress, buffers)
                 if pending is not None:
