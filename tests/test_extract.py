@@ -427,7 +427,7 @@ def test_the_progress_counts_texts_and_shows_tokens_per_second(models, texts, tm
 
 def test_chunk_buffers_made_ahead_are_taken_in_turn_and_remade_for_other_rows() -> None:
     buffers = ChunkBuffers(8, pinned=False)
-    buffers.prepare((2, 3), torch.bfloat16)
+    buffers.prepare((2, 3), torch.bfloat16, chunks=5)
     assert buffers.preparing is not None
     prepared = [buffer.data_ptr() for buffer in buffers.preparing.result()]
     first, second, third = (buffers.take((n, 2, 3), torch.bfloat16) for n in (8, 5, 2))
@@ -435,4 +435,20 @@ def test_chunk_buffers_made_ahead_are_taken_in_turn_and_remade_for_other_rows() 
     assert [first.data_ptr(), second.data_ptr()] == prepared  # the buffers made ahead, in turn
     assert third.data_ptr() == first.data_ptr()  # the first buffer again, not a new one
     other = buffers.take((4, 2, 3), torch.float32)  # rows of another dtype: a buffer of their own
-    assert other.dtype == torch.float32 and other.data_ptr() != second.data_ptr()
+    assert other.dtype == torch.float32 and other.data_ptr() not in prepared
+
+
+def test_chunk_buffers_for_one_chunk_make_one_and_report_a_failure_when_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    one = ChunkBuffers(8, pinned=False)
+    one.prepare((3,), torch.float16, chunks=1)
+    assert one.preparing is not None
+    assert [slot is None for slot in one.preparing.result()] == [False, True]
+    failing = ChunkBuffers(8, pinned=True)
+
+    def refused(tensor: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no page-locked memory")
+
+    monkeypatch.setattr("probe_lab.extract.forward.page_locked", refused)
+    failing.prepare((3,), torch.float16, chunks=2)
+    with pytest.raises(RuntimeError, match="no page-locked memory"):
+        failing.take((8, 3), torch.float16)

@@ -108,12 +108,19 @@ class ChunkBuffers:
         self.turn = 0
         self.devices: set[torch.device] = set()
 
-    def prepare(self, row: tuple[int, ...], dtype: torch.dtype) -> None:
-        """Start making both buffers for rows shaped `row` of `dtype`; `take` waits for them."""
-        if self.max_rows == 0:
+    def prepare(self, row: tuple[int, ...], dtype: torch.dtype, chunks: int) -> None:
+        """Start making the buffers `chunks` chunks need (one, or both) for rows shaped `row` of `dtype`;
+        `take` waits for them, and raises what failed in making them."""
+        if self.max_rows == 0 or chunks == 0:
             return
+        count = min(chunks, len(self.slots))
+
+        def make() -> list[torch.Tensor | None]:
+            made: list[torch.Tensor | None] = [self._new((self.max_rows, *row), dtype) for _ in range(count)]
+            return made + [None] * (len(self.slots) - count)
+
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe_lab-extract-buffers")
-        self.preparing = pool.submit(lambda: [self._new((self.max_rows, *row), dtype) for _ in self.slots])
+        self.preparing = pool.submit(make)
         pool.shutdown(wait=False)
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

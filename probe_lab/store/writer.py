@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import struct
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,6 +86,7 @@ class StoreWriter:
         self._hash: Any = None
         self._hasher: ThreadPoolExecutor | None = None
         self._rows_in_shard = 0
+        self._writeback_from = 0  # where the shard being written has bytes whose writeback is not started
         self.rows = sum(shard.rows for shard in kept)
         self.closed = False
 
@@ -250,7 +253,12 @@ class StoreWriter:
             piece = data[start : start + WRITE_PIECE_BYTES]
             hashed.append(self._hasher.submit(self._hash.update, piece))  # one thread: pieces in order
             self._file.write(piece)
-            start_writeback(self._file, self._file.tell() - len(piece), len(piece))
+        # Writeback is started a whole piece at a time: started for each small append, a page left
+        # part-filled would be written again with every append that adds to it.
+        written = self._file.tell()
+        if written - self._writeback_from >= WRITE_PIECE_BYTES:
+            start_writeback(self._file, self._writeback_from, written - self._writeback_from)
+            self._writeback_from = written
         for future in hashed:
             future.result()
 
@@ -264,6 +272,7 @@ class StoreWriter:
         self._current_name = name
         self._file = open(self.path / name, "wb")  # noqa: SIM115 (closed in _finish_shard)
         self._file.write(b"\0" * (8 + HEADER_BYTES))
+        self._writeback_from = 0
         self._hash = hashlib.sha256()
         self._rows_in_shard = 0
 
@@ -314,9 +323,12 @@ def start_writeback(file: Any, offset: int, length: int) -> None:
     waiting for them. With much free memory the kernel would otherwise keep them in the page cache until
     the shard's fsync, leaving the disk idle while the next pieces are written. Linux starts the
     writeback of a range advised POSIX_FADV_DONTNEED (and drops those of its pages already clean, which
-    nothing here reads back); elsewhere this does nothing."""
-    if hasattr(os, "posix_fadvise"):
-        file.flush()
+    nothing here reads back). Elsewhere, where the advice only drops clean pages, and where the kernel
+    refuses it, this does nothing: it is advice, never a reason for a write to fail."""
+    if not sys.platform.startswith("linux"):
+        return
+    file.flush()
+    with contextlib.suppress(OSError):
         os.posix_fadvise(file.fileno(), offset, length, os.POSIX_FADV_DONTNEED)
 
 
