@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader
 from probe_lab.convert import main as convert_main
 from probe_lab.data.streaming import StreamedBatches
 from probe_lab.data.synthetic import activation_like
-from probe_lab.data.tables import FILE_READ_MIN_BYTES, MappedFile
 from probe_lab.errors import ProbeLabError
 from probe_lab.fit.datamodule import ProbeDataModule
 from probe_lab.settings import ProbeTrainingConfig
@@ -85,34 +84,6 @@ def test_round_trip_is_exact_in_the_stored_dtype(tmp_path: Path, dtype: str, lay
     # Shards are plain safetensors files.
     first = load_file(tmp_path / "s" / store.manifest.shards[0].file)["activations"]
     assert torch.equal(first, expected[: len(first)])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_long_runs_are_read_from_the_files_and_equal_what_the_mapping_holds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str
-) -> None:
-    x = torch.randn(1500, 512) * 10
-    store = ActivationStore.open(write_store(tmp_path / "s", x, np.arange(1500) % 2, dtype, shard_mb=1.5))
-    dataset = store.dataset(verify=False)
-    expected = x.to(DTYPES[dtype])
-    segments = dataset.segments(1100)  # within shards; at least one of 1 MiB or more
-    assert any(len(rows) * 512 * expected.element_size() >= FILE_READ_MIN_BYTES for rows in segments)
-
-    def mapped_array(self: MappedFile) -> np.ndarray:
-        raise AssertionError(f"{self.path} mapped for a long run of rows")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(MappedFile, "array", mapped_array)
-        for rows in (rows for rows in segments if len(rows) * 512 * expected.element_size() >= FILE_READ_MIN_BYTES):
-            out = torch.empty((len(rows), 512), dtype=DTYPES[dtype])
-            dataset.read_into(rows, out)
-            assert torch.equal(out, expected[rows])
-    for rows in segments:  # every run, long ones from the files and short ones from the mappings
-        assert torch.equal(dataset.read(rows), expected[rows])
-    truncated = tmp_path / "s" / store.manifest.shards[0].file
-    os.truncate(truncated, truncated.stat().st_size // 2)
-    with pytest.raises(ProbeLabError, match="ends before row"):
-        dataset.read_into(segments[0], torch.empty((len(segments[0]), 512), dtype=DTYPES[dtype]))
 
 
 def test_whole_shards_written_side_by_side_equal_shards_written_in_turn(

@@ -9,9 +9,7 @@ sharded table (probe_lab.store) is a sequence of `ArrayTable`s.
 
 Mapped files are read through `mmap` rather than `np.memmap` so that the pages a read touched can be
 dropped from this process (`madvise(MADV_DONTNEED)`) right after the copy: the page cache keeps
-them, but the process's resident memory stays flat however much of a large file it streams. Long
-runs of whole rows (a streamed block) are read from the file itself, into their destination, with no
-mapping involved.
+them, but the process's resident memory stays flat however much of a large file it streams.
 """
 
 from __future__ import annotations
@@ -36,9 +34,6 @@ NUMPY_STORAGE = {torch.float32: np.dtype("<f4"), torch.float16: np.dtype("<f2"),
 # |bits| at or above this pattern (sign cleared) is Inf or NaN.
 _NONFINITE_BITS = {torch.float16: (np.uint16, 0x7FFF, 0x7C00), torch.bfloat16: (np.uint16, 0x7FFF, 0x7F80)}
 _NONFINITE_BITS[torch.float32] = (np.uint32, 0x7FFFFFFF, 0x7F800000)
-# Runs of rows at least this long are read from a mapped table's file rather than copied out of the
-# mapping (`MappedFile.read_rows_into`); shorter ones are not worth opening the file for.
-FILE_READ_MIN_BYTES = 1 << 20
 
 
 class RowTable(ABC):
@@ -95,25 +90,6 @@ class MappedFile:
             self._array = flat.reshape(self.shape)  # assigned once shaped: reader threads share this object
         return self._array
 
-    def read_rows_into(self, first_row: int, stop_row: int, out: np.ndarray) -> None:
-        """Rows [first_row, stop_row) of a 2-D region read from the file into `out` (C-contiguous, of
-        as many bytes) without mapping them: the kernel copies from the page cache (or the disk) into
-        `out`. Reader threads copying out of a shared mapping fault its pages in and must drop them
-        again (`release`), and each drop interrupts every core running one of them (TLB shootdowns);
-        plain reads do neither."""
-        row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
-        view = memoryview(out).cast("B")
-        if len(view) != (stop_row - first_row) * row_bytes:
-            raise ValueError(f"rows {first_row}:{stop_row} need {(stop_row - first_row) * row_bytes} bytes")
-        with open(self.path, "rb", buffering=0) as file:
-            file.seek(self.offset + first_row * row_bytes)
-            done = 0
-            while done < len(view):
-                count = file.readinto(view[done:])
-                if not count:
-                    raise ProbeLabError(f"{self.path}: ends before row {first_row + done // row_bytes}")
-                done += count
-
     def release(self, first_row: int, stop_row: int) -> None:
         """Drop the pages of rows [first_row, stop_row) from this process (they stay in the page cache)."""
         if self._mmap is None or not hasattr(mmap, "MADV_DONTNEED"):
@@ -162,25 +138,13 @@ class ArrayTable(RowTable):
 
     def read_into(self, rows: np.ndarray, layer: int | None, out: torch.Tensor) -> None:
         mapped = self._source if isinstance(self._source, MappedFile) else None
+        array = mapped.array() if mapped is not None else self._source
         if len(rows) == 0:
             return
         target = (out.view(torch.int16) if self.dtype == torch.bfloat16 else out).numpy()
-        first, last = int(rows[0]), int(rows[-1])
-        consecutive = last - first + 1 == len(rows) and bool(np.all(np.diff(rows) == 1))
-        if (
-            mapped is not None
-            and consecutive
-            and self.layers is None
-            and mapped.dtype == NUMPY_STORAGE[self.dtype]
-            and out.dtype == self.dtype
-            and target.flags.c_contiguous
-            and target.nbytes >= FILE_READ_MIN_BYTES
-        ):  # a long run of whole rows stored as they are wanted: read from the file, not the mapping
-            mapped.read_rows_into(first, last + 1, target)
-            return
-        array = mapped.array() if mapped is not None else self._source
         source = array if self.layers is None else array[:, layer]
-        if consecutive:
+        first, last = int(rows[0]), int(rows[-1])
+        if last - first + 1 == len(rows) and bool(np.all(np.diff(rows) == 1)):
             np.copyto(target, source[first : last + 1], casting="unsafe")
         elif source.dtype == target.dtype or self.dtype == torch.bfloat16:
             np.take(source, rows, axis=0, out=target.view(source.dtype))
