@@ -12,7 +12,8 @@ saves it to a temporary folder, then on the same texts and the same length-sorte
   extraction is held to);
 - `probe_lab.extract` with `pooling=last` over layers 4, 8, 12 and the last (a whole forward pass
   each batch), and with `pooling=tokens` over layer 8 (every token a row; the pass stops after
-  block 8): tokens per second through the model, the ratio to the plain pass, peak device memory,
+  block 8), each the faster of two extractions: tokens per second through the model, the ratio to
+  the plain pass, peak device memory,
   and the time spent writing shards against the disk's sequential write of as many bytes (16 MiB
   writes, fsynced) in the same folder, plain and with each write's writeback started at once as the
   store writer does.
@@ -194,9 +195,11 @@ def main() -> None:
             output=str(scratch / f"store-{chosen['pooling'].value}"),
             batch_tokens=args.batch_tokens,
             progress=False,
+            overwrite=True,
             **chosen,
         )
-        summary = extract(settings)
+        # The faster of two extractions, as for the plain pass: the first meets its batch shapes cold.
+        summary = min((extract(settings) for _ in range(2)), key=lambda run: run.loop_seconds)
         extraction_peak = peak_bytes()
         floor = sequential_write(scratch, int(summary.gigabytes * 1e9), kick=False)
         kicked = sequential_write(scratch, int(summary.gigabytes * 1e9), kick=True)
