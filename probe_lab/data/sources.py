@@ -137,8 +137,8 @@ def read_every_layer(source: Source, cfg: DataSettings, *, progress: bool = Fals
     NaN/Inf rows included), into host memory that every layer's source reads from. Only for what
     `every_layer_bytes` sizes."""
     if source.store is not None:
-        verify = cfg.verify if isinstance(cfg, StoreData) else True
-        datasets = source.store.layer_datasets(verify=verify, progress=progress)
+        assert source.store_settings is not None
+        datasets = source.store.layer_datasets(verify=source.store_settings.verify, progress=progress)
     else:
         assert isinstance(cfg, NpyData) and source.dataset is not None
         x_path, x = _npy_array(cfg)
