@@ -109,19 +109,43 @@ def _text_config(config: Any) -> Any:
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def load_model(source: ModelSource, settings: ExtractModelSettings) -> torch.nn.Module:
-    """The base model in eval mode, in `settings.dtype`, where the settings put it."""
+@dataclass(frozen=True)
+class ModelPlacement:
+    """Where the model runs, decided once from model.device and model.device_map: on `device`, or
+    spread by accelerate's `device_map` (then `device` is None)."""
+
+    device: torch.device | None
+    device_map: str | None
+
+    @classmethod
+    def of(cls, settings: ExtractModelSettings) -> ModelPlacement:
+        if settings.device_map:
+            return cls(None, settings.device_map)
+        return cls(device(settings.device), None)
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the model runs on a GPU (in part, with a device_map): its rows then reach the host
+        by asynchronous copies, into page-locked memory."""
+        if self.device_map:
+            return torch.cuda.is_available()
+        assert self.device is not None
+        return self.device.type == "cuda"
+
+
+def load_model(source: ModelSource, settings: ExtractModelSettings, placement: ModelPlacement) -> torch.nn.Module:
+    """The base model in eval mode, in `settings.dtype`, at `placement`."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     dtype = getattr(torch, settings.dtype.value)
-    placement: dict[str, Any] = {"device_map": settings.device_map} if settings.device_map else {}
+    spread: dict[str, Any] = {"device_map": placement.device_map} if placement.device_map else {}
     # A base model loaded from a checkpoint with a head reports the head's weights as unused: expected.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModel.from_pretrained(source.folder, dtype=dtype, local_files_only=True, **placement)
+        model = AutoModel.from_pretrained(source.folder, dtype=dtype, local_files_only=True, **spread)
     except (OSError, ValueError) as err:
         raise ProbeLabError(
             f"model.path ({source.name}): could not load the model ({str(err).splitlines()[0]})"
@@ -129,8 +153,8 @@ def load_model(source: ModelSource, settings: ExtractModelSettings) -> torch.nn.
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
-    if not settings.device_map:
-        model.to(device(settings.device))
+    if placement.device is not None:
+        model.to(placement.device)
     return model.eval()
 
 
@@ -145,14 +169,6 @@ def device(name: str) -> torch.device:
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ProbeLabError(f"model.device={name}: no CUDA device is available")
     return chosen
-
-
-def runs_on_gpu(settings: ExtractModelSettings) -> bool:
-    """Whether the model will run on a GPU (in part, with device_map): its rows then reach the host by
-    asynchronous copies, into page-locked memory."""
-    if settings.device_map:
-        return torch.cuda.is_available()
-    return device(settings.device).type == "cuda"
 
 
 def input_device(model: torch.nn.Module) -> torch.device:

@@ -93,7 +93,7 @@ def _extract(settings: ExtractConfig) -> ExtractionSummary:
     shard_rows = max(1, int(settings.shard_mb * 2**20) // row_bytes)
     chunks = plan.chunks(rows, shard_rows)
     identity = journal.extraction_identity(settings, source, texts.sha256, layers)
-    pinned = models.runs_on_gpu(settings.model)  # refuses a model.device that is not there
+    placement = models.ModelPlacement.of(settings.model)  # refuses a model.device that is not there
     kept, resuming = journal.resumable(output, identity, settings.overwrite)
     done = journal.chunks_done(kept, chunks)
     labels_per_row = np.repeat(texts.labels, rows)
@@ -111,7 +111,7 @@ def _extract(settings: ExtractConfig) -> ExtractionSummary:
     )
     journal.write_journal(output, identity, writer.shards)
     todo = chunks[done:]
-    buffers = ChunkBuffers(max((chunk.rows for chunk in todo), default=0), pinned=pinned)
+    buffers = ChunkBuffers(max((chunk.rows for chunk in todo), default=0), pinned=placement.on_gpu)
     todo_tokens = int(lengths[todo[0].first :].sum()) if todo else 0
 
     def write(x: torch.Tensor, chunk: plan.Chunk) -> tuple[tuple[float, float], Future]:
@@ -160,7 +160,7 @@ def _extract(settings: ExtractConfig) -> ExtractionSummary:
 
     buffers.prepare((len(layers), dim), getattr(torch, settings.model.dtype.value), len(todo))  # while the model loads
     try:
-        model = models.load_model(source, settings.model)
+        model = models.load_model(source, settings.model, placement)
         with (
             LayerCapture(model, layers, depth) as capture,
             progress_counter(

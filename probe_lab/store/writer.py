@@ -39,8 +39,9 @@ from probe_lab.store.manifest import (
 HEADER_BYTES = 256
 DEFAULT_SHARD_MB = 256
 WRITE_PIECE_BYTES = 16 << 20  # written and hashed side by side, piece by piece
-# Whole shards written at once by `append_shards`, each on a thread of its own: one sha256 runs at
-# ~1.3 GB/s, slower than a fast disk, and only separate shards can be hashed side by side.
+# Whole shards written at once by `append_shards`, each on a thread of its own (and its hash on
+# another): one sha256 runs at ~1.3 GB/s, slower than a fast disk, and only separate shards can be
+# hashed side by side.
 PARALLEL_SHARDS = min(8, os.cpu_count() or 1)
 
 
@@ -288,17 +289,23 @@ class StoreWriter:
         self._current_name = ""
 
     def _write_whole_shard(self, name: str, values: np.ndarray, durable: bool = True) -> ShardInfo:
-        """Shard `name` holding `values`, header first, hashed while written; flushed to the disk when
-        this returns if `durable`."""
+        """Shard `name` holding `values`, header first, each piece hashed on a thread of its own while it
+        is written (as `_write_and_hash` does); flushed to the disk when this returns if `durable`."""
         data = memoryview(np.ascontiguousarray(values)).cast("B")
         digest = hashlib.sha256()
-        with open(self.path / name, "wb") as file:
+        with (
+            open(self.path / name, "wb") as file,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe_lab-store-hash") as hasher,
+        ):
             file.write(self._header(len(values)))
+            hashed = []
             for start in range(0, len(data), WRITE_PIECE_BYTES):
                 piece = data[start : start + WRITE_PIECE_BYTES]
+                hashed.append(hasher.submit(digest.update, piece))  # one thread: pieces in order
                 file.write(piece)
                 start_writeback(file, 8 + HEADER_BYTES + start, len(piece))
-                digest.update(piece)
+            for future in hashed:
+                future.result()
             file.flush()
             if durable:
                 os.fsync(file.fileno())
