@@ -1,7 +1,7 @@
 """Data-parallel full-batch L-BFGS on 1, 2, 4 or 8 GPUs over one activation store, side by side.
 
-    python benchmarks/multi_gpu.py --store PATH [--rows 4194304] [--dim 8192] [--gpus 1 2]
-                                   [--regularization 100 | --path] [--budget-gb G]
+    python benchmarks/multi_gpu.py (--store PATH | --drawn) [--rows 4194304] [--dim 8192] [--gpus 1 2]
+                                   [--holdout F] [--regularization 100 | --path] [--budget-gb G]
                                    [--launcher torchrun|lightning] [--device cuda|cpu]
 
 Writes a float16 store of activation-like rows unless `--store` holds one already (block by block,
@@ -11,6 +11,10 @@ too), then trains the pytorch backend on it once per count P in `--gpus`:
     torchrun --standalone --nproc-per-node P -m probe_lab backend=pytorch data=store data.path=STORE
              device=cuda trainer.devices=P probe.regularization=R progress_bar=false hydra.run.dir=…
 
+With `--drawn` there is no store: `data=drawn data.n=ROWS data.dim=DIM` (float16), each process
+drawing the rows of its own shard on its own GPU (`probe_lab.data.drawn`), for splits larger than the
+machine's disk or host memory. `--holdout F` sets `data.validation_split` and `data.test_split` to F
+(13,107,200 rows with `--holdout 0.1` leave a training split of 10,485,760).
 (`--launcher lightning` leaves torchrun out: Lightning's launcher starts the other processes;
 `--path` fits the 6-value path [0.01, 0.1, 1, 10, 100, 1000] in the same pass; `--budget-gb` sets
 `device.memory_budget_gb`, so that part of each process's shard streams from pinned host memory.)
@@ -93,10 +97,21 @@ def pinned_copy_bandwidth(nbytes: int = GIB) -> float:
     return nbytes / best
 
 
-def train(store: Path, processes: int, args: argparse.Namespace, folder: Path) -> tuple[float, dict, np.ndarray]:
+def data_flags(args: argparse.Namespace) -> list[str]:
+    """The `data` settings of every run: the store, or rows drawn by each process."""
+    if args.drawn:
+        flags = ["data=drawn", f"data.n={args.rows}", f"data.dim={args.dim}", "data.dtype=float16"]
+    else:
+        flags = ["data=store", f"data.path={args.store.resolve()}"]
+    if args.holdout is not None:
+        flags += [f"data.validation_split={args.holdout}", f"data.test_split={args.holdout}"]
+    return flags
+
+
+def train(processes: int, args: argparse.Namespace, folder: Path) -> tuple[float, dict, np.ndarray]:
     """(wall seconds, metrics.json, exported weight) of one data-parallel run of `processes` processes."""
     run_dir = folder / f"p{processes}"
-    flags = ["backend=pytorch", "data=store", f"data.path={store}", f"device={args.device}", "progress_bar=false"]
+    flags = ["backend=pytorch", *data_flags(args), f"device={args.device}", "progress_bar=false"]
     flags += [f"trainer.devices={processes}", f"probe.regularization={PATH if args.path else args.regularization}"]
     flags += [f"hydra.run.dir={run_dir}"]
     if args.budget_gb is not None:
@@ -119,8 +134,11 @@ def train(store: Path, processes: int, args: argparse.Namespace, folder: Path) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--store", type=Path)
+    source.add_argument("--drawn", action="store_true")
     parser.add_argument("--rows", type=int, default=4194304)
+    parser.add_argument("--holdout", type=float)
     parser.add_argument("--dim", type=int, default=8192)
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--regularization", type=float, default=100.0)
@@ -129,19 +147,24 @@ def main() -> None:
     parser.add_argument("--launcher", choices=["torchrun", "lightning"], default="torchrun")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     args = parser.parse_args()
-    if not (args.store / "manifest.json").is_file():
-        start = time.perf_counter()
-        write_store(args.store, args.rows, args.dim, args.device)
-        print(f"store: {args.rows} × {args.dim} float16 written in {time.perf_counter() - start:.1f} s")
-    store = ActivationStore.open(args.store)
+    if args.drawn:
+        rows, dim = args.rows, args.dim
+        print(f"drawn by each process: {rows} × {dim} float16, {rows * dim * 2 / 1e9:.1f} GB in all; ", end="")
+    else:
+        if not (args.store / "manifest.json").is_file():
+            start = time.perf_counter()
+            write_store(args.store, args.rows, args.dim, args.device)
+            print(f"store: {args.rows} × {args.dim} float16 written in {time.perf_counter() - start:.1f} s")
+        store = ActivationStore.open(args.store)
+        rows, dim = store.rows, store.dim
+        print(f"store {rows} × {dim} {store.manifest.dtype}, {store.manifest.nbytes / 1e9:.1f} GB; ", end="")
     on_gpu = args.device == "cuda"
     read = device_read_bandwidth() if on_gpu else float("nan")
     copy = pinned_copy_bandwidth() if on_gpu else float("nan")
-    print(f"store {store.rows} × {store.dim} {store.manifest.dtype}, {store.manifest.nbytes / 1e9:.1f} GB; ", end="")
     print(f"GPU 0 read {read / 1e9:.0f} GB/s, pinned host→device {copy / 1e9:.1f} GB/s")
     scratch = Path(tempfile.mkdtemp(prefix="probe_lab-multi-gpu-"))
     try:
-        results = [(p, *train(args.store.resolve(), p, args, scratch)) for p in args.gpus]
+        results = [(p, *train(p, args, scratch)) for p in args.gpus]
     finally:
         shutil.rmtree(scratch)
     columns = ["GPUs", "wall", "fit", "L-BFGS loop", "evaluations", "iterations", "s / evaluation", "× one-read floor"]
@@ -154,7 +177,7 @@ def main() -> None:
         fit = metrics["fit"]
         evaluations = fit["evaluations"]
         per_evaluation = fit["optimize_seconds"] / evaluations
-        shard_bytes = metrics["n_train"] * store.dim * 2 / processes
+        shard_bytes = metrics["n_train"] * dim * 2 / processes
         floor = shard_bytes / read
         cosine = float(weight @ first_weight / (np.linalg.norm(weight) * np.linalg.norm(first_weight)))
         efficiency = first_p * first_loop / (processes * fit["optimize_seconds"])

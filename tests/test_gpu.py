@@ -410,3 +410,16 @@ def test_the_same_command_twice_on_the_gpu_gives_the_same_probe(cli, tmp_path, o
     assert first.metrics()["device"] == "cuda"
     assert (first.run_dir / "probe.safetensors").read_bytes() == (second.run_dir / "probe.safetensors").read_bytes()
     assert without_timings(first.metrics()) == without_timings(second.metrics())
+
+
+def test_drawn_rows_are_drawn_on_the_gpu_and_read_the_same_through_the_host() -> None:
+    from probe_lab.data.drawn import DRAW_BLOCK_ROWS, DrawnTable
+
+    table = DrawnTable(3 * DRAW_BLOCK_ROWS + 7, 64, seed=5)
+    dataset = ActivationDataset(table, table.labels, name="drawn")
+    rows = np.sort(np.random.default_rng(0).choice(len(dataset), 5000, replace=False))
+    on_gpu = dataset.subset(rows).to_device("cuda")  # drawn there, never through the host
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.float16
+    through_host = dataset.subset(rows).to_tensor()  # drawn on the GPU too, then copied
+    assert through_host.device.type == "cpu"
+    assert torch.equal(on_gpu.cpu(), through_host)

@@ -232,16 +232,19 @@ class ActivationDataset(Dataset):
     def to_device(self, device: torch.device | str) -> torch.Tensor:
         """All rows as one (N, D) tensor in the storage dtype on `device`.
 
-        Rows already there are returned as they are (a view when the dataset is not a subset). From
-        the host, chunks are read by LOAD_THREADS threads into pinned buffers, each copied to the
-        device asynchronously while the next reads go on (probe_lab.data.h2d), so no full-size host
-        copy is ever made.
+        Rows already there are returned as they are (a view when the dataset is not a subset); rows
+        a table makes on a device (drawn rows) are made there. From the host, chunks are read by
+        LOAD_THREADS threads into pinned buffers, each copied to the device asynchronously while the
+        next reads go on (probe_lab.data.h2d), so no full-size host copy is ever made.
         """
         device = torch.device(device)
         if device.type == "cpu":
             return self.to_tensor()
         if isinstance(self.table, DeviceTable) and _same_device(self.table.device, device):
             return self.table.read(self._rows, self.layer)  # all rows, in this dataset's order
+        made = self.table.read_onto(self._rows, self.layer, device)
+        if made is not None:
+            return made
         out = torch.empty((len(self), self.dim), dtype=self.storage_dtype, device=device)
         chunk_rows = max(1, LOAD_CHUNK_BYTES // (self.dim * self.storage_dtype.itemsize))
 

@@ -1,8 +1,9 @@
 """Where activations come from: a `data` setting (one schema per source) → `Source` → ActivationDataset.
 
-Sources: `synthetic` and `seed_task` are generated in-process; `npy` memory-maps an .npy file of
-shape N×D or N×L×D; `pt_files` reads a directory of per-sample tensor files lazily; `store` opens an
-activation store (probe_lab.store), scanning it once for checksums and non-finite rows.
+Sources: `synthetic` and `seed_task` are generated in-process, `drawn` block by block where its rows
+are read (`probe_lab.data.drawn`); `npy` memory-maps an .npy file of shape N×D or N×L×D; `pt_files`
+reads a directory of per-sample tensor files lazily; `store` opens an activation store
+(probe_lab.store), scanning it once for checksums and non-finite rows.
 
 Opening a source reads no activations (a store's manifest and shard headers, an .npy header); the
 run decides the placement from the opened source's size, then reads it where the placement says.
@@ -20,11 +21,13 @@ import torch
 
 from probe_lab.data import synthetic
 from probe_lab.data.dataset import ActivationDataset, check_labels
+from probe_lab.data.drawn import DrawnTable
 from probe_lab.data.tables import MappedFile, map_npy
 from probe_lab.data.tensor_files import list_tensor_files, load_tensor_file, sample_shape
 from probe_lab.errors import ProbeLabError
 from probe_lab.settings.data import (
     DataSettings,
+    DrawnData,
     NpyData,
     PtFilesData,
     SeedTaskData,
@@ -92,6 +95,17 @@ def _dataset(cfg: DataSettings, seed: int, require_labels: bool) -> ActivationDa
             cfg.n, cfg.dim, seed, n_outliers=cfg.n_outliers, outlier_scale=cfg.outlier_scale, signal=cfg.signal
         )
         return ActivationDataset(x, y, name="data=synthetic")
+    if isinstance(cfg, DrawnData):
+        table = DrawnTable(
+            cfg.n,
+            cfg.dim,
+            seed,
+            dtype=getattr(torch, cfg.dtype),
+            n_outliers=cfg.n_outliers,
+            outlier_scale=cfg.outlier_scale,
+            signal=cfg.signal,
+        )
+        return ActivationDataset(table, table.labels, name="data=drawn")
     if isinstance(cfg, SeedTaskData):
         x, y = synthetic.seed_task(cfg.n, cfg.dim, seed)
         return ActivationDataset(x, y, name="data=seed_task")

@@ -28,7 +28,7 @@ def activation_like(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(X (n, dim), y (n,) of 0/1). Generated block by block, so n×dim need only fit once, in `dtype`."""
     rng = np.random.default_rng(seed)
-    mean, scales, direction = _activation_geometry(rng, dim, n_outliers, outlier_scale)
+    mean, scales, direction = activation_geometry(rng, dim, n_outliers, outlier_scale)
     x = np.empty((n, dim), dtype=dtype)
     y = np.empty(n, dtype=np.int64)
     for start in range(0, n, _BLOCK):
@@ -54,7 +54,7 @@ def activation_like_tensor(
     """`activation_like`'s distribution (the same mean, spectrum, outliers and direction for a seed),
     drawn by torch on `device`: (X (n, dim) of `dtype` on the device, y (n,) int64 on the host).
     Benchmarks at 70B scale use it, where drawing billions of values on the CPU takes minutes."""
-    mean, scales, direction = _activation_geometry(np.random.default_rng(seed), dim, n_outliers, outlier_scale)
+    mean, scales, direction = activation_geometry(np.random.default_rng(seed), dim, n_outliers, outlier_scale)
     mean_t, scales_t, direction_t = (
         torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, scales, direction)
     )
@@ -70,7 +70,7 @@ def activation_like_tensor(
     return x, y.cpu().numpy()
 
 
-def _activation_geometry(
+def activation_geometry(
     rng: np.random.Generator, dim: int, n_outliers: int, outlier_scale: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, per-dimension scale, planted unit direction) of activation-like data."""

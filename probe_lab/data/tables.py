@@ -67,6 +67,11 @@ class RowTable(ABC):
         """`read`, written into `out` (k, D) of `dtype`: streaming reuses one buffer for every read."""
         out.copy_(self.read(rows, layer))
 
+    def read_onto(self, rows: np.ndarray, layer: int | None, device: torch.device) -> torch.Tensor | None:
+        """The rows (any order) made on `device` directly, by a table that can (drawn rows); None for
+        one whose rows reach a device through host memory."""
+        return None
+
 
 class MappedFile:
     """A read-only array over a region of a file, mapped on first use (and again after pickling)."""

@@ -25,6 +25,7 @@ LAYER_ALL = "all"  # data.layer=all: one probe per layer of N×L×D activations
 
 class DataSource(StrEnum):
     synthetic = "synthetic"
+    drawn = "drawn"
     seed_task = "seed_task"
     npy = "npy"
     pt_files = "pt_files"
@@ -111,6 +112,31 @@ class SyntheticData(DataSettings):
 
 
 @dataclass
+class DrawnData(DataSettings):
+    """Activation-like rows drawn block by block where they are read (`probe_lab.data.drawn`): labels
+    first, rows only for the blocks a process reads, so no machine holds all `n` rows."""
+
+    source: DataSource = DataSource.drawn
+    n: int = 4000
+    dim: int = 256
+    dtype: str = field(default="float16", metadata={"help": "float16, bfloat16 or float32"})
+    n_outliers: int = 4
+    outlier_scale: float = 30.0
+    signal: float = 3.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require_size(self.n, self.dim)
+        if self.dtype not in DRAWN_DTYPES:
+            raise ProbeLabError(f"data.dtype must be one of {', '.join(DRAWN_DTYPES)}, got {self.dtype!r}")
+        if self.n_outliers < 0 or self.outlier_scale <= 0:
+            raise ProbeLabError("data.n_outliers must be >= 0 and data.outlier_scale > 0")
+
+
+DRAWN_DTYPES = ("float16", "bfloat16", "float32")
+
+
+@dataclass
 class SeedTaskData(DataSettings):
     """The seed guide's GPU-test task: `n` rows per class of width `dim`."""
 
@@ -167,6 +193,7 @@ class StoreData(LayeredData):
 
 SCHEMAS: dict[DataSource, type[DataSettings]] = {
     DataSource.synthetic: SyntheticData,
+    DataSource.drawn: DrawnData,
     DataSource.seed_task: SeedTaskData,
     DataSource.npy: NpyData,
     DataSource.pt_files: PtFilesData,
