@@ -423,29 +423,3 @@ def test_drawn_rows_are_drawn_on_the_gpu_and_read_the_same_through_the_host() ->
     through_host = dataset.subset(rows).to_tensor()  # drawn on the GPU too, then copied
     assert through_host.device.type == "cpu"
     assert torch.equal(on_gpu.cpu(), through_host)
-
-
-def test_streamed_blocks_reuse_their_page_locked_read_buffers_across_passes(store_splits) -> None:
-    """A streamed split's readers read into buffers made once: every pass, one left early included,
-    brings the same rows, with the consumer holding its blocks (no reused device buffers) or not; the
-    validation split's blocks share the training split's buffers."""
-    from probe_lab.data.blocks import SplitBlocks
-
-    train, val = store_splits["float16"].train, store_splits["float16"].val
-    blocks = SplitBlocks(train, torch.device("cuda"), read_rows=300, threads=3)
-    buffers = blocks._buffers
-    assert buffers is not None and buffers.count == 3 * (2 + 1) + 1
-    expected = train.read(np.concatenate(blocks.segments)).cuda()
-    for _ in range(2):
-        assert torch.equal(torch.cat([x.clone() for x, _ in blocks]), expected)
-    for position, _ in enumerate(blocks):  # a pass left early gives its buffers back
-        if position == 3:
-            break
-    assert torch.equal(torch.cat([x.clone() for x, _ in blocks]), expected)
-    assert buffers._free.qsize() == buffers.count
-    held = SplitBlocks(
-        val, torch.device("cuda"), read_rows=300, threads=3, reuse_device_buffers=False, share_buffers_with=blocks
-    )
-    assert held._buffers is buffers
-    kept = [x for x, _ in held]  # held all at once, as Lightning's loop holds a batch while it fetches
-    assert torch.equal(torch.cat(kept), val.read(np.concatenate(held.segments)).cuda())

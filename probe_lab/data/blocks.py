@@ -15,8 +15,6 @@ split the device's budget holds); the rest has one of two homes:
 On a GPU, blocks from the host (pinned, either home) are copied on a side stream into two device
 buffers used in turn: the copy of the next block runs while the current one is computed on, and a
 buffer is written again only after the computation on its previous block (`_copied_to_device`).
-The `streamed` home's readers read into page-locked host buffers made once, when the blocks are made
-(`_ReadBuffers`), and reused by every pass.
 """
 
 from __future__ import annotations
@@ -54,10 +52,7 @@ class SplitBlocks:
         hold_on_host: bool = False,
         device_bytes: int = 0,
         reuse_device_buffers: bool = True,
-        share_buffers_with: SplitBlocks | None = None,
     ) -> None:
-        """share_buffers_with: blocks of another split whose passes never overlap with this one's (the
-        validation split's, read after training), whose host read buffers this split reuses if they fit."""
         if dataset.labels is None:
             raise ValueError("SplitBlocks needs labelled data")
         self.dataset = dataset
@@ -78,19 +73,8 @@ class SplitBlocks:
             self.on_device = list(torch.split(whole, [len(segment) for segment in kept_segments]))
         self.rest = range(kept, len(self.segments))
         self.host: list[torch.Tensor] | None = None
-        self._buffers: _ReadBuffers | None = None
         if hold_on_host:
             self.host = self._held_on_host()
-        elif self.pin and len(self.rest):
-            # Enough that no reader waits for one while the consumer waits for that reader: each of the
-            # `threads` readers holds at most `prefetch` queued blocks and the one it is putting.
-            largest = max(len(self.segments[index]) for index in self.rest) * dataset.dim
-            count = self.threads * (self.prefetch + 1) + 1
-            shared = share_buffers_with._buffers if share_buffers_with is not None else None
-            if shared is not None and shared.fits(count, largest, dataset.storage_dtype):
-                self._buffers = shared
-            else:
-                self._buffers = _ReadBuffers(count, largest, dataset.storage_dtype)
 
     @property
     def rows(self) -> int:
@@ -132,12 +116,7 @@ class SplitBlocks:
         if self.pin and self.reuse_device_buffers:
             rest = self._copied_to_device(rest)
         for block, labels in zip(rest, self.labels[len(self.on_device) :], strict=True):
-            moved = block.to(self.device, non_blocking=True)
-            if self._buffers is not None and block.device.type == "cpu":
-                copied = torch.cuda.Event()
-                copied.record(torch.cuda.current_stream(self.device))
-                self._buffers.give_back(block, copied)
-            yield moved, labels
+            yield block.to(self.device, non_blocking=True), labels
 
     def _copied_to_device(self, blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Pinned host `blocks` as views of two device buffers, each block's copy queued on the side
@@ -160,26 +139,15 @@ class SplitBlocks:
                 target.copy_(block, non_blocking=True)
                 copied = torch.cuda.Event()
                 copied.record(side)
-            if self._buffers is not None:
-                self._buffers.give_back(block, copied)  # read into again once this copy has run
             if queued is not None:
                 yield from _computed_on(queued, compute, released)
             queued = (target, copied, slot)
         if queued is not None:
             yield from _computed_on(queued, compute, released)
 
-    def _read(self, index: int, stop: threading.Event) -> torch.Tensor | None:
-        """Block `index` read from storage into host memory (a page-locked buffer of the pool on a GPU);
-        None if the pass stopped while waiting for a buffer."""
+    def _read(self, index: int) -> torch.Tensor:
         segment = self.segments[index]
-        shape = (len(segment), self.dataset.dim)
-        if self._buffers is None:
-            out = torch.empty(shape, dtype=self.dataset.storage_dtype)
-        else:
-            buffer = self._buffers.take(stop)
-            if buffer is None:
-                return None
-            out = buffer[: shape[0] * shape[1]].view(shape)
+        out = torch.empty((len(segment), self.dataset.dim), dtype=self.dataset.storage_dtype, pin_memory=self.pin)
         self.dataset.read_into(segment, out)
         return out
 
@@ -192,19 +160,17 @@ class SplitBlocks:
         dim, dtype = self.dataset.dim, self.dataset.storage_dtype
         landing = {index: torch.zeros((len(self.segments[index]), dim), dtype=dtype) for index in self.rest}
 
-        def read(index: int, stop: threading.Event) -> torch.Tensor:
+        def read(index: int) -> torch.Tensor:
             block = landing.pop(index)
             self.dataset.read_into(self.segments[index], block)
             return page_locked(block) if self.pin else block
 
         return list(self._read_ahead(self.rest, read=read))
 
-    def _read_ahead(
-        self, indices: range, read: Callable[[int, threading.Event], torch.Tensor | None] | None = None
-    ) -> Iterator[torch.Tensor]:
+    def _read_ahead(self, indices: range, read: Callable[[int], torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
         """The blocks of `indices` in order, read by `threads` threads with `read` (default `_read`;
         thread t reads the t-th, the (t + threads)-th, ...), each keeping up to `prefetch` blocks ready;
-        a reader's error is raised here. A pass left early gives its unconsumed buffers back."""
+        a reader's error is raised here."""
         read = read or self._read
         count = len(indices)
         queues: list[queue.Queue] = [queue.Queue(maxsize=self.prefetch) for _ in range(self.threads)]
@@ -213,9 +179,7 @@ class SplitBlocks:
         def produce(part: int) -> None:
             try:
                 for position in range(part, count, self.threads):
-                    block = read(indices[position], stop)
-                    if not put_unless_stopped(queues[part], block, stop):
-                        self._give_back_unused(block)
+                    if not put_unless_stopped(queues[part], read(indices[position]), stop):
                         return
             except BaseException as err:  # handed to the consumer, which raises it
                 put_unless_stopped(queues[part], err, stop)
@@ -233,55 +197,6 @@ class SplitBlocks:
             stop.set()
             for reader in readers:
                 reader.join(timeout=5)
-            for waiting in queues:
-                while not waiting.empty():
-                    self._give_back_unused(waiting.get_nowait())
-
-    def _give_back_unused(self, block: object) -> None:
-        """A read block no one will copy, back to the pool of buffers (if it came from there)."""
-        if self._buffers is not None and isinstance(block, torch.Tensor):
-            self._buffers.give_back(block, None)
-
-
-class _ReadBuffers:
-    """Page-locked host buffers for a streamed split's readers, made once and reused by every pass.
-
-    Memory from the caching host allocator (`torch.empty(pin_memory=True)`) is page-locked by
-    `cudaHostAlloc`, one allocation at a time at ~1.5 GB/s on a GPU machine, so the first pass over a
-    streamed split paid for every buffer it had in flight (BENCHMARKS.md). These are written once and
-    registered in place (`page_locked`, an order of magnitude faster), when the split's blocks are
-    made. A buffer is given back with the event of the copy out of it, and read into again only once
-    that copy has run.
-    """
-
-    def __init__(self, count: int, numel: int, dtype: torch.dtype) -> None:
-        self.count, self.numel, self.dtype = count, numel, dtype
-        self._free: queue.Queue[tuple[torch.Tensor, torch.cuda.Event | None]] = queue.Queue()
-        self._by_address: dict[int, torch.Tensor] = {}
-        for _ in range(count):
-            buffer = page_locked(torch.zeros(numel, dtype=dtype))
-            self._by_address[buffer.untyped_storage().data_ptr()] = buffer
-            self._free.put((buffer, None))
-
-    def fits(self, count: int, numel: int, dtype: torch.dtype) -> bool:
-        """Whether these buffers serve readers that need `count` buffers of `numel` values of `dtype`."""
-        return self.count >= count and self.numel >= numel and self.dtype == dtype
-
-    def take(self, stop: threading.Event) -> torch.Tensor | None:
-        """A free buffer (flat, of the largest block's size), or None once `stop` is set."""
-        while not stop.is_set():
-            try:
-                buffer, copied = self._free.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if copied is not None:
-                copied.synchronize()
-            return buffer
-        return None
-
-    def give_back(self, block: torch.Tensor, copied: torch.cuda.Event | None) -> None:
-        """The buffer `block` views, free once the copy `copied` (if any) has run."""
-        self._free.put((self._by_address[block.untyped_storage().data_ptr()], copied))
 
 
 @functools.cache

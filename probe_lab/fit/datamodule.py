@@ -125,7 +125,6 @@ class ProbeDataModule(pl.LightningDataModule):
         hold_on_host: bool = False,
         device_bytes: int = 0,
         reuse_device_buffers: bool = True,
-        share_buffers_with: SplitBlocks | None = None,
     ) -> SplitBlocks:
         # On a GPU a block's compute takes far less than its copy, and each block costs a few launches
         # and an autograd call: blocks of GPU_BLOCK_MB keep that overhead small against the copy.
@@ -140,7 +139,6 @@ class ProbeDataModule(pl.LightningDataModule):
             hold_on_host=hold_on_host,
             device_bytes=device_bytes,
             reuse_device_buffers=reuse_device_buffers,
-            share_buffers_with=share_buffers_with,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -155,7 +153,7 @@ class ProbeDataModule(pl.LightningDataModule):
             return DataLoader(_OneItem(self._whole("val", self.val)), batch_size=None)
         if self.placement.full_batch:  # validated once, read as the training blocks are
             # Lightning's validation loop holds a batch while it fetches the next: no reused buffers.
-            self._val_blocks = self._split_blocks(self.val, reuse_device_buffers=False, share_buffers_with=self._blocks)
+            self._val_blocks = self._split_blocks(self.val, reuse_device_buffers=False)
             return DataLoader(_Blocks(self._val_blocks), batch_size=None)
         return self._loader("val", self.val, shuffle=False)
 
