@@ -47,6 +47,30 @@ def run_module(
     return CliResult(done.returncode, done.stdout, done.stderr, run_dir)
 
 
+def run_here(*overrides: str, run_dir: Path) -> CliResult:
+    """The training run of `python -m probe_lab progress_bar=false overrides...`, in this process: the
+    config composed from the same overrides by Hydra's compose API and run by `probe_lab.run.run`
+    into run_dir (no interpreter start-up; no Hydra job around it, so no .hydra/ and no log file).
+    For tests whose point is what the run computes and records, not the command line itself; an error
+    is raised, not turned into an exit status."""
+    from contextlib import redirect_stderr, redirect_stdout
+    from io import StringIO
+
+    from hydra import compose, initialize_config_module
+
+    from probe_lab.run import run
+    from probe_lab.settings.schema import register_configs
+
+    register_configs()
+    with initialize_config_module("probe_lab.conf", version_base=None):
+        cfg = compose("config", overrides=["progress_bar=false", *overrides])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out, err = StringIO(), StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        run(cfg, run_dir)
+    return CliResult(0, out.getvalue(), err.getvalue(), run_dir)
+
+
 @pytest.fixture
 def cli(tmp_path: Path):
     """cli(*overrides) runs `python -m probe_lab` with its run folder under tmp_path."""
@@ -55,6 +79,22 @@ def cli(tmp_path: Path):
     def _run(*overrides: str, module: str = "probe_lab", env: dict[str, str] | None = None) -> CliResult:
         quiet = ("progress_bar=false",) if module == "probe_lab" else ()
         return run_module(module, *quiet, *overrides, run_dir=tmp_path / f"run{next(counter)}", env=env)
+
+    return _run
+
+
+@pytest.fixture(scope="module")
+def cli_once(tmp_path_factory: pytest.TempPathFactory):
+    """cli_once(*overrides) runs `python -m probe_lab progress_bar=false overrides...` once per test module
+    (and test process) for each set of overrides, in a run folder of its own, for the tests of the
+    module that check different things about the same run. They must leave its folder as it is."""
+    done: dict[tuple[str, ...], CliResult] = {}
+
+    def _run(*overrides: str) -> CliResult:
+        if overrides not in done:
+            run_dir = tmp_path_factory.mktemp("cli_once") / "run"
+            done[overrides] = run_module("probe_lab", "progress_bar=false", *overrides, run_dir=run_dir)
+        return done[overrides]
 
     return _run
 

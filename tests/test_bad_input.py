@@ -8,13 +8,16 @@ exit 1 with Hydra's own message, which names the offending value.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CliResult
+from conftest import CliResult, run_here
+
+from probe_lab.data.synthetic import activation_like
 
 Cli = Callable[..., CliResult]
 
@@ -158,15 +161,25 @@ def test_nan_and_inf_rows(cli: Cli, npy_data: tuple[Path, Path], tmp_path: Path)
 # -- 6. predict: activations of the wrong width, no probe -------------------------------------------
 
 
-def test_predict_with_activations_of_another_width(cli: Cli, npy_data: tuple[Path, Path], tmp_path: Path) -> None:
-    x, y = npy_data
-    trained = cli(*npy_overrides(x, y), "backend=sklearn")
-    assert trained.returncode == 0, trained.stderr
-    assert (trained.run_dir / "probe.safetensors").is_file()
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[CliResult, Path, Path]:
+    """(a training run on the npy_data fixture's rows, 600 × 32, with the sklearn backend, x.npy, y.npy),
+    the probe the predict tests below are given. Trained once, in this process: what is checked here is
+    the predict command line."""
+    folder = tmp_path_factory.mktemp("trained")
+    x, y = activation_like(600, 32, seed=3)
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", y)
+    run = run_here(*npy_overrides(folder / "x.npy", folder / "y.npy"), "backend=sklearn", run_dir=folder / "run")
+    assert (run.run_dir / "probe.safetensors").is_file()
+    return run, folder / "x.npy", folder / "y.npy"
 
+
+def test_predict_with_activations_of_another_width(cli: Cli, trained, tmp_path: Path) -> None:
+    probe, x, y = trained
     narrow = tmp_path / "x16.npy"
     np.save(narrow, np.load(x)[:, :16].copy())
-    result = cli(f"probe={trained.run_dir}", *npy_overrides(narrow, y), module="probe_lab.predict")
+    result = cli(f"probe={probe.run_dir}", *npy_overrides(narrow, y), module="probe_lab.predict")
     assert_rejected(result, narrow, "16 dims", "expects 32", prog="probe_lab.predict")
 
 
@@ -321,19 +334,17 @@ def test_npz_archive_given_as_activations(cli: Cli, npy_data: tuple[Path, Path],
     assert_rejected(cli(*npy_overrides(archive, y)), "data.x", archive, "archive")
 
 
-def test_predict_with_a_corrupt_probe_json_and_with_one_class(
-    cli: Cli, npy_data: tuple[Path, Path], tmp_path: Path
-) -> None:
-    x, y = npy_data
-    trained = cli(*npy_overrides(x, y))
-    assert trained.returncode == 0, trained.stderr
+def test_predict_with_a_corrupt_probe_json_and_with_one_class(cli: Cli, trained, tmp_path: Path) -> None:
+    probe, x, y = trained
+    run_dir = tmp_path / "trained"  # a copy of the training run's folder, its probe.json corrupted below
+    shutil.copytree(probe.run_dir, run_dir)
 
     positives = tmp_path / "ones.npy"
     np.save(positives, np.ones(len(np.load(y)), dtype=np.int64))
-    one_class = cli(f"probe={trained.run_dir}", *npy_overrides(x, positives), module="probe_lab.predict")
+    one_class = cli(f"probe={run_dir}", *npy_overrides(x, positives), module="probe_lab.predict")
     assert one_class.returncode == 0, one_class.stderr  # scoring an all-positive set is legitimate
     assert set(json.loads((one_class.run_dir / "metrics.json").read_text())["metrics"]) == {"accuracy"}
 
-    (trained.run_dir / "probe.json").write_text("{not json")
-    result = cli(f"probe={trained.run_dir}", *npy_overrides(x, y), module="probe_lab.predict")
-    assert_rejected(result, trained.run_dir / "probe.json", "not a probe_lab probe.json", prog="probe_lab.predict")
+    (run_dir / "probe.json").write_text("{not json")
+    result = cli(f"probe={run_dir}", *npy_overrides(x, y), module="probe_lab.predict")
+    assert_rejected(result, run_dir / "probe.json", "not a probe_lab probe.json", prog="probe_lab.predict")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CliResult, run_module
+from conftest import CliResult, run_here, run_module
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -48,13 +48,14 @@ def composed(config_name: str, *overrides: str) -> DictConfig:
         ("+foo=1", "unknown setting foo ("),
     ],
 )
-def test_an_unknown_key_added_with_plus_is_refused(cli, override: str, expected: str) -> None:
-    line = refusal(cli(override, "data.n=200"))
+def test_an_unknown_key_added_with_plus_is_refused(cli_once, override: str, expected: str) -> None:
+    line = refusal(cli_once(override, "data.n=200"))
     assert line.startswith(expected), line
 
 
-def test_the_exact_line_for_a_misspelt_setting(cli) -> None:
-    result = cli("+probe.regularisation=10", "data.n=200")
+def test_the_exact_line_for_a_misspelt_setting(cli_once) -> None:
+    # the command of the first case above: run once, each test checks its own things about it
+    result = cli_once("+probe.regularisation=10", "data.n=200")
     assert result.stderr.strip() == (
         "probe_lab: error: unknown setting probe.regularisation (did you mean probe.regularization?)"
     )
@@ -105,9 +106,10 @@ def test_additions_to_open_groups_reach_the_settings() -> None:
     assert settings.trainer["max_time"] == "00:00:01:00"
 
 
-def test_a_trainer_flag_added_with_plus_runs(cli) -> None:
-    result = cli("backend=pytorch", "device=cpu", "data.n=300", "data.dim=8", "+trainer.max_time=00:00:01:00")
-    assert result.returncode == 0, result.stderr
+def test_a_trainer_flag_added_with_plus_runs(tmp_path: Path) -> None:
+    """The run composed with the flag trains with it and records it (run in this process)."""
+    flags = ("backend=pytorch", "device=cpu", "data.n=300", "data.dim=8", "+trainer.max_time=00:00:01:00")
+    result = run_here(*flags, run_dir=tmp_path / "run")
     assert result.probe_json()["config"]["trainer"]["max_time"] == "00:00:01:00"
 
 
@@ -142,19 +144,19 @@ def test_data_layer_on_vector_tensor_files_is_refused(cli, pt_dir: tuple[Path, P
     assert "data.layer=0" in line and "without a layer axis" in line and "sample_0.pt" in line, line
 
 
-def test_data_layer_0_on_layered_npy_trains_on_layer_0(cli, tmp_path: Path) -> None:
+def test_data_layer_0_on_layered_npy_trains_on_layer_0(tmp_path: Path) -> None:
+    """data.layer=0, which is falsy, picks layer 0 (the runs here are run in this process)."""
     x, y = activation_like(400, 16, seed=4, signal=10.0)
     noise = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
     np.save(tmp_path / "layers.npy", np.stack([x, noise], axis=1))
     np.save(tmp_path / "labels.npy", y)
     data = ("data=npy", f"data.x={tmp_path / 'layers.npy'}", f"data.y={tmp_path / 'labels.npy'}")
-    result = cli(*data, "data.layer=0", "probe.regularization=0.1")
-    assert result.returncode == 0, result.stderr
+    result = run_here(*data, "data.layer=0", "probe.regularization=0.1", run_dir=tmp_path / "run")
     assert result.metrics()["layer"] == 0 and result.probe_json()["layer"] == 0
     assert result.metrics()["test"]["auroc"] > 0.85  # the labels are in layer 0, not in the noise of layer 1
 
 
-def test_data_layer_0_on_layered_tensor_files_trains(cli, tmp_path: Path) -> None:
+def test_data_layer_0_on_layered_tensor_files_trains(tmp_path: Path) -> None:
     rows = np.random.default_rng(1).standard_normal((120, 2, 8)).astype(np.float32)
     labels = (rows[:, 0, 0] > 0).astype(np.int64)
     directory = tmp_path / "layered"
@@ -162,14 +164,14 @@ def test_data_layer_0_on_layered_tensor_files_trains(cli, tmp_path: Path) -> Non
     for i, row in enumerate(rows):
         torch.save(torch.from_numpy(row.copy()), directory / f"sample_{i}.pt")
     np.save(tmp_path / "labels.npy", labels)
-    result = cli(
+    result = run_here(
         "data=pt_files",
         f"data.dir={directory}",
         f"data.labels={tmp_path / 'labels.npy'}",
         "data.layer=0",
         "probe.regularization=0.1",
+        run_dir=tmp_path / "run",
     )
-    assert result.returncode == 0, result.stderr
     assert result.metrics()["layer"] == 0 and result.metrics()["test"]["auroc"] > 0.9
 
 

@@ -38,12 +38,10 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    from tests.conftest import run_module
+    """The same fit in one process: the reference, run here (`run_here`), not through the command line."""
+    from tests.conftest import run_here
 
-    run_dir = tmp_path_factory.mktemp("one") / "run"
-    result = run_module("probe_lab", "progress_bar=false", *DATA, run_dir=run_dir)
-    assert result.returncode == 0, result.stderr
-    return result
+    return run_here(*DATA, run_dir=tmp_path_factory.mktemp("one") / "run")
 
 
 @pytest.mark.parametrize(

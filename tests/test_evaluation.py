@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_here
 
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.data.splits import split_dataset
@@ -42,8 +43,10 @@ def signal_files(tmp_path):
     return paths
 
 
-def test_a_run_sets_thresholds_on_its_control_set_and_predict_applies_them(cli, signal_files) -> None:
-    result = cli(
+def test_a_run_sets_thresholds_on_its_control_set_and_predict_applies_them(cli, signal_files, tmp_path) -> None:
+    # The training run in this process (`run_here`: its metrics, files and printed summary); predict below
+    # on the command line.
+    result = run_here(
         "data=npy",
         f"data.x={signal_files['x']}",
         f"data.y={signal_files['y']}",
@@ -51,8 +54,8 @@ def test_a_run_sets_thresholds_on_its_control_set_and_predict_applies_them(cli, 
         f"eval.control={{source:npy,x:{signal_files['negatives']}}}",
         "eval.target_fpr=[0.01,0.05]",
         "eval.controls=true",
+        run_dir=tmp_path / "train",
     )
-    assert result.returncode == 0, result.stderr
     metrics = result.metrics()
     control = np.load(signal_files["negatives"])[:, 1]
     weights, _ = load_probe(result.run_dir / "probe.safetensors")
@@ -101,17 +104,18 @@ def test_a_run_sets_thresholds_on_its_control_set_and_predict_applies_them(cli, 
     assert refused.returncode != 0 and "false-positive rates 0.01, 0.05" in refused.stderr
 
 
-def test_without_a_control_set_the_validation_negatives_set_the_thresholds(cli, npy_data) -> None:
+def test_without_a_control_set_the_validation_negatives_set_the_thresholds(npy_data, tmp_path) -> None:
+    """The run's thresholds, metrics and printed summary (run in this process)."""
     x, y = npy_data
-    result = cli(
+    result = run_here(
         "data=npy",
         f"data.x={x}",
         f"data.y={y}",
         "probe.cv_folds=3",
         "probe.regularization=[1,100]",
         "eval.bootstrap_resamples=0",
+        run_dir=tmp_path / "run",
     )
-    assert result.returncode == 0, result.stderr
     metrics = result.metrics()
     assert {point["source"] for point in metrics["thresholds"]} == {"out-of-fold validation negatives"}
     splits = split_dataset(ActivationDataset(np.load(x), np.load(y)), 0.2, 0.2, seed=42)

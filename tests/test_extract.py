@@ -15,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+from conftest import run_here
 from tiny_models import save_model, write_texts
 
 from probe_lab.errors import ProbeLabError
@@ -322,8 +323,8 @@ def test_a_token_store_splits_by_sample_and_reports_test_metrics_per_sample(mode
     assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])  # no sample on two sides
     assert [len(side) for side in sides] == [48, 16, 16]  # the fractions count samples
     assert sum(len(part) for part in (splits.train, splits.val, splits.test)) == len(dataset)
-    trained = run_cli("probe_lab", "data=store", f"data.path={store_path}", "backend=sklearn", cwd=tmp_path)
-    assert trained.returncode == 0, trained.stderr
+    # the training run in this process (`run_here`): its metrics and printed summary
+    trained = run_here("data=store", f"data.path={store_path}", "backend=sklearn", run_dir=tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test_per_sample"]["samples"] == 16 and metrics["n_test"] == int(
         np.isin(dataset.groups, sorted(sides[2])).sum()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_sweep import SMALL, run_sweep
 
 from probe_lab.data.sources import load_dataset
@@ -53,8 +54,15 @@ def test_compare_refuses_probabilities_of_different_test_splits() -> None:
         compare(a, b)
 
 
-def test_parity_numbers_are_those_of_the_saved_probes(cli) -> None:
-    result = cli("experiment=parity", *SMALL)
+# experiment=parity on the CPU, as the backend sweep below is run. Without CUDA, device=auto is the CPU:
+# the same run, which test_parity_numbers_are_those_of_the_saved_probes checks too; with CUDA that test
+# runs the experiment on the GPU.
+CPU_PARITY = ("experiment=parity", "device=cpu", *SMALL)
+DEFAULT_DEVICE_PARITY = ("experiment=parity", *SMALL) if torch.cuda.is_available() else CPU_PARITY
+
+
+def test_parity_numbers_are_those_of_the_saved_probes(cli_once) -> None:
+    result = cli_once(*DEFAULT_DEVICE_PARITY)
     assert result.returncode == 0, result.stderr
     parity = json.loads((result.run_dir / "parity.json").read_text())
     splits = split_dataset(load_dataset(SyntheticData(n=400, dim=16), seed=42), 0.2, 0.2, seed=42)
@@ -78,7 +86,7 @@ def test_parity_numbers_are_those_of_the_saved_probes(cli) -> None:
     assert re.search(r"^  parity   \|Δ test AUROC\| 0\.00\d\d  weight cosine (0\.99|1\.00)", result.stdout, re.M)
 
 
-def test_a_backend_sweep_has_a_row_per_backend_and_the_parity_experiments_numbers(cli, tmp_path: Path) -> None:
+def test_a_backend_sweep_has_a_row_per_backend_and_the_parity_experiments_numbers(cli_once, tmp_path: Path) -> None:
     sweep = run_sweep(tmp_path, "backend=sklearn,pytorch", "device=cpu")
     assert sweep.returncode == 0, sweep.stderr
     rows = sweep.rows()  # a row per backend, each with its job's numbers
@@ -89,7 +97,8 @@ def test_a_backend_sweep_has_a_row_per_backend_and_the_parity_experiments_number
     (pair,) = json.loads((sweep.sweep_dir / "parity.json").read_text())
     assert pair["jobs"] == ["0", "1"]
     assert set(pair) == {"overrides", "jobs", "sklearn", "pytorch", *COMPARISON_KEYS}
-    experiment = cli("experiment=parity", "device=cpu", *SMALL)
+    experiment = cli_once(*CPU_PARITY)
+    assert experiment.returncode == 0, experiment.stderr
     parity = json.loads((experiment.run_dir / "parity.json").read_text())
     for key in COMPARISON_KEYS:
         assert pair[key] == pytest.approx(parity[key], abs=1e-6), key

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CliResult, run_module
+from conftest import CliResult, run_here
 
 from probe_lab.data.synthetic import activation_like
 from probe_lab.errors import ProbeLabError
@@ -60,10 +60,11 @@ def activations(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndar
 
 
 def _train(folder: Path, x_path: Path, y_path: Path, *overrides: str) -> Path:
+    """The run folder of `python -m probe_lab backend=sklearn data=npy ... overrides...`, trained in this
+    process (`run_here`): the tests here are about the predict command line, which reads the folder."""
     run_dir = folder / f"train-{x_path.stem}"
     data = ("data=npy", f"data.x={x_path}", f"data.y={y_path}")
-    result = run_module("probe_lab", "progress_bar=false", "backend=sklearn", *data, *overrides, run_dir=run_dir)
-    assert result.returncode == 0, result.stderr
+    run_here("backend=sklearn", *data, *overrides, run_dir=run_dir)
     return run_dir
 
 

@@ -2,9 +2,10 @@
 
 Every `python -m probe_lab…` line of the README's bash blocks is one test. A command that reads what
 an earlier command writes (a store from `probe_lab.convert`, a run folder named by `hydra.run.dir=`)
-gets a copy of that output, made once per test process beside the example data. The only additions
-to a command are a run or sweep folder inside the test's directory when the command names none, so
-that runs never share a folder.
+gets a copy of that output, made once per test process beside the example data; the test of such an
+earlier command checks that same run rather than running it a second time. The only additions to a
+command are a run or sweep folder inside the test's directory when the command names none, so that
+runs never share a folder.
 """
 
 from __future__ import annotations
@@ -81,19 +82,35 @@ def example_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def needed_by_later_commands(index: int) -> bool:
+    """Whether a later README command reads what command `index` writes."""
+    return any(outputs(COMMANDS[index]) & reads(later) for later in COMMANDS[index + 1 :])
+
+
 @pytest.fixture(scope="session")
 def made_by_earlier_commands(example_data: Path):
-    """made(index): run README command `index` once in the example-data folder, return what it wrote."""
+    """made(index): run README command `index` once in the example-data folder (after the earlier
+    commands whose outputs it reads), return what it wrote. made.results[index] is that run."""
     done: dict[int, set[str]] = {}
+    results: dict[int, subprocess.CompletedProcess] = {}
 
     def made(index: int) -> set[str]:
         if index not in done:
+            for earlier in earlier_commands_read_by(index):
+                made(earlier)
             result = run_command(COMMANDS[index], example_data)
             assert result.returncode == 0, f"{shlex.join(COMMANDS[index])}\n{result.stderr[-3000:]}"
+            results[index] = result
             done[index] = outputs(COMMANDS[index])
         return done[index]
 
+    made.results = results
     return made
+
+
+def earlier_commands_read_by(index: int) -> list[int]:
+    needed = reads(COMMANDS[index])
+    return [earlier for earlier, words in enumerate(COMMANDS[:index]) if outputs(words) & needed]
 
 
 def run_command(words: list[str], folder: Path) -> subprocess.CompletedProcess:
@@ -128,15 +145,20 @@ def test_readme_command_runs_as_written(
     for marker, module in EXTRAS.items():
         if marker in words and not installed(module):
             pytest.skip(f"{marker} needs {module}, not installed")
-    for name in EXAMPLE_FILES:
-        (tmp_path / name).symlink_to(example_data / name)
-    needed = reads(words)
-    for earlier, earlier_words in enumerate(COMMANDS[:index]):
-        if outputs(earlier_words) & needed:
+    if needed_by_later_commands(index):
+        # A command whose outputs later commands read runs once per test process, in the example-data
+        # folder (after the commands it reads from), whichever test needs it first: this test checks
+        # that very run.
+        made_by_earlier_commands(index)
+        done = made_by_earlier_commands.results[index]
+    else:
+        for name in EXAMPLE_FILES:
+            (tmp_path / name).symlink_to(example_data / name)
+        for earlier in earlier_commands_read_by(index):
             for output in made_by_earlier_commands(earlier):
                 (tmp_path / output).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(example_data / output, tmp_path / output, symlinks=True)
-    done = run_command(words, tmp_path)
+        done = run_command(words, tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{shlex.join(words)}\n{output[-3000:]}"
     assert "error" not in done.stderr.lower(), done.stderr[-3000:]

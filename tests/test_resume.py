@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, CliResult, run_module
+from conftest import REPO, CliResult, run_here, run_module
 from test_faults import without_timings
 
 from probe_lab.convert import main as convert_main
@@ -70,13 +70,15 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def uninterrupted_runs(store: Path, tmp_path_factory: pytest.TempPathFactory):
-    """uninterrupted_runs(*extra) is the run of `streamed_adamw` with `extra` settings, run once."""
+    """uninterrupted_runs(*extra) is the run of `streamed_adamw` with `extra` settings, run once: the
+    reference the stopped and resumed command lines are compared with, trained in this process
+    (`run_here`, the same run as `python -m probe_lab` makes of these settings)."""
     done: dict[tuple[str, ...], CliResult] = {}
 
     def whole(*extra: str) -> CliResult:
         if extra not in done:
-            result = run(*streamed_adamw(store), *extra, run_dir=tmp_path_factory.mktemp("whole") / "run")
-            assert result.returncode == 0, result.stderr
+            settings = [s for s in streamed_adamw(store) if s != "progress_bar=false"]  # run_here sets it
+            result = run_here(*settings, *extra, run_dir=tmp_path_factory.mktemp("whole") / "run")
             assert result.metrics()["fit"]["epochs"] >= 5  # long enough that the stops below land mid-training
             done[extra] = result
         return done[extra]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CliResult
+from conftest import CliResult, run_here
 from safetensors.torch import load_file
 from test_bad_input import assert_hydra_rejected, assert_rejected
 from torch.utils.data import DataLoader
@@ -295,14 +295,14 @@ def test_checksums_can_be_skipped_but_not_non_finite_rows(store) -> None:
 # -- the command line -----------------------------------------------------------------------------
 
 
-def test_training_on_a_store_matches_training_on_the_same_npy(cli: Cli, tmp_path: Path, npy_data) -> None:
+def test_training_on_a_store_matches_training_on_the_same_npy(tmp_path: Path, npy_data, capsys) -> None:
+    """The conversion and both trainings run in this process: what is compared is what they compute."""
     x_path, y_path = npy_data
-    done = convert(x_path, tmp_path / "store", "--labels", y_path, "--dtype", "float32")
+    done = convert_here(capsys, x_path, tmp_path / "store", "--labels", y_path, "--dtype", "float32")
     assert done.returncode == 0, done.stderr
     assert "600 rows × 32 dims, float32" in done.stdout
-    from_npy = cli(f"data.x={x_path}", f"data.y={y_path}", "data=npy", "backend=pytorch")
-    from_store = cli("data=store", f"data.path={tmp_path / 'store'}", "backend=pytorch")
-    assert from_npy.returncode == 0 and from_store.returncode == 0, from_store.stderr
+    from_npy = run_here(f"data.x={x_path}", f"data.y={y_path}", "data=npy", "backend=pytorch", run_dir=tmp_path / "a")
+    from_store = run_here("data=store", f"data.path={tmp_path / 'store'}", "backend=pytorch", run_dir=tmp_path / "b")
     npy_metrics, store_metrics = from_npy.metrics(), from_store.metrics()
     assert store_metrics["data"] == "store"
     assert store_metrics["val"] == npy_metrics["val"]
@@ -314,8 +314,10 @@ def test_a_multi_layer_store_trains_on_the_chosen_layer_streaming_when_over_budg
     layered = torch.from_numpy(np.stack([np.random.default_rng(0).normal(size=x.shape), x], axis=1))
     write_store(tmp_path / "s", layered.float(), y, "bfloat16")
     common = ("data=store", f"data.path={tmp_path / 's'}", "backend=pytorch")
-    signal = cli(*common, "data.layer=1", "device.memory_budget_gb=1e-6", "probe.max_iterations=30")
-    assert signal.returncode == 0, signal.stderr
+    # the training, in this process (what it reads and computes); the refusal below, on the command line
+    signal = run_here(
+        *common, "data.layer=1", "device.memory_budget_gb=1e-6", "probe.max_iterations=30", run_dir=tmp_path / "run"
+    )
     assert signal.metrics()["fit"]["optimizer"] == "lbfgs" and signal.metrics()["placement"]["train"] == "streamed"
     assert signal.metrics()["fit"]["activation_dtype"] == "bfloat16"
     assert signal.metrics()["test"]["auroc"] > 0.7  # layer 0 is noise: about 0.5
