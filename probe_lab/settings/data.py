@@ -106,9 +106,7 @@ class SyntheticData(DataSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require_size(self.n, self.dim)
-        if self.n_outliers < 0 or self.outlier_scale <= 0:
-            raise ProbeLabError("data.n_outliers must be >= 0 and data.outlier_scale > 0")
+        _require_activation_like(self.n, self.dim, self.n_outliers, self.outlier_scale)
 
 
 @dataclass
@@ -126,11 +124,9 @@ class DrawnData(DataSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require_size(self.n, self.dim)
+        _require_activation_like(self.n, self.dim, self.n_outliers, self.outlier_scale)
         if self.dtype not in DRAWN_DTYPES:
             raise ProbeLabError(f"data.dtype must be one of {', '.join(DRAWN_DTYPES)}, got {self.dtype!r}")
-        if self.n_outliers < 0 or self.outlier_scale <= 0:
-            raise ProbeLabError("data.n_outliers must be >= 0 and data.outlier_scale > 0")
 
 
 DRAWN_DTYPES = ("float16", "bfloat16", "float32")
@@ -206,6 +202,13 @@ def _require_size(n: int, dim: int) -> None:
     for name, value in (("n", n), ("dim", dim)):
         if value < 1:
             raise ProbeLabError(f"data.{name} must be >= 1, got {value}")
+
+
+def _require_activation_like(n: int, dim: int, n_outliers: int, outlier_scale: float) -> None:
+    """The size and outliers of activation-like rows (data=synthetic, data=drawn)."""
+    _require_size(n, dim)
+    if n_outliers < 0 or outlier_scale <= 0:
+        raise ProbeLabError("data.n_outliers must be >= 0 and data.outlier_scale > 0")
 
 
 def check_split_fractions(validation_split: float, test_split: float) -> None:
