@@ -320,6 +320,19 @@ def test_invalid_setting(cli: Cli, override: str, fragments: tuple[str, ...]) ->
     assert_rejected(cli(override), *fragments)
 
 
+def test_a_refused_setting_is_answered_before_the_heavy_libraries_are_imported(cli: Cli) -> None:
+    """A setting its schema refuses costs Hydra's composition, not torch's or sklearn's import time
+    (Python's -X importtime, through its environment variable, lists every module imported)."""
+    result = cli("probe.regularization=-1", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    timings = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    imported = {line.rpartition("|")[2].strip() for line in timings}
+    assert "hydra" in imported  # the timings were recorded
+    heavy = imported & {"torch", "sklearn", "matplotlib", "lightning"}
+    assert not heavy, f"imported before the settings were checked: {sorted(heavy)}"
+    errors = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("import time:"))
+    assert_rejected(CliResult(result.returncode, result.stdout, errors, result.run_dir), "probe.regularization")
+
+
 def test_labels_file_that_is_not_text(cli: Cli, npy_data: tuple[Path, Path], tmp_path: Path) -> None:
     x, _ = npy_data
     binary = tmp_path / "labels.bin"

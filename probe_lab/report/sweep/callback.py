@@ -6,8 +6,9 @@ machines. When the sweep ends, `SweepSummary` reads every job folder into a row,
 summary.md, sweep.png (and parity.json for backend pairs) into the sweep folder, prints the summary and
 exits non-zero if any job failed.
 
-Hydra instantiates this callback at every start-up, single runs included: matplotlib is imported only
-when sweep.png is drawn.
+Hydra instantiates this callback at every start-up, single runs included, so what reads and renders the
+jobs (torch, for the probes of backend pairs; matplotlib, for sweep.png) is imported only when a sweep
+ends: a single run's settings are checked before torch is imported.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from probe_lab.report.run_log import print_block
-from probe_lab.report.sweep.collect import backend_pairs, collect_rows
 from probe_lab.report.sweep.job import FAILED, PARITY_FILE, JobRow, error_line
-from probe_lab.report.sweep.render import SUMMARY_FILES, terminal_lines, write_csv, write_markdown
 from probe_lab.settings.parallel import follower_process
 
 
@@ -44,6 +43,9 @@ class SweepSummary(Callback):
                 "probe_lab: no sweep summary: it reads the overrides Hydra saves (hydra.output_subdir)", file=sys.stderr
             )
             return
+        from probe_lab.report.sweep.collect import backend_pairs, collect_rows
+        from probe_lab.report.sweep.render import terminal_lines
+
         rows = collect_rows(sweep_dir, str(output_subdir))
         written = True
         pairs: list[dict[str, Any]] = []
@@ -60,7 +62,8 @@ class SweepSummary(Callback):
 
 def write_summary(sweep_dir: Path, rows: list[JobRow], pairs: list[dict[str, Any]] | None = None) -> None:
     """summary.csv, summary.md and sweep.png into the sweep folder, and parity.json for backend pairs."""
-    from probe_lab.report.plots import plot_sweep  # imports matplotlib: only when a sweep ends, not at start-up
+    from probe_lab.report.plots import plot_sweep
+    from probe_lab.report.sweep.render import SUMMARY_FILES, write_csv, write_markdown
 
     csv_name, md_name, png_name = SUMMARY_FILES
     write_csv(sweep_dir / csv_name, rows)
