@@ -2,9 +2,10 @@
 
     python benchmarks/startup.py [--repeats 3]
 
-Times, in fresh processes, `--help`, a setting refused at composition, the default run (sklearn) and
-the same run with backend=pytorch, and prints each run's own stages (metrics.json's timings) beside
-its wall time; then the cumulative import time of the libraries a run loads (`python -X importtime`).
+Times, in fresh processes, `--help`, a setting refused at composition, a data file that is not there,
+the default run (sklearn) and the same run with backend=pytorch, and prints each run's own stages
+(metrics.json's timings) beside its wall time; then the cumulative import time of the libraries a
+run loads (`python -X importtime`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 COMMANDS = {
     "--help": ["--help"],
     "refused setting (probe.regularization=-1)": ["probe.regularization=-1"],
+    "missing data file (data=npy data.x=absent.npy)": ["data=npy", "data.x=absent.npy"],
     "default run (sklearn)": [],
     "backend=pytorch": ["backend=pytorch"],
 }

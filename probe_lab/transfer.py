@@ -210,7 +210,7 @@ def dataset_config(cfg: DictConfig, dataset: TransferDataset) -> DictConfig:
 
 
 def lightning_parts_for(cfg: DictConfig, folder: Path) -> dict[str, Any]:
-    """The pytorch backend's Lightning parts for a run folder (`probe_lab.run.Fit.lightning_for`)."""
+    """The pytorch backend's Lightning parts for a run folder (`probe_lab.backend_run.Fit.lightning_for`)."""
     from probe_lab.lightning_config import lightning_parts
 
     return {"lightning": lightning_parts(cfg, folder)}
@@ -229,9 +229,10 @@ def train_dataset(
     """Train and evaluate the dataset's probe as a training run of its own, into `staging/train_<name>/`;
     returns (its metrics.json, its test split)."""
     from probe_lab.assessment import load_control
+    from probe_lab.backend_run import DataFacts, Fit, train_backend
     from probe_lab.data.splits import hold_splits
     from probe_lab.report.summary import run_summary_lines
-    from probe_lab.run import DataFacts, Fit, load_splits, train_backend, training_config
+    from probe_lab.run import load_splits, training_config
     from probe_lab.settings.placement import decide_placement
 
     run_settings = dataclasses.replace(settings, data=dataset.data, seed=dataset.seed)

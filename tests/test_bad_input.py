@@ -320,17 +320,27 @@ def test_invalid_setting(cli: Cli, override: str, fragments: tuple[str, ...]) ->
     assert_rejected(cli(override), *fragments)
 
 
-def test_a_refused_setting_is_answered_before_the_heavy_libraries_are_imported(cli: Cli) -> None:
-    """A setting its schema refuses costs Hydra's composition, not torch's or sklearn's import time
-    (Python's -X importtime, through its environment variable, lists every module imported)."""
-    result = cli("probe.regularization=-1", env={"PYTHONPROFILEIMPORTTIME": "1"})
+@pytest.mark.parametrize(
+    ("refused", "fragment", "not_imported"),
+    [
+        # a setting its schema refuses costs Hydra's composition, not torch's import
+        ("probe.regularization=-1", "probe.regularization", {"torch", "sklearn", "matplotlib", "lightning"}),
+        # a data file that is not there costs torch's import, not sklearn's (the split) or matplotlib's
+        ("data=npy data.x=absent.npy", "data.x", {"sklearn", "matplotlib", "lightning"}),
+    ],
+)
+def test_a_refusal_comes_before_the_libraries_it_does_not_need_are_imported(
+    cli: Cli, refused: str, fragment: str, not_imported: set[str]
+) -> None:
+    """What is imported before a run is refused (Python's -X importtime, through its environment
+    variable, lists every module imported)."""
+    result = cli(*refused.split(), env={"PYTHONPROFILEIMPORTTIME": "1"})
     timings = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
     imported = {line.rpartition("|")[2].strip() for line in timings}
     assert "hydra" in imported  # the timings were recorded
-    heavy = imported & {"torch", "sklearn", "matplotlib", "lightning"}
-    assert not heavy, f"imported before the settings were checked: {sorted(heavy)}"
+    assert not imported & not_imported, f"imported before the refusal: {sorted(imported & not_imported)}"
     errors = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("import time:"))
-    assert_rejected(CliResult(result.returncode, result.stdout, errors, result.run_dir), "probe.regularization")
+    assert_rejected(CliResult(result.returncode, result.stdout, errors, result.run_dir), fragment)
 
 
 def test_labels_file_that_is_not_text(cli: Cli, npy_data: tuple[Path, Path], tmp_path: Path) -> None:

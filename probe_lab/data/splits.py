@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from probe_lab.data.dataset import ActivationDataset
 from probe_lab.errors import ProbeLabError
@@ -61,6 +60,9 @@ def _split_indices(
             f"data.test_split={test_split} (a split would be empty)"
         )
     _require_both_classes(labels, f"{name} (all {unit})")
+    # sklearn's import (about a second) waits until rows are split: a run refused earlier skips it
+    from sklearn.model_selection import train_test_split
+
     indices = np.arange(n)
     try:
         rest, test = (

@@ -94,10 +94,11 @@ class DataSettings(StreamingSettings):
 
 
 @dataclass
-class SyntheticData(DataSettings):
-    """Activation-like rows generated in-process: `n` rows of width `dim`."""
+class ActivationLikeData(DataSettings):
+    """What data=synthetic and data=drawn share: `n` rows of width `dim` shaped like a language model's
+    activations (`probe_lab.data.synthetic.activation_like`): `n_outliers` dimensions of scale
+    `outlier_scale`, and labels that follow a direction with strength `signal`."""
 
-    source: DataSource = DataSource.synthetic
     n: int = 4000
     dim: int = 256
     n_outliers: int = 4
@@ -106,25 +107,28 @@ class SyntheticData(DataSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require_activation_like(self.n, self.dim, self.n_outliers, self.outlier_scale)
+        _require_size(self.n, self.dim)
+        if self.n_outliers < 0 or self.outlier_scale <= 0:
+            raise ProbeLabError("data.n_outliers must be >= 0 and data.outlier_scale > 0")
 
 
 @dataclass
-class DrawnData(DataSettings):
+class SyntheticData(ActivationLikeData):
+    """Activation-like rows generated in-process."""
+
+    source: DataSource = DataSource.synthetic
+
+
+@dataclass
+class DrawnData(ActivationLikeData):
     """Activation-like rows drawn block by block where they are read (`probe_lab.data.drawn`): labels
     first, rows only for the blocks a process reads, so no machine holds all `n` rows."""
 
     source: DataSource = DataSource.drawn
-    n: int = 4000
-    dim: int = 256
     dtype: str = field(default="float16", metadata={"help": "float16, bfloat16 or float32"})
-    n_outliers: int = 4
-    outlier_scale: float = 30.0
-    signal: float = 3.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require_activation_like(self.n, self.dim, self.n_outliers, self.outlier_scale)
         if self.dtype not in DRAWN_DTYPES:
             raise ProbeLabError(f"data.dtype must be one of {', '.join(DRAWN_DTYPES)}, got {self.dtype!r}")
 
@@ -202,13 +206,6 @@ def _require_size(n: int, dim: int) -> None:
     for name, value in (("n", n), ("dim", dim)):
         if value < 1:
             raise ProbeLabError(f"data.{name} must be >= 1, got {value}")
-
-
-def _require_activation_like(n: int, dim: int, n_outliers: int, outlier_scale: float) -> None:
-    """The size and outliers of activation-like rows (data=synthetic, data=drawn)."""
-    _require_size(n, dim)
-    if n_outliers < 0 or outlier_scale <= 0:
-        raise ProbeLabError("data.n_outliers must be >= 0 and data.outlier_scale > 0")
 
 
 def check_split_fractions(validation_split: float, test_split: float) -> None:
