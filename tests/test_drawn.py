@@ -94,11 +94,10 @@ def _weights(run_dir: Path) -> np.ndarray:
 
 
 def test_processes_each_drawing_their_shard_fit_the_probe_of_one(cli, tmp_path) -> None:
-    from tests.conftest import run_module
+    from tests.conftest import run_here
 
     data = ("backend=pytorch", "device=cpu", "data=drawn", "data.n=1501", "data.dim=24", "data.dtype=float32")
-    one = run_module("probe_lab", "progress_bar=false", *data, run_dir=tmp_path / "one")
-    assert one.returncode == 0, one.stderr
+    one = run_here(*data, run_dir=tmp_path / "one")  # the reference fit, in this process
     many = cli(*data, "trainer.devices=2", "trainer.strategy=ddp")
     assert many.returncode == 0, many.stderr
     a, b = _weights(one.run_dir), _weights(many.run_dir)
