@@ -50,7 +50,7 @@ def run_every_layer(cfg: DictConfig, out_dir: Path, job_id: str | None, settings
         raise ProbeLabError(
             "data.layer=all sets each layer's thresholds on that layer of eval.control: leave eval.control.layer unset"
         )
-    choice, _ = check_runnable(settings, job_id)  # refusals that need no data, before the layers are read
+    choice, _ = check_runnable(cfg, settings, job_id)  # refusals that need no data, before the layers are read
     opened = open_source(dataclasses.replace(settings.data, layer=0), settings.seed)  # headers and labels
     check_width(settings.model, opened)
     started = time.perf_counter()

@@ -58,7 +58,7 @@ def run(
         from probe_lab.layers import run_every_layer
 
         return run_every_layer(cfg, out_dir, job_id, settings)
-    choice, processes = check_runnable(settings, job_id)
+    choice, processes = check_runnable(cfg, settings, job_id)
     config = training_config(settings)
     resolved_config = OmegaConf.to_container(cfg, resolve=True)
 
@@ -130,9 +130,10 @@ def run(
     return RunResult(out_dir, run_metrics, float(run_metrics["val"]["auroc"]))
 
 
-def check_runnable(settings: RunConfig, job_id: str | None) -> tuple[BackendChoice, Processes]:
-    """The run's backend and processes, after every refusal that needs no data: a `data.layer=all`
-    run makes them before it reads its layers, so a bad setting costs no read of a large store."""
+def check_runnable(cfg: DictConfig, settings: RunConfig, job_id: str | None) -> tuple[BackendChoice, Processes]:
+    """The run's backend and processes, after every refusal that needs no data (the Lightning groups'
+    included, for a run that trains the pytorch backend): a run makes them before it reads its data,
+    so a bad setting costs no read of a large store."""
     if settings.data.test_split <= 0:
         raise ProbeLabError("data.test_split must be > 0 for a training run (test metrics need rows)")
     choice = resolve_backend(settings.backend.name.value, settings.model.size_b, settings.backend.threshold_b)
@@ -151,6 +152,10 @@ def check_runnable(settings: RunConfig, job_id: str | None) -> tuple[BackendChoi
         raise ProbeLabError(
             "experiment=parity trains in one process: leave trainer.devices and trainer.num_nodes unset"
         )
+    if choice.name == "pytorch" or settings.parity:
+        from probe_lab.lightning_config import check_lightning_settings  # imports Lightning: pytorch runs only
+
+        check_lightning_settings(cfg)
     return choice, processes
 
 

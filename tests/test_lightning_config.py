@@ -73,10 +73,14 @@ def test_a_callback_can_be_removed(cli) -> None:
         (("trainer._target_=collections.OrderedDict",), "is not a Lightning Trainer"),
     ],
 )
-def test_bad_lightning_settings_fail_with_one_line(cli, overrides: tuple[str, ...], message: str) -> None:
-    result = cli(*SMALL, *overrides)
+def test_bad_lightning_settings_fail_with_one_line_before_the_data_are_read(
+    cli, overrides: tuple[str, ...], message: str
+) -> None:
+    # the data file does not exist: the Lightning settings are refused first
+    result = cli("backend=pytorch", "device=cpu", "data=npy", "data.x=absent.npy", *overrides)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+    assert "data.x" not in result.stderr
     assert not (result.run_dir / "probe.safetensors").exists()
 
 
