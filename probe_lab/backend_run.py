@@ -1,7 +1,7 @@
 """One backend's fit in a run: trained, assessed and written into its folder; and the parity
 experiment's two fits, compared.
 
-`probe_lab.run` imports this module once the run's data are read: what it imports (sklearn's metrics
+`probe_lab.run` imports this module once the run's data are open: what it imports (sklearn's metrics
 for the assessment, matplotlib for the plots, the backends) is not needed to refuse bad settings or
 bad data.
 """
