@@ -2,8 +2,8 @@
 experiment's two fits, compared.
 
 `probe_lab.run` imports this module once the run's data are open: what it imports (sklearn's metrics
-for the assessment, matplotlib for the plots, the backends) is not needed to refuse bad settings or
-bad data.
+for the assessment, matplotlib for the plots, the backends) is not needed to refuse bad settings or a
+missing or unreadable file.
 """
 
 from __future__ import annotations
