@@ -102,8 +102,13 @@ def cli_once(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def npy_data(tmp_path: Path) -> tuple[Path, Path]:
     """(x.npy (600, 32) activation-like float32, y.npy 0/1 labels)."""
+    return write_npy_data(tmp_path)
+
+
+def write_npy_data(folder: Path) -> tuple[Path, Path]:
+    """The npy_data fixture's files, written into `folder` (for fixtures of a wider scope)."""
     x, y = activation_like(600, 32, seed=3)
-    x_path, y_path = tmp_path / "x.npy", tmp_path / "y.npy"
+    x_path, y_path = folder / "x.npy", folder / "y.npy"
     np.save(x_path, x)
     np.save(y_path, y)
     return x_path, y_path

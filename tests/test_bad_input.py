@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CliResult, run_here
-
-from probe_lab.data.synthetic import activation_like
+from conftest import CliResult, run_here, write_npy_data
 
 Cli = Callable[..., CliResult]
 
@@ -167,12 +165,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[CliResult, Path, 
     the probe the predict tests below are given. Trained once, in this process: what is checked here is
     the predict command line."""
     folder = tmp_path_factory.mktemp("trained")
-    x, y = activation_like(600, 32, seed=3)
-    np.save(folder / "x.npy", x)
-    np.save(folder / "y.npy", y)
-    run = run_here(*npy_overrides(folder / "x.npy", folder / "y.npy"), "backend=sklearn", run_dir=folder / "run")
+    x, y = write_npy_data(folder)
+    run = run_here(*npy_overrides(x, y), "backend=sklearn", run_dir=folder / "run")
     assert (run.run_dir / "probe.safetensors").is_file()
-    return run, folder / "x.npy", folder / "y.npy"
+    return run, x, y
 
 
 def test_predict_with_activations_of_another_width(cli: Cli, trained, tmp_path: Path) -> None:

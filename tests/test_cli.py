@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CliResult, run_here, run_module
+from conftest import CliResult, run_here, run_module, write_npy_data
 from safetensors.numpy import load_file
 
 from probe_lab.data.synthetic import activation_like
@@ -100,10 +100,7 @@ def trained_on_npy(tmp_path_factory: pytest.TempPathFactory) -> tuple[CliResult,
     """(the run of `python -m probe_lab data=npy ... backend=pytorch`, x.npy, y.npy) on the rows of the
     npy_data fixture (600 × 32), trained once for the predict tests below."""
     folder = tmp_path_factory.mktemp("trained_on_npy")
-    x, y = activation_like(600, 32, seed=3)
-    x_path, y_path = folder / "x.npy", folder / "y.npy"
-    np.save(x_path, x)
-    np.save(y_path, y)
+    x_path, y_path = write_npy_data(folder)
     overrides = ("progress_bar=false", "data=npy", f"data.x={x_path}", f"data.y={y_path}", "backend=pytorch")
     train = run_module("probe_lab", *overrides, run_dir=folder / "train")
     assert train.returncode == 0, train.stderr
