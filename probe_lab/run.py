@@ -65,10 +65,10 @@ def run(
     RUN_LOG.info("backend  %s", "sklearn and pytorch (experiment=parity)" if settings.parity else choice.name)
     if not settings.parity and (ignored := ignored_trainer_flags(settings.trainer, choice.name)):
         log.warning(ignored)
-    start = time.perf_counter()
+    opening = time.perf_counter()
     source = source or open_source(settings.data, settings.seed, progress=settings.progress_bar)
     check_width(settings.model, source)
-    open_seconds = time.perf_counter() - start
+    open_seconds = time.perf_counter() - opening
     # The fit, its assessment (sklearn's metrics) and its files (matplotlib's plots) are imported once the
     # data are open: a missing or unreadable file is refused without waiting for them, and the read's
     # time does not count them.
@@ -89,12 +89,12 @@ def run(
     backend = "pytorch" if settings.parity else choice.name
     placement = decide_placement(config, sizes, backend=backend, processes=processes)
     RUN_LOG.info("placement %s", placement.describe())
-    start = time.perf_counter()
+    reading = time.perf_counter()
     splits, dropped = load_splits(settings, source, placement)
     loaded = time.perf_counter()
     if placement.splits_on_device:
         splits = hold_splits(splits, placement.device)
-    timings = {"read_seconds": open_seconds + loaded - start, "load_seconds": time.perf_counter() - loaded}
+    timings = {"read_seconds": open_seconds + loaded - reading, "load_seconds": time.perf_counter() - loaded}
     RUN_LOG.info(
         "read     %d train / %d val / %d test rows in %.2f s",
         len(splits.train),
